@@ -1,0 +1,95 @@
+"""The model zoo: a registry of model factories built from edgekit's operator library.
+
+Each family lives in its own module here and registers with :func:`register_model`. Every model has a
+``digits`` configuration (trained on the built-in data; checkpoint shipped in ``checkpoints/``) and a ``224``
+configuration (random init, for latency work).
+
+    >>> import edgekit.models as zoo
+    >>> zoo.names()
+    >>> model = zoo.create("repvgg", pretrained=True)
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.errors import UserInputError
+from edgekit.registry import Registry
+
+SIZES = {"digits": (3, 32, 32), "224": (3, 224, 224)}
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_MODEL = "convnet"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    family: str = "cnn"  # cnn | vit | hybrid
+    train: dict[str, Any] = field(default_factory=dict)  # epochs, lr, ... for `edgekit zoo train`
+
+    def input_shape(self, size: str = "digits") -> tuple[int, int, int]:
+        return SIZES[size]
+
+    @property
+    def checkpoint(self) -> Path:
+        return CHECKPOINTS / f"{self.name}.pt"
+
+
+MODELS: Registry[ModelInfo] = Registry("zoo model")
+_loaded = False
+
+
+def register_model(name: str, description: str = "", family: str = "cnn", **train: Any):
+    """Register ``factory(size="digits"|"224", num_classes=10) -> nn.Module`` as zoo model ``name``."""
+
+    def decorator(factory):
+        MODELS.add(name, ModelInfo(name, factory, description, family, dict(train)))
+        return factory
+
+    return decorator
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for mod in pkgutil.iter_modules(__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{mod.name}")
+        _loaded = True
+
+
+def names(pattern: str = "*") -> list[str]:
+    _load_families()
+    return MODELS.names(pattern)
+
+
+def info(name: str) -> ModelInfo:
+    _load_families()
+    return MODELS.get(name)
+
+
+def create(name: str, pretrained: bool = True, size: str = "digits", num_classes: int = 10):
+    """Build zoo model ``name``; ``pretrained`` loads the shipped checkpoint (digits size only)."""
+    import torch
+
+    if size not in SIZES:
+        raise UserInputError(f"unknown size {size!r} for zoo model {name!r}; accepted: {', '.join(SIZES)}")
+    meta = info(name)
+    model = meta.factory(size=size, num_classes=num_classes)
+    model.edgekit_name = name
+    model.edgekit_input_shape = SIZES[size]
+    if pretrained and size == "digits" and num_classes == 10:
+        if not meta.checkpoint.is_file():
+            raise UserInputError(
+                f"zoo model {name!r} has no shipped checkpoint ({meta.checkpoint.name}); "
+                f"run `edgekit zoo train {name}` or pass pretrained=False"
+            )
+        state = torch.load(meta.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model.eval()
