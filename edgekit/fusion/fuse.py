@@ -1,61 +1,249 @@
-"""Conv-BN folding over a traced graph (foundation version: exact BN folding into the preceding conv/linear).
+"""Fusion: BatchNorm folding, ConvBN mode switching and structural reparameterization.
 
-W_f = W * gamma / sigma, b_f = beta + (b - mu) * gamma / sigma, sigma = sqrt(var + eps).
+``fuse(model, mode)`` works on any traceable PyTorch model. It
+
+1. (``deploy``) replaces every block that has a ``to_deploy()`` method by its deploy form (RepConv,
+   MobileOne, DilatedReparamBlock, ConvBN, ... -- the pass knows no block by name), and sets every remaining
+   :class:`~edgekit.ops.convbn.ConvBN` to the requested mode (``tune`` / ``eval``);
+2. traces the model (torch.fx; torch.export with example inputs when fx cannot trace it) and finds
+   Conv->BN, ConvTranspose->BN and Linear->BatchNorm1d pairs whose producer output has no other user, and
+   whose modules are each called once;
+3. ``deploy``: folds each pair, W_f = W * gamma / sigma, b_f = beta + (b - mu) * gamma / sigma,
+   sigma = sqrt(var + eps), and replaces the BN by nn.Identity; ``tune`` / ``eval``: wraps each Conv->BN pair
+   into a ConvBN in that mode (see "Efficient ConvBN Blocks for Transfer Learning and Beyond", ICLR'24).
+
+The model's own class and forward are kept (modules are swapped in place on a deep copy), so the result
+stays traceable by torch.export and exportable to ONNX. The report lists what was folded or merged and
+every BatchNorm left, with the reason.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import fx, nn
 
-_FOLDABLE = {nn.BatchNorm1d: (nn.Linear, nn.Conv1d), nn.BatchNorm2d: (nn.Conv2d,), nn.BatchNorm3d: (nn.Conv3d,)}
+from edgekit.errors import UserInputError
+from edgekit.ops.convbn import MODES, ConvBN, folded_weight_bias
+
+FUSE_MODES = ("deploy", "tune", "eval")
+_BN = nn.modules.batchnorm._BatchNorm
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_PAIRS = {
+    nn.BatchNorm1d: (nn.Linear, nn.Conv1d, nn.ConvTranspose1d),
+    nn.BatchNorm2d: (nn.Conv2d, nn.ConvTranspose2d),
+    nn.BatchNorm3d: (nn.Conv3d, nn.ConvTranspose3d),
+}
+
+
+@dataclass
+class Pair:
+    bn: str  # qualified name of the BatchNorm
+    layer: str | None  # producer conv/linear, or None when the BN cannot be folded
+    reason: str = ""  # why not, when layer is None
+    out_dims: int | None = None  # rank of the producer's output when known (Linear -> BN1d needs 2)
+
+
+def set_convbn_mode(model: nn.Module, mode: str) -> list[str]:
+    """Switch every :class:`ConvBN` in ``model`` (in place) to ``mode``; returns the names switched."""
+    if mode not in MODES:
+        raise UserInputError(f"ConvBN mode {mode!r}; accepted: {', '.join(MODES)}")
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, ConvBN):
+            module.set_mode(mode)
+            names.append(name)
+    return names
 
 
 @torch.no_grad()
-def fold_bn(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """Return a copy of ``layer`` (conv or linear) with ``bn`` folded in (eval semantics)."""
+def fold_bn(layer: nn.Module, bn: _BN) -> nn.Module:
+    """A copy of ``layer`` (Conv*, ConvTranspose* or Linear) with ``bn`` folded in (eval semantics)."""
     out = copy.deepcopy(layer)
-    sigma = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.affine else torch.ones_like(sigma)
-    beta = bn.bias if bn.affine else torch.zeros_like(sigma)
-    c = gamma / sigma
-    shape = (-1,) + (1,) * (out.weight.dim() - 1)
-    out.weight.copy_(out.weight * c.reshape(shape))
-    b = out.bias if out.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = beta + (b - bn.running_mean) * c
-    out.bias = nn.Parameter(new_bias.to(out.weight.dtype))
+    groups = out.groups if isinstance(out, _TRANSPOSED) else 0
+    w, b = folded_weight_bias(out.weight, out.bias, bn, transposed_groups=groups)
+    out.weight = nn.Parameter(w.detach().clone())
+    out.bias = nn.Parameter(b.detach().to(w.dtype).clone())
     return out
 
 
-def fuse(model: nn.Module, mode: str = "deploy") -> tuple[nn.Module, dict[str, Any]]:
-    """Fold every BN that directly follows a conv/linear whose output has no other user."""
+def _replace_deploy_blocks(module: nn.Module, prefix: str, merged: list[dict[str, str]]) -> None:
+    for name, child in list(module.named_children()):
+        full = f"{prefix}{name}"
+        if callable(getattr(child, "to_deploy", None)):
+            new = child.to_deploy()
+            setattr(module, name, new)
+            merged.append({"module": full, "type": type(child).__name__, "into": type(new).__name__})
+        else:
+            _replace_deploy_blocks(child, full + ".", merged)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps blocks with a deploy form (and ConvBN) as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ConvBN) or callable(getattr(m, "to_deploy", None)) or super().is_leaf_module(m, qualname)
+
+
+def _pairs_fx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> list[Pair]:
+    graph = _Tracer().trace(model)
+    modules = dict(model.named_modules())
+    if example_inputs is not None:
+        gm = fx.GraphModule(model, graph)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+        graph = gm.graph
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+            continue
+        src = node.args[0] if node.args else None
+        # look through identities (e.g. the nn.Identity activation of a deploy-form block)
+        while (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), nn.Identity)
+               and len(src.users) == 1):
+            src = src.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module"):
+            pairs.append(Pair(node.target, None, "input is not the output of a conv/linear module"))
+            continue
+        meta = src.meta.get("tensor_meta")
+        out_dims = len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+        pairs.append(_check(node.target, src.target, modules, calls, len(src.users), out_dims))
+    return pairs
+
+
+def _pairs_export(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[Pair]:
+    ep = torch.export.export(model, tuple(example_inputs), strict=False)
+    modules = dict(model.named_modules())
+
+    def owner(node: fx.Node) -> str | None:
+        stack = node.meta.get("nn_module_stack") or {}
+        return list(stack.values())[-1][0] if stack else None
+
+    producer_ops = {"conv1d", "conv2d", "conv3d", "convolution", "linear", "conv_transpose1d", "conv_transpose2d",
+                    "conv_transpose3d"}
+    bn_ops = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm"}
+    calls: dict[str, int] = {}
+    nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
+    for n in nodes:
+        op = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+        if op in producer_ops or op in bn_ops:
+            calls[owner(n) or ""] = calls.get(owner(n) or "", 0) + 1
+    pairs = []
+    for n in nodes:
+        op = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+        name = owner(n)
+        if op not in bn_ops or name is None or not isinstance(modules.get(name), _BN):
+            continue
+        src = n.args[0]
+        src_op = getattr(src.target, "__name__", "").split(".")[0] if isinstance(src, fx.Node) else ""
+        if src_op not in producer_ops or owner(src) is None:
+            pairs.append(Pair(name, None, "input is not the output of a conv/linear module"))
+            continue
+        val = src.meta.get("val")
+        pairs.append(_check(name, owner(src), modules, calls, len(src.users), val.dim() if val is not None else None))
+    return pairs
+
+
+def _check(bn: str, layer: str, modules: dict[str, nn.Module], calls: dict[str, int], users: int,
+           out_dims: int | None) -> Pair:
+    bn_mod, mod = modules[bn], modules.get(layer)
+    if mod is None or not isinstance(mod, _PAIRS.get(type(bn_mod), ())):
+        return Pair(bn, None, f"input comes from {type(mod).__name__} {layer!r}, not a foldable conv/linear")
+    if users > 1:
+        return Pair(bn, None, f"output of {layer!r} has other users")
+    if calls.get(layer, 0) > 1 or calls.get(bn, 0) > 1:
+        return Pair(bn, None, f"{layer!r} or {bn!r} is called more than once")
+    if isinstance(mod, nn.Linear):
+        if out_dims is None:
+            return Pair(bn, None, f"Linear {layer!r}: output rank unknown; pass example inputs to fold Linear->BN1d")
+        if out_dims != 2:
+            return Pair(bn, None, f"Linear {layer!r} output has rank {out_dims}; BatchNorm1d folds only (N, C)")
+    return Pair(bn, layer, out_dims=out_dims)
+
+
+def find_bn_pairs(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[list[Pair], str]:
+    """(pairs, tracer): every BatchNorm called in ``model`` with its foldable producer or the reason it has none."""
+    try:
+        return _pairs_fx(model, example_inputs), "torch.fx"
+    except Exception as fx_error:  # noqa: BLE001 - fx fails on data-dependent Python; try torch.export
+        if example_inputs is None:
+            raise UserInputError(
+                f"fuse: torch.fx cannot trace {type(model).__name__} ({type(fx_error).__name__}: {fx_error}); "
+                "pass example inputs so that torch.export can be used"
+            ) from None
+        try:
+            return _pairs_export(model, example_inputs), "torch.export"
+        except Exception as export_error:  # noqa: BLE001
+            raise UserInputError(
+                f"fuse: cannot trace {type(model).__name__}: torch.fx: {fx_error}; torch.export: {export_error}"
+            ) from None
+
+
+def _example_for(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+    if example_inputs is not None:
+        return tuple(example_inputs)
+    shape = getattr(model, "edgekit_input_shape", None)
+    if shape is not None:
+        p = next(iter(model.parameters()), None)
+        return (torch.randn(2, *shape, dtype=p.dtype if p is not None else torch.float32),)
+    return None
+
+
+def fuse(model: nn.Module, mode: str = "deploy",
+         example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Return ``(new_model, report)``; ``model`` is not modified. See the module docstring for ``mode``."""
+    if mode not in FUSE_MODES:
+        raise UserInputError(f"fuse mode {mode!r}; accepted: {', '.join(FUSE_MODES)}")
+    training = model.training
+    model = copy.deepcopy(model)
+    model.eval()
+    merged: list[dict[str, str]] = []
+    switched: list[str] = []
+    if mode == "deploy":
+        _replace_deploy_blocks(model, "", merged)
+    else:
+        switched = set_convbn_mode(model, mode)
+    pairs, tracer = find_bn_pairs(model, _example_for(model, example_inputs))
+    folded: list[dict[str, str]] = []
+    left: list[dict[str, str]] = []
+    for pair in pairs:
+        if pair.layer is None:
+            left.append({"layer": pair.bn, "reason": pair.reason})
+            continue
+        layer, bn = model.get_submodule(pair.layer), model.get_submodule(pair.bn)
+        if mode == "deploy":
+            model.set_submodule(pair.layer, fold_bn(layer, bn))
+        elif isinstance(layer, _CONVS):
+            model.set_submodule(pair.layer, ConvBN.wrap(layer, bn, mode=mode))
+        else:
+            left.append({"layer": pair.bn, "reason": f"{mode} mode wraps Conv->BN only; {type(layer).__name__} left"})
+            continue
+        model.set_submodule(pair.bn, nn.Identity())
+        folded.append({"layer": pair.layer, "bn": pair.bn, "type": type(layer).__name__})
     if mode != "deploy":
-        raise NotImplementedError(f"fuse mode {mode!r} arrives with the fusion issue")
-    model = copy.deepcopy(model).eval()
-    gm = fx.symbolic_trace(model)
-    modules = dict(gm.named_modules())
-    folded, left = [], []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
-            continue
-        bn = modules[node.target]
-        src = node.args[0]
-        layer = modules.get(src.target) if isinstance(src, fx.Node) and src.op == "call_module" else None
-        if layer is None or not isinstance(layer, _FOLDABLE.get(type(bn), ())):
-            left.append({"layer": node.target, "reason": "not preceded by a conv/linear"})
-            continue
-        if len(src.users) > 1:
-            left.append({"layer": node.target, "reason": f"{src.target} output has other users"})
-            continue
-        parent, _, attr = src.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, attr, fold_bn(layer, bn))
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        folded.append({"layer": src.target, "bn": node.target})
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm, {"mode": mode, "folded": folded, "left": left}
+        model.train(training)
+    in_convbn = {id(m.bn) for m in model.modules() if isinstance(m, ConvBN) and m.bn is not None}
+    remaining = [n for n, m in model.named_modules() if isinstance(m, _BN) and id(m) not in in_convbn]
+    seen = {e["layer"] for e in left}
+    left += [{"layer": n, "reason": "not called in the traced forward"} for n in remaining if n not in seen]
+    report = {
+        "mode": mode,
+        "tracer": tracer,
+        "merged": merged,
+        "folded": folded,
+        "convbn_mode_set": switched,
+        "left": left,
+        "summary": f"{len(merged)} blocks reparameterized, {len(folded)} BN {'folded' if mode == 'deploy' else 'wrapped'}"
+        f", {len(left)} BN left",
+    }
+    return model, report

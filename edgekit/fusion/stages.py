@@ -1,4 +1,4 @@
-"""Recipe stage ``fuse``."""
+"""Recipe stage ``fuse``: fold BatchNorm / reparameterize (deploy) or switch ConvBN blocks (tune, eval)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from edgekit.stages import StageConfig, register_stage
 
 
 class FuseConfig(StageConfig):
-    mode: Literal["deploy"] = "deploy"
+    mode: Literal["deploy", "tune", "eval"] = "deploy"
 
 
-@register_stage("fuse", config=FuseConfig, summary="fold BatchNorm into the preceding conv/linear")
+@register_stage("fuse", config=FuseConfig, summary="fold BatchNorm and reparameterize multi-branch blocks (deploy), or switch ConvBN to tune/eval")
 def apply(model, cfg: FuseConfig, ctx):
-    return fuse(model, mode=cfg.mode)
+    example = tuple(ctx.example_inputs) if ctx is not None and ctx.example_inputs else None
+    return fuse(model, mode=cfg.mode, example_inputs=example)
