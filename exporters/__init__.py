@@ -1,0 +1,34 @@
+"""Export stage: one module per target (onnx, openvino, coreml, tensorrt, tvm), each validated against PyTorch.
+
+    >>> from edgekit.exporters import export, validate, measure_latency
+    >>> art = export("convnet", "onnx", precision="fp16")
+    >>> art.report.passed
+
+Nothing here imports a backend at import time; the public names are resolved lazily.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "export": "edgekit.exporters.base",
+    "validate": "edgekit.exporters.base",
+    "Artifact": "edgekit.exporters.base",
+    "TARGETS": "edgekit.exporters.base",
+    "target_names": "edgekit.exporters.base",
+    "capabilities": "edgekit.exporters.base",
+    "ValidationReport": "edgekit.exporters.validation",
+    "TOLERANCES": "edgekit.exporters.validation",
+    "measure_latency": "edgekit.exporters.latency",
+    "to_onnx": "edgekit.exporters.torch2onnx",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

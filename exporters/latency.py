@@ -1,0 +1,122 @@
+"""Latency of a model on an inference runtime (batch 1, a fixed thread count): median and p90 in milliseconds.
+
+Used by the compress pipeline (before/after latency on the runtime a recipe names) and by
+``benchmarks/runtimes.py``. The model is exported to a temporary ONNX file (and, for OpenVINO, compiled from
+it) so the number is what a deployed artifact would see, not eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.errors import UserInputError
+
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tvm")
+
+
+def time_callable(fn: Callable[[], object], runs: int = 50, warmup: int = 10) -> dict:
+    """Run ``fn`` ``warmup`` + ``runs`` times; return median and p90 (ms) of the timed runs."""
+    if runs < 1 or warmup < 0:
+        raise UserInputError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - t0) * 1e3
+    return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)), "runs": runs}
+
+
+def ort_session(path: Path, threads: int):
+    from edgekit.backends import require
+
+    ort = require("onnxruntime", "ONNX Runtime inference")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def openvino_compiled(model_path: Path, threads: int, precision_hint: str = "f32"):
+    """Compile an ONNX file or IR .xml for the OpenVINO CPU plugin with ``threads`` threads, latency hint.
+
+    ``precision_hint`` f32 keeps float math in fp32 (CPUs with bf16/AMX would otherwise downcast); quantized
+    (QDQ/int8) layers still run in int8.
+    """
+    from edgekit.backends import require
+
+    ov = require("openvino", "OpenVINO inference")
+    core = ov.Core()
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision_hint,
+    }
+    return core.compile_model(core.read_model(str(model_path)), "CPU", config)
+
+
+def measure_latency(
+    model: nn.Module,
+    example: torch.Tensor,
+    runtime: str,
+    threads: int = 2,
+    runs: int = 50,
+    warmup: int = 10,
+) -> dict:
+    """Median / p90 latency (ms) of ``model`` on ``runtime`` for ``example`` (batch 1 is used).
+
+    ``runtime``: ``torch`` (eager), ``onnxruntime`` (CPU EP), ``openvino`` (CPU plugin) or ``tvm`` (Relax VM,
+    llvm for the host). Returns ``{"median", "p90", "runs", "runtime", "threads"}``.
+    """
+    if runtime not in RUNTIMES:
+        raise UserInputError(f"runtime {runtime!r}: accepted: {', '.join(RUNTIMES)}")
+    if threads < 1:
+        raise UserInputError(f"threads={threads}: need at least 1")
+    x = example[:1].detach().float().contiguous()
+    if runtime == "torch":
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                model = model.eval()
+                res = time_callable(lambda: model(x), runs, warmup)
+        finally:
+            torch.set_num_threads(prev)
+    else:
+        from edgekit.exporters.torch2onnx import to_onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgekit-latency-") as tmp:
+            onnx_path = to_onnx(model, x, Path(tmp) / "model.onnx")
+            res = measure_file_latency(onnx_path, x.numpy(), runtime, threads, runs, warmup)
+    return {**res, "runtime": runtime, "threads": threads}
+
+
+def measure_file_latency(
+    path: Path, x: np.ndarray, runtime: str, threads: int = 2, runs: int = 50, warmup: int = 10
+) -> dict:
+    """Latency of an ONNX file on ``onnxruntime`` / ``openvino`` / ``tvm`` (compiled on the fly)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if runtime == "onnxruntime":
+        sess = ort_session(path, threads)
+        name = sess.get_inputs()[0].name
+        return time_callable(lambda: sess.run(None, {name: x}), runs, warmup)
+    if runtime == "openvino":
+        compiled = openvino_compiled(path, threads)
+        request = compiled.create_infer_request()
+        return time_callable(lambda: request.infer({0: x}), runs, warmup)
+    if runtime == "tvm":
+        from edgekit.exporters.tvm import compile_onnx_for_host
+
+        run = compile_onnx_for_host(path, x.shape, threads=threads)
+        return time_callable(lambda: run(x), runs, warmup)
+    raise UserInputError(f"runtime {runtime!r}: accepted for files: onnxruntime, openvino, tvm")
