@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.nn_utils import eval_mode, train_mode
 from edgekit.data import DataBundle, Split
 from edgekit.errors import UserInputError
 from edgekit.progress import task
@@ -28,7 +29,7 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    model.eval()
+    eval_mode(model)
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
@@ -70,13 +71,13 @@ def train(
     total = max(1, epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     if teacher is not None:
-        teacher.eval()
+        eval_mode(teacher)
     history: dict[str, Any] = {"loss": [], "epochs": epochs, "lr": lr, "seed": seed}
     t0 = time.perf_counter()
     step = 0
     with task(description, total) as advance:
         for epoch in range(epochs):
-            model.train()
+            train_mode(model)
             running = 0.0
             for xb, yb in data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
                 xb = _shift(xb, seed * 7919 + step)
@@ -94,10 +95,10 @@ def train(
                 step += 1
                 if step_hook is not None:
                     step_hook(model, step)
-                running += float(loss)
+                running += loss.item()
                 advance(1)
             history["loss"].append(running / steps_per_epoch)
-    model.eval()
+    eval_mode(model)
     history["seconds"] = time.perf_counter() - t0
     history["steps"] = step
     return history

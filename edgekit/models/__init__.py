@@ -93,3 +93,10 @@ def create(name: str, pretrained: bool = True, size: str = "digits", num_classes
         state = torch.load(meta.checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     return model.eval()
+
+
+def train_zoo(name: str, epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Train zoo model ``name`` on the built-in data and write its shipped checkpoint (see ``_train``)."""
+    from edgekit.models._train import train_zoo as _train_zoo
+
+    return _train_zoo(name, epochs=epochs, seed=seed)

@@ -1,0 +1,140 @@
+"""Model figures: parameters, storage size, MACs per layer, output shapes, latency and output fidelity."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit.nn_utils import eval_mode
+
+
+def count_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel()
+    return total
+
+
+def storage_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights take when deployed.
+
+    A module that defines ``storage_bytes()`` (int8 or 1-bit layers) is counted by it and its children are
+    skipped; every other parameter and buffer counts ``numel * element_size``.
+    """
+
+    def visit(mod: nn.Module) -> int:
+        fn = getattr(mod, "storage_bytes", None)
+        if callable(fn) and mod is not model:
+            return int(fn())
+        own = sum(t.numel() * t.element_size() for t in mod.parameters(recurse=False))
+        own += sum(t.numel() * t.element_size() for t in mod.buffers(recurse=False))
+        return own + sum(visit(child) for child in mod.children())
+
+    return visit(model)
+
+
+def layer_table(model: nn.Module, example: torch.Tensor) -> tuple[int, list[dict[str, Any]]]:
+    """Total MACs and a per-leaf-module table (name, type, output shape, params, MACs).
+
+    MACs come from PyTorch's FlopCounterMode (aten-level: convs, matmuls, attention), so functional calls
+    are counted too; a module's MACs are what ran inside it.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shapes: dict[str, list[int]] = {}
+    hooks = []
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    for name, mod in leaves:
+        def hook(_m, _i, out, name=name):
+            if isinstance(out, torch.Tensor):
+                shapes[name] = list(out.shape)
+        hooks.append(mod.register_forward_hook(hook))
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            eval_mode(model)(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    flops = counter.get_flop_counts()
+    total = sum(flops.get("Global", {}).values()) // 2
+    model_key = next((k for k in flops if k != "Global" and "." not in k), None)
+    rows = []
+    for name, mod in leaves:
+        key = f"{model_key}.{name}" if model_key else name
+        macs = sum(flops.get(key, {}).values()) // 2
+        rows.append(
+            {
+                "name": name,
+                "type": type(mod).__name__,
+                "output_shape": shapes.get(name),
+                "params": sum(p.numel() for p in mod.parameters(recurse=False)),
+                "macs": int(macs),
+            }
+        )
+    return int(total), rows
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        eval_mode(model)(example)
+    return int(counter.get_total_flops() // 2)
+
+
+def summarize_ms(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
+    return {"median": statistics.median(s), "p90": p90, "min": s[0], "runs": len(s)}
+
+
+@torch.inference_mode()
+def torch_latency(model: nn.Module, example: torch.Tensor, runs: int = 50, warmup: int = 10, threads: int | None = None) -> dict[str, float]:
+    """Batch-as-given latency of eager PyTorch on the local CPU, in milliseconds."""
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        eval_mode(model)
+        for _ in range(warmup):
+            model(example)
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(example)
+            samples.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(prev)
+    return summarize_ms(samples)
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, runtime: str = "torch", runs: int = 50, warmup: int = 10, threads: int = 2) -> dict[str, Any]:
+    if runtime == "torch":
+        out = torch_latency(model, example, runs, warmup, threads)
+    else:
+        from edgekit.exporters import measure_latency as runtime_latency
+
+        out = dict(runtime_latency(model, example, runtime=runtime, threads=threads, runs=runs, warmup=warmup))
+    out["runtime"] = runtime
+    return out
+
+
+@torch.no_grad()
+def fidelity(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Cosine similarity and max abs difference of the outputs (flattened over the batch)."""
+    a = eval_mode(reference)(x).double().flatten()
+    b = eval_mode(model)(x).double().flatten()
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    out = {"cosine": cos, "max_abs": float((a - b).abs().max())}
+    if reference(x).dim() == 2:
+        out["top1_agreement"] = float((reference(x).argmax(1) == model(x).argmax(1)).float().mean())
+    return out
