@@ -1,0 +1,196 @@
+"""The devices file: which boards exist and how to reach them.
+
+YAML (``yaml.safe_load``) at ``$EDGEKIT_DEVICES`` or ``<user config dir>/edgekit/devices.yaml``
+(``$XDG_CONFIG_HOME`` or ``~/.config``); ``--devices FILE`` overrides. A ``local`` device (this machine)
+always exists. Example::
+
+    devices:
+      - name: pi5
+        transport: ssh
+        host: 192.168.1.20
+        user: pi
+        key: ~/.ssh/id_ed25519        # optional: the SSH agent is used otherwise
+        known_hosts: ~/.ssh/known_hosts
+        runtimes: [onnxruntime]
+        power: auto                   # auto | none | rapl | hwmon | ina3221 | tegrastats | nvml | external
+        tags: [arm64]
+      - name: phone
+        transport: adb
+        serial: R58M123ABC
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from edgekit.errors import UserInputError
+
+RUNTIME_NAMES = ("onnxruntime", "openvino", "tensorrt", "tvm", "coreml")
+POWER_NAMES = ("auto", "none", "rapl", "hwmon", "ina3221", "tegrastats", "nvml", "external")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    runtimes: list[str] = Field(default_factory=list)
+    power: str = "auto"
+    power_command: list[str] | None = None  # external meter: argv of a command that prints watts
+    sysfs_root: str = "/"  # where /sys lives (tests point it at fixture trees)
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in RUNTIME_NAMES]
+        if bad:
+            raise ValueError(f"unknown runtime(s) {bad}; accepted: {', '.join(RUNTIME_NAMES)}")
+        return v
+
+    @field_validator("power")
+    @classmethod
+    def _power(cls, v: str) -> str:
+        if v not in POWER_NAMES:
+            raise ValueError(f"unknown power sensor {v!r}; accepted: {', '.join(POWER_NAMES)}")
+        return v
+
+    @field_validator("power_command", mode="before")
+    @classmethod
+    def _power_command(cls, v: object) -> object:
+        if isinstance(v, str):  # a string is split like a shell would, but never run through a shell
+            import shlex
+
+            return shlex.split(v)
+        return v
+
+
+class LocalDevice(_Base):
+    transport: Literal["local"] = "local"
+    python: str | None = None  # interpreter for the runner; default: the one running edgekit
+
+
+class SSHDevice(_Base):
+    transport: Literal["ssh"]
+    host: str
+    user: str
+    port: int = Field(default=22, ge=1, le=65535)
+    key: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    python: str = "python3"
+    remote_dir: str | None = None  # board-side cache; default ~/.cache/edgekit
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class ADBDevice(_Base):
+    transport: Literal["adb"]
+    serial: str
+    python: str | None = None  # a python on the device (e.g. Termux) to run the runner; else benchmark binary
+    benchmark_binary: str | None = None  # e.g. /data/local/tmp/onnxruntime_perf_test
+    remote_dir: str = "/data/local/tmp/edgekit"
+
+
+DeviceSpec = Annotated[Union[LocalDevice, SSHDevice, ADBDevice], Field(discriminator="transport")]
+_ADAPTER: TypeAdapter = TypeAdapter(DeviceSpec)
+
+
+def default_devices_file() -> Path:
+    env = os.environ.get("EDGEKIT_DEVICES")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "edgekit" / "devices.yaml"
+
+
+def _format_error(path: Path, idx: int, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return f"{path}: device #{idx + 1}: " + "; ".join(parts)
+
+
+def parse_device(data: dict, where: str = "device") -> LocalDevice | SSHDevice | ADBDevice:
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: each device must be a mapping, got {type(data).__name__}")
+    if data.get("transport") not in ("local", "ssh", "adb"):
+        raise UserInputError(f"{where}: transport must be one of local, ssh, adb (got {data.get('transport')!r})")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        raise UserInputError(f"{where}: {msg}") from None
+
+
+def load_devices(path: str | Path | None = None) -> dict[str, LocalDevice | SSHDevice | ADBDevice]:
+    """All devices by name; ``local`` is always present (a file may override its options)."""
+    import yaml
+
+    explicit = path is not None
+    path = Path(path).expanduser() if path is not None else default_devices_file()
+    devices: dict[str, LocalDevice | SSHDevice | ADBDevice] = {"local": LocalDevice(name="local")}
+    if not path.exists():
+        if explicit:
+            raise UserInputError(f"devices file {path} does not exist")
+        return devices
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"devices file {path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict) or set(doc) - {"devices", "version"}:
+        raise UserInputError(f"devices file {path}: expected a mapping with a 'devices' list (and optional "
+                             "'version')")
+    entries = doc.get("devices") or []
+    if not isinstance(entries, list):
+        raise UserInputError(f"devices file {path}: 'devices' must be a list")
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        dev = parse_device(entry, where=f"{path}: device #{i + 1} ({name or 'unnamed'})")
+        if dev.name in seen:
+            raise UserInputError(f"{path}: device name {dev.name!r} appears twice")
+        if dev.name == "local" and dev.transport != "local":
+            raise UserInputError(f"{path}: the name 'local' is reserved for this machine")
+        seen.add(dev.name)
+        devices[dev.name] = dev
+    return devices
+
+
+def get_device(name: str, path: str | Path | None = None) -> LocalDevice | SSHDevice | ADBDevice:
+    devices = load_devices(path)
+    if name not in devices:
+        raise UserInputError(f"unknown device {name!r}; known: {', '.join(sorted(devices))} "
+                             f"(add one with `edgekit devices add`)")
+    return devices[name]
+
+
+def add_device(entry: dict, path: str | Path | None = None, force: bool = False) -> Path:
+    """Validate ``entry`` and append it to the devices file (atomically); replace an existing one with force."""
+    import tempfile
+
+    import yaml
+
+    path = Path(path).expanduser() if path is not None else default_devices_file()
+    dev = parse_device(entry, where=f"new device {entry.get('name')!r}")
+    if dev.name == "local" and dev.transport != "local":
+        raise UserInputError("the name 'local' is reserved for this machine")
+    doc = {"version": 1, "devices": []}
+    if path.exists():
+        load_devices(path)  # refuse to edit an invalid file
+        doc = yaml.safe_load(path.read_text()) or doc
+        doc.setdefault("devices", [])
+    names = [d.get("name") for d in doc["devices"]]
+    if dev.name in names:
+        if not force:
+            raise UserInputError(f"{path}: device {dev.name!r} already exists (use --force to replace it)")
+        doc["devices"] = [d for d in doc["devices"] if d.get("name") != dev.name]
+    doc["devices"].append(dev.model_dump(mode="json", exclude_defaults=True) | {"transport": dev.transport})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".devices.", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path
