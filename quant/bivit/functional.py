@@ -1,0 +1,125 @@
+"""The arithmetic of BiViT binarization, framework-neutral apart from torch tensors.
+
+"BiViT: Extremely Compressed Binary Vision Transformers", Y. He, Z. Lou, L. Zhang, J. Liu, W. Wu, H. Zhou,
+B. Zhuang, ICCV 2023. What is implemented here (see ``shared/docs/methods.md``, section BiViT):
+
+* Weights: ``W_b = alpha * sign(W - rowmean(W))`` with a learnable per-output-channel ``alpha`` initialised to
+  ``rowmean(|W|)`` (:func:`init_alpha`). The straight-through estimator passes the gradient of ``sign`` only
+  where ``|x| < 1`` (clipped STE, :func:`sign_ste`).
+* Softmax-aware attention binarization (:func:`softmax_aware_binarize`): ``P = softmax(S)``, ``tau = 0.25 *
+  max_j P_ij`` per row, ``A = 1[P >= tau]``; the backward pass is the softmax gradient
+  (``A.detach() - P.detach() + P``). In eval mode ``A`` is returned as it is (exactly 0/1).
+* Without softmax awareness (the ablation, :func:`naive_binarize_probs`): ``A = 1[P >= mean_j P_ij]``
+  (= ``1[P >= 1/N]``), the sign of the centred probabilities, with the same straight-through gradient: only the
+  threshold rule differs.
+* Binary activations (:func:`binarize_act`): ``sign(x)`` times a per-row scale ``mean|x|`` over the contraction
+  dimension (the XNOR-Net scaling, so that the binary product still factors into scale x popcount).
+* 8-bit activations (:func:`fake_quant_int8`): symmetric per-tensor int8 fake quantization with a dynamic
+  scale ``max|x| / 127`` and a straight-through round. This is a minimal stand-in used by the ``w1a8`` recipe;
+  it is local to BiViT so that binarization does not depend on the int8 calibration machinery.
+
+``sign(0)`` is ``+1`` everywhere here (a binary weight must be one of two values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "sign",
+    "sign_ste",
+    "init_alpha",
+    "binarize_weight",
+    "weight_signs",
+    "binarize_act",
+    "fake_quant_int8",
+    "attention_threshold",
+    "softmax_aware_binarize",
+    "naive_binarize_probs",
+]
+
+SOFTMAX_THRESHOLD = 0.25  # tau = 0.25 * row max of the attention probabilities
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """``+1`` where ``x >= 0``, ``-1`` elsewhere (no zeros), in ``x``'s dtype."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` and zeroes it elsewhere.
+
+    Written as ``clip + (sign - clip).detach()`` so that it traces (torch.export / ONNX) as plain ops; in
+    training the forward value is ``sign(x)`` up to one rounding of ``clip + (sign - clip)`` (exact for
+    ``|x| >= 1`` and for the +-1 values themselves, since ``s - c + c`` with ``|c| < 1`` rounds back to ``s``).
+    Outside autograd the plain sign is returned.
+    """
+    s = sign(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return s
+    # the gradient of hardtanh is 1 strictly inside (-1, 1) and 0 outside
+    c = torch.nn.functional.hardtanh(x)
+    return c + (s - c).detach()
+
+
+def init_alpha(weight: torch.Tensor) -> torch.Tensor:
+    """The initial per-output-channel scale: ``rowmean(|W|)`` (shape ``(out,)``)."""
+    w = weight.detach().flatten(1)
+    return w.abs().mean(dim=1)
+
+
+def weight_signs(weight: torch.Tensor) -> torch.Tensor:
+    """``sign(W - rowmean(W))`` with rows = output channels (no gradient)."""
+    w = weight.detach().flatten(1)
+    return sign(w - w.mean(dim=1, keepdim=True)).reshape(weight.shape)
+
+
+def binarize_weight(weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha[:, None] * sign_ste(W - rowmean(W))`` for a weight whose first dimension is the output."""
+    w = weight.flatten(1)
+    centred = w - w.mean(dim=1, keepdim=True)
+    return (alpha.unsqueeze(1) * sign_ste(centred)).reshape(weight.shape)
+
+
+def binarize_act(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``mean|x| * sign(x)`` with the scale taken over ``dim`` (the contraction dimension of the next matmul)."""
+    scale = x.abs().mean(dim=dim, keepdim=True)
+    return scale * sign_ste(x)
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.round(x)
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quant_int8(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-tensor int8 fake quantization, dynamic scale ``max|x| / 127``, straight-through round."""
+    scale = (x.detach().abs().amax() / 127.0).clamp_min(1e-8)
+    return torch.clamp(_round_ste(x / scale), -127.0, 127.0) * scale
+
+
+def attention_threshold(probs: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD) -> torch.Tensor:
+    """``tau_i = ratio * max_j P_ij`` per row (keepdim), the softmax-aware threshold."""
+    return ratio * probs.amax(dim=-1, keepdim=True)
+
+
+def _straight_through(hard: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Forward ``hard``, backward the gradient of ``probs`` (i.e. of the softmax)."""
+    if not (torch.is_grad_enabled() and probs.requires_grad):
+        return hard
+    return hard.detach() - probs.detach() + probs
+
+
+def softmax_aware_binarize(probs: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD) -> torch.Tensor:
+    """``A = 1[P >= ratio * rowmax(P)]`` with the straight-through-via-softmax gradient."""
+    tau = attention_threshold(probs.detach(), ratio)
+    hard = (probs >= tau).to(probs.dtype)
+    return _straight_through(hard, probs)
+
+
+def naive_binarize_probs(probs: torch.Tensor) -> torch.Tensor:
+    """The ablation without softmax awareness: ``A = 1[P >= mean_j P_ij]`` (straight-through gradient)."""
+    tau = probs.detach().mean(dim=-1, keepdim=True)
+    hard = (probs >= tau).to(probs.dtype)
+    return _straight_through(hard, probs)
