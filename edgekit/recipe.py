@@ -137,6 +137,9 @@ def _read(path: Path) -> tuple[dict[str, Any], _Lines]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None:
+            problem += f" ({context} that starts at line {cmark.line + 1})"
         raise UserInputError(f"{where}: invalid YAML: {problem}") from None
     lines = _Lines(text)
     if not isinstance(data, dict):

@@ -1,0 +1,100 @@
+"""The CLI end to end, in subprocesses: compress, inspect, recipes, zoo; exit codes; --json; --force."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT
+
+
+def test_help_is_fast_and_imports_no_backend():
+    code = (
+        "import sys, time; t=time.perf_counter(); from edgekit.cli.main import app; "
+        "heavy=[m for m in ('torch','onnx','onnxruntime','openvino','tvm','coremltools','paramiko') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    best = min(_timed([sys.executable, "-m", "edgekit", "--help"]) for _ in range(3))
+    assert best < 1.5, best
+
+
+def _timed(cmd):
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "compress" in r.stdout
+    return time.perf_counter() - t0
+
+
+def test_every_command_has_help_with_example(cli):
+    for cmd in (["compress"], ["inspect"], ["recipes"], ["recipes", "show"], ["zoo"], ["zoo", "train"], ["export"], ["profile"]):
+        r = cli(*cmd, "--help")
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "Example" in r.stdout, cmd
+
+
+def test_compress_default_model_end_to_end(tmp_path, cli):
+    out = tmp_path / "out"
+    r = cli("compress", "--recipe", "deploy", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["model"] == "convnet" and report["recipe"] == "deploy"
+    for key in ("params", "size_bytes", "macs", "accuracy", "latency_ms"):
+        assert set(report[key]) == {"before", "after"}, key
+    assert report["accuracy"]["before"] > 0.9
+    assert abs(report["accuracy"]["after"] - report["accuracy"]["before"]) < 1e-9  # folding is exact
+    assert report["latency_ms"]["after"]["runs"] >= 50 and report["latency_ms"]["after"]["p90"] >= report["latency_ms"]["after"]["median"]
+    assert report["fidelity"]["cosine"] > 0.99999
+    assert report["params"]["after"] < report["params"]["before"]  # BN parameters folded away
+    assert [s["name"] for s in report["stages"]] == ["fuse"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.pt2", "report.json", "layers.json"}
+    assert manifest["recipe"]["stages"][0]["fuse"]["mode"] == "deploy"
+    assert json.loads((out / "report.json").read_text())["accuracy"] == report["accuracy"]
+
+    # the output directory is a MODEL for inspect (and export)
+    r = cli("inspect", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["params"] == report["params"]["after"] and info["macs"] == report["macs"]["after"]
+    assert any(row["macs"] > 0 for row in info["layers"])
+
+    # existing output refused without --force (exit 2), accepted with it
+    r = cli("compress", "--recipe", "deploy", "--out", str(out), "--no-latency")
+    assert r.returncode == 2 and "--force" in r.stderr
+    r = cli("compress", "--recipe", "deploy", "--out", str(out), "--no-latency", "--force")
+    assert r.returncode == 0, r.stderr
+
+
+def test_compress_module_factory_model(tmp_path, cli):
+    out = tmp_path / "o"
+    r = cli("compress", "tests.core_models:small_net", "--recipe", "deploy", "--out", str(out), "--no-latency", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["model"] == "small_net" and rep["stages"][0]["report"]["folded"]
+
+
+def test_compress_bad_inputs_exit_2(tmp_path, cli):
+    r = cli("compress", "no-such-model", "--recipe", "deploy", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "zoo models" in r.stderr
+    r = cli("compress", "--recipe", "deploy", "--data", "random:3x8", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "CxHxW" in r.stderr
+    r = cli("compress", "--recipe", "deploy", "--data", "random:3x16x16", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "(3, 32, 32)" in r.stderr  # shape does not fit the zoo model
+    r = cli("compress", "--recipe", "deploy", "--set", "fuse.nope=1", "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "nope" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_recipes_and_zoo_listing(cli):
+    r = cli("recipes", "list", "--json")
+    assert r.returncode == 0 and "deploy" in {x["name"] for x in json.loads(r.stdout)}
+    r = cli("recipes", "show", "deploy", "--json")
+    assert json.loads(r.stdout)["stages"][0]["fuse"]["mode"] == "deploy"
+    r = cli("zoo", "list", "--json")
+    rows = {x["name"]: x for x in json.loads(r.stdout)}
+    assert rows["convnet"]["checkpoint"] is True
