@@ -134,20 +134,24 @@ def throttle_counts() -> int | None:
     return sum(vals) if vals else None
 
 
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return None
-    ver = getattr(mod, "__version__", None)
-    if ver is None and module == "openvino":
-        try:
-            from openvino import get_version  # type: ignore
+def _version(module: str, dist: str | None = None) -> str | None:
+    """Installed version of a runtime without importing it (importing tvm takes seconds)."""
+    import importlib.metadata as md
+    import importlib.util
 
-            ver = get_version()
-        except Exception:  # noqa: BLE001
-            ver = "unknown"
-    return str(ver or "unknown")
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for name in (dist, module, module.replace("_", "-")):
+        if not name:
+            continue
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def runtimes_info() -> dict:
@@ -158,7 +162,8 @@ def runtimes_info() -> dict:
     trt_py, trtexec = _version("tensorrt"), shutil.which("trtexec")
     out["tensorrt"] = {"available": bool(trt_py or trtexec), "version": trt_py, "trtexec": trtexec,
                        "runnable": False}
-    out["tvm"] = {"available": _version("tvm") is not None, "version": _version("tvm"), "runnable": False}
+    tvm = _version("tvm", "apache-tvm")
+    out["tvm"] = {"available": tvm is not None, "version": tvm, "runnable": False}
     cm = _version("coremltools") if sys.platform == "darwin" else None
     out["coreml"] = {"available": cm is not None, "version": cm, "runnable": False,
                      "note": None if sys.platform == "darwin" else "Core ML runs on macOS only"}
