@@ -21,10 +21,10 @@ import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import UserInputError
 from edgekit.stages import StageConfig, discover, get_stage
@@ -37,11 +37,13 @@ class MeasureConfig(BaseModel):
     """How the before/after figures of a compress run are measured."""
 
     model_config = ConfigDict(extra="forbid")
-    latency_runtime: str = "torch"  # torch | onnxruntime | openvino
-    latency_runs: int = 50
-    latency_warmup: int = 10
-    threads: int = 2
-    fidelity_samples: int = 256
+    latency_runtime: Literal["torch", "onnxruntime", "openvino"] = Field(
+        "torch", description="Runtime the before/after latency is measured on (batch 1, local CPU)."
+    )
+    latency_runs: int = Field(50, ge=1, description="Timed runs after warm-up (the report gives median and p90).")
+    latency_warmup: int = Field(10, ge=0, description="Untimed warm-up runs.")
+    threads: int = Field(2, ge=1, description="Intra-op threads for the latency runs.")
+    fidelity_samples: int = Field(256, ge=1, description="Test samples compared against the original model (cosine, max abs).")
 
 
 @dataclass
