@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import UserInputError
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -17,26 +13,14 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def write_profile(result: dict, out_dir: str | Path, force: bool = False, plots: bool = True) -> Path:
-    """Write profile.json (+ plots) into ``out_dir`` atomically: a temp dir renamed into place."""
+    """Write profile.json (+ plots) into ``out_dir`` atomically (refused if it exists without force)."""
+    from edgekit.artifacts import atomic_output_dir
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise UserInputError(f"output directory {out_dir} exists (use --force to replace it, or --out)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_output_dir(out_dir, force=force) as tmp:
         (tmp / "profile.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         if plots:
             write_plots(result, tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -82,28 +66,42 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
 
 
 def render_table(results: dict[str, dict | Exception]):
-    """A rich Table: one row per device."""
+    """A rich Table: one column per device, one row per figure (fits a narrow terminal)."""
     from rich.table import Table
 
     table = Table(title="edgekit profile")
-    for col in ("device", "runtime", "status", "median ms", "p90 ms", "p99 ms", "min/max ms", "inf/s",
-                "power W (above idle)", "mJ/inf", "validation"):
-        table.add_column(col)
-    for name, r in results.items():
+    table.add_column("")
+    for name in results:
+        table.add_column(name, justify="right")
+    rows: dict[str, list[str]] = {k: [] for k in (
+        "runtime", "status", "latency median ms", "latency p90 / p99 ms", "latency min / max ms", "runs",
+        "throughput inf/s", "power W total", "power W above idle", "energy mJ/inf (above idle)", "inf/J",
+        "validation")}
+    for r in results.values():
         if isinstance(r, Exception):
-            table.add_row(name, "-", "[red]error[/red]", *["-"] * 7, str(r)[:60])
+            for k in rows:
+                rows[k].append("[red]error[/red]" if k == "status" else "-")
             continue
         lat = r.get("latency_ms") or {}
-        pw = r.get("power_w")
-        power = r["power_status"] if pw is None else f"{_fmt(pw['total'], '.2f')} ({_fmt(pw['above_idle'], '.2f')})"
-        energy = r.get("energy_mj_per_inference") or {}
+        pw = r.get("power_w") or {}
+        en = r.get("energy_mj_per_inference") or {}
         val = r.get("validation") or {}
         vtxt = val.get("status", "-")
         if "cosine_min" in val:
-            vtxt += f" cos {val['cosine_min']:.5f}"
-        rt = f"{r['runtime']['name']} {r['runtime'].get('version') or ''}".strip()
-        status = r["status"] if r["status"] == "ok" else f"[yellow]{r['status']}[/yellow]"
-        table.add_row(name, rt, status, _fmt(lat.get("median")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
-                      f"{_fmt(lat.get('min'))}/{_fmt(lat.get('max'))}", _fmt(r.get("throughput_ips"), ".1f"),
-                      power, _fmt(energy.get("total"), ".3f") if energy else "-", vtxt)
+            vtxt += f" (cos {val['cosine_min']:.5f}, max|d| {val['max_abs']:.2g})"
+        rows["runtime"].append(f"{r['runtime']['name']} {r['runtime'].get('version') or ''}".strip())
+        rows["status"].append(r["status"] if r["status"] == "ok" else f"[yellow]{r['status']}[/yellow]")
+        rows["latency median ms"].append(_fmt(lat.get("median"), ".4f"))
+        rows["latency p90 / p99 ms"].append(f"{_fmt(lat.get('p90'), '.4f')} / {_fmt(lat.get('p99'), '.4f')}")
+        rows["latency min / max ms"].append(f"{_fmt(lat.get('min'), '.4f')} / {_fmt(lat.get('max'), '.4f')}")
+        rows["runs"].append(f"{r['samples']['n']} ({r['samples']['stop_reason']})")
+        rows["throughput inf/s"].append(_fmt(r.get("throughput_ips"), ".1f"))
+        rows["power W total"].append(r["power_status"] if not pw else _fmt(pw.get("total"), ".2f"))
+        rows["power W above idle"].append(_fmt(pw.get("above_idle"), ".2f"))
+        rows["energy mJ/inf (above idle)"].append(
+            f"{_fmt(en.get('total'), '.4f')} ({_fmt(en.get('above_idle'), '.4f')})" if en else "-")
+        rows["inf/J"].append(_fmt((r.get("inferences_per_joule") or {}).get("total"), ".1f"))
+        rows["validation"].append(vtxt)
+    for k, vals in rows.items():
+        table.add_row(k, *vals)
     return table

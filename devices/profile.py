@@ -49,6 +49,7 @@ class ProfileOptions:
         d["input_name"] = art.input_name
         d["input_shape"] = self.input_shape or art.input_shape
         d["cosine_threshold"] = art.cosine_threshold
+        d["validate"] = self.validate and not art.bare  # a bare model has no reference outputs
         for k in ("idle_s", "power_interval_s", "timeout_s"):
             d.pop(k)
         return d

@@ -36,3 +36,20 @@ def make_onnx_artifact(out_dir: str | Path, shape: tuple[int, int, int] = (3, 16
                 "input_shape": [1, *shape], "precision": "fp32", "dynamic_batch": dynamic_batch}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir
+
+
+def make_openvino_artifact(onnx_artifact: str | Path, out_dir: str | Path) -> Path:
+    """The same model as OpenVINO IR (model.xml/.bin), with the ONNX artifact's reference.npz."""
+    import shutil
+
+    import openvino as ov
+
+    src, out_dir = Path(onnx_artifact), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(src / "model.onnx")), str(out_dir / "model.xml"), compress_to_fp16=False)
+    shutil.copy(src / "reference.npz", out_dir / "reference.npz")
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest.update(target="openvino", model_file="model.xml",
+                    files={n: sha256_file(out_dir / n) for n in ("model.xml", "model.bin", "reference.npz")})
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out_dir
