@@ -210,7 +210,12 @@ def fuse(model: nn.Module, mode: str = "deploy",
     merged: list[dict[str, str]] = []
     switched: list[str] = []
     if mode == "deploy":
-        _replace_deploy_blocks(model, "", merged)
+        if callable(getattr(model, "to_deploy", None)):  # the model itself is a reparameterizable block
+            new = model.to_deploy()
+            merged.append({"module": "", "type": type(model).__name__, "into": type(new).__name__})
+            model = new.eval()
+        else:
+            _replace_deploy_blocks(model, "", merged)
     else:
         switched = set_convbn_mode(model, mode)
     pairs, tracer = find_bn_pairs(model, _example_for(model, example_inputs))
