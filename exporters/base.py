@@ -1,0 +1,300 @@
+"""The export protocol, the target registry and the one shared wrapper every target goes through.
+
+A target is a class registered in :data:`TARGETS` with its :class:`Capabilities` (data: file suffix,
+precisions, GPU need, allowed options with defaults). :func:`export` checks target, precision and options
+before any work, resolves the model, writes the target's files into a temporary directory, writes
+``reference.npz`` (inputs + PyTorch outputs), validates, writes ``validation.json`` and the manifest (sha256 of
+every file, tool versions, timing) and renames the directory into place. Failures are re-raised (wrapped as
+:class:`EdgekitError` naming target and model when they are not already edgekit errors); nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekit.errors import EdgekitError, UserInputError
+from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, tolerance
+from edgekit.registry import Registry
+
+TARGET_MODULES = ("onnx", "openvino", "coreml", "tensorrt", "tvm")
+REFERENCE_FILE = "reference.npz"
+VALIDATION_FILE = "validation.json"
+N_REFERENCE = 8  # inputs stored in reference.npz
+N_TOP1 = 200  # validation samples for top-1 agreement
+
+Runner = Callable[[np.ndarray], np.ndarray]  # batch-1 float32 input -> output
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    suffix: str  # the main model file's suffix
+    precisions: tuple[str, ...]
+    options: dict[str, Any]  # allowed option -> default
+    needs_gpu: bool = False
+    source: str = "onnx"  # the graph it converts from: "onnx" (the hub) or "torch"
+    runtime: str = ""  # what validates it here
+    notes: str = ""
+
+
+class Exporter:
+    """Base of every target. Subclasses set ``name``/``caps`` and implement :meth:`build` and :meth:`runner`."""
+
+    name: str = ""
+    caps: Capabilities
+
+    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Reject what this target cannot do before any work; return options with defaults filled in."""
+        if precision not in self.caps.precisions:
+            raise UserInputError(
+                f"target {self.name!r} does not support precision {precision!r}; accepted: {', '.join(self.caps.precisions)}"
+            )
+        unknown = sorted(set(options) - set(self.caps.options))
+        if unknown:
+            allowed = ", ".join(sorted(self.caps.options)) or "(none)"
+            raise UserInputError(f"target {self.name!r}: unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
+        return {**self.caps.options, **options}
+
+    def build(self, ctx: "ExportContext") -> dict[str, Any]:  # pragma: no cover - abstract
+        """Write the artifact's files into ``ctx.out``; return manifest fields (at least ``model_file``)."""
+        raise NotImplementedError
+
+    def runner(self, directory: Path, manifest: dict[str, Any]) -> Runner | str:
+        """A callable running the artifact here, or a string saying why it cannot run on this host."""
+        return f"{self.name} artifacts cannot be run on this host"
+
+    def checks(self, directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        """Structural checks that need no numeric run (dicts with name, passed, detail)."""
+        return []
+
+
+TARGETS: Registry[type[Exporter]] = Registry("export target")
+
+
+def register_target(name: str, caps: Capabilities):
+    def decorator(cls: type[Exporter]) -> type[Exporter]:
+        cls.name, cls.caps = name, caps
+        TARGETS.add(name, cls, caps=caps)
+        return cls
+
+    return decorator
+
+
+def _load_targets() -> None:
+    for mod in TARGET_MODULES:
+        importlib.import_module(f"edgekit.exporters.{mod}")
+
+
+def target_names() -> list[str]:
+    _load_targets()
+    return TARGETS.names()
+
+
+def capabilities(target: str) -> Capabilities:
+    _load_targets()
+    return TARGETS.get(target).caps
+
+
+def get_exporter(target: str) -> Exporter:
+    _load_targets()
+    return TARGETS.get(target)()
+
+
+@dataclass
+class ExportContext:
+    model: nn.Module
+    name: str
+    example: torch.Tensor  # 1 x C x H x W
+    precision: str
+    options: dict[str, Any]
+    out: Path
+    calib: torch.Tensor | None = None  # calibration inputs (int8 without fake-quant ops)
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+    def onnx(self, filename: str = "model.onnx", precision: str | None = None) -> Path:
+        """Write the hub ONNX graph for this precision into ``out`` (see exporters/onnx.py)."""
+        from edgekit.exporters.onnx import write_onnx
+
+        return write_onnx(self, self.out / filename, precision or self.precision)
+
+
+@dataclass
+class Artifact:
+    directory: Path
+    files: dict[str, str]
+    manifest: dict[str, Any]
+    report: ValidationReport | None
+
+    @property
+    def model_file(self) -> Path:
+        return self.directory / self.manifest["model_file"]
+
+
+def _resolve_model(model_or_path: Any) -> tuple[nn.Module, str, tuple[int, ...] | None]:
+    if isinstance(model_or_path, nn.Module):
+        m = model_or_path
+        shape = getattr(m, "edgekit_input_shape", None)
+        name = getattr(m, "edgekit_name", None) or type(m).__name__.lower()
+        return m.eval(), str(name), tuple(shape) if shape else None
+    if isinstance(model_or_path, (str, Path)):
+        from edgekit.loading import load_model
+
+        loaded = load_model(str(model_or_path))
+        return loaded.model.eval(), loaded.name, loaded.input_shape
+    raise UserInputError(f"model: got {type(model_or_path).__name__}; expected an nn.Module or a MODEL spec string")
+
+
+def _data_bundle(data: Any, shape: tuple[int, ...]):
+    from edgekit.data import DataBundle, load_data
+
+    if isinstance(data, DataBundle):
+        return data
+    return load_data(data, input_shape=shape)
+
+
+def _example(example_inputs: Any, shape: tuple[int, ...] | None, bundle) -> torch.Tensor:
+    if example_inputs is not None:
+        x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise UserInputError("example_inputs: expected one float tensor shaped N x C x H x W")
+        return x[:1].float().contiguous()
+    if bundle is not None:
+        return bundle.test.x[:1].contiguous()
+    assert shape is not None
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        y = model(x)
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    return y.detach().float().numpy()
+
+
+def default_out(name: str, target: str, precision: str) -> Path:
+    return Path("edgekit-out") / f"{name}-{target}-{precision}"
+
+
+def export(
+    model_or_path: Any,
+    target: str,
+    precision: str = "fp32",
+    out: str | Path | None = None,
+    force: bool = False,
+    example_inputs: Any = None,
+    data: Any = None,
+    bisect: bool = False,
+    **options: Any,
+) -> Artifact:
+    """Export a model to ``target`` at ``precision``, validate it against PyTorch; return the :class:`Artifact`.
+
+    ``model_or_path``: an ``nn.Module`` or any MODEL spec :func:`edgekit.loading.load_model` accepts.
+    ``data``: a DataBundle or data spec for reference inputs and top-1 agreement (default: the built-in digits
+    at the model's input shape). ``options``: target-specific, see ``capabilities(target).options``.
+    A failed validation does not raise: check ``artifact.report.passed`` (the CLI exits 1).
+    """
+    from edgekit.artifacts import atomic_output_dir, check_writable, write_json_atomic, write_manifest
+
+    exporter = get_exporter(target)
+    tolerance(precision)  # unknown precision -> UserInputError
+    opts = exporter.check_options(precision, options)
+    model, name, shape = _resolve_model(model_or_path)
+    if example_inputs is None and shape is None and data is None:
+        raise UserInputError(f"model {name}: input shape unknown; pass example_inputs (or --input-shape CxHxW)")
+    if example_inputs is not None:
+        x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        shape = tuple(x0.shape[1:]) if isinstance(x0, torch.Tensor) else shape
+    bundle = _data_bundle(data, shape) if (data is not None or shape is not None) else None
+    example = _example(example_inputs, shape, bundle)
+    try:
+        ref_example = _forward(model, example)
+    except Exception as exc:  # noqa: BLE001 - a wrong input shape shows up here
+        raise UserInputError(
+            f"model {name} does not accept an input of shape {tuple(example.shape)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    out = Path(out) if out is not None else default_out(name, target, precision)
+    check_writable(out, force)
+
+    inputs = (bundle.test.x[:N_REFERENCE] if bundle is not None else example).float().contiguous()
+    with torch.no_grad():
+        ref_outputs = np.stack([_forward(model, inputs[i : i + 1])[0] for i in range(len(inputs))])
+    t0 = time.perf_counter()
+    with atomic_output_dir(out, force) as tmp:
+        calib = bundle.calib.x if bundle is not None else None
+        ctx = ExportContext(model, name, example, precision, opts, tmp, calib)
+        try:
+            fields = exporter.build(ctx)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the shared wrapper names target and model
+            raise EdgekitError(f"{target} export of {name} ({precision}) failed: {type(exc).__name__}: {exc}") from exc
+        export_s = time.perf_counter() - t0
+        np.savez(tmp / REFERENCE_FILE, inputs=inputs.numpy(), outputs=ref_outputs)
+        manifest = {
+            "target": target,
+            "model": name,
+            "input_name": "input",
+            "output_name": "output",
+            "input_shape": list(example.shape),
+            "precision": precision,
+            "dynamic_batch": bool(opts.get("dynamic_batch", False)),
+            "options": opts,
+            "export_seconds": round(export_s, 3),
+            **ctx.extra_manifest,
+            **fields,
+        }
+        report = _validate_dir(exporter, tmp, manifest, model, inputs, ref_outputs, bundle)
+        if bisect and report.numeric:
+            from edgekit.exporters.bisect import bisect_artifact
+
+            report.extra["bisect"] = bisect_artifact(exporter, tmp, manifest, model, inputs[:1])
+        write_json_atomic(tmp / VALIDATION_FILE, report.to_dict())
+        manifest["validation"] = {"passed": report.passed, "numeric": report.numeric, "worst_output": report.worst_output}
+        manifest["validate_seconds"] = round(time.perf_counter() - t0 - export_s, 3)
+        written = write_manifest(tmp, **manifest)
+    return Artifact(out, written["files"], written, report)
+
+
+def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bundle) -> ValidationReport:
+    checks = exporter.checks(directory, manifest)
+    run = exporter.runner(directory, manifest)
+    if isinstance(run, str):
+        return checks_only(exporter.name, manifest["precision"], checks, run)
+    try:
+        got = np.stack([np.asarray(run(inputs[i : i + 1].numpy()))[0] for i in range(len(inputs))])
+    except Exception as exc:  # noqa: BLE001
+        raise EdgekitError(f"{exporter.name}: the exported artifact failed to run: {type(exc).__name__}: {exc}") from exc
+    top1 = None
+    num_classes = getattr(bundle, "num_classes", None) if bundle is not None and bundle.labeled else None
+    if is_classifier(ref_outputs, num_classes):
+        xs = bundle.test.x[:N_TOP1]
+        act = np.stack([np.asarray(run(xs[i : i + 1].numpy()))[0] for i in range(len(xs))])
+        ref = np.concatenate([_forward(model, xs[i : i + 64]) for i in range(0, len(xs), 64)])
+        top1 = (act, ref)
+    report = judge(exporter.name, manifest["precision"], {"output": (got, ref_outputs)}, manifest.get("runtime", {}).get("name", exporter.caps.runtime), top1, checks)
+    return report
+
+
+def validate(artifact: Artifact | str | Path, reference_model: nn.Module, inputs: torch.Tensor, data: Any = None) -> ValidationReport:
+    """Validate an existing artifact directory against ``reference_model`` on ``inputs`` (N x C x H x W)."""
+    from edgekit.artifacts import verify_manifest
+
+    directory = artifact.directory if isinstance(artifact, Artifact) else Path(artifact)
+    manifest = verify_manifest(directory)
+    exporter = get_exporter(manifest["target"])
+    inputs = inputs.float().contiguous()
+    expected = tuple(manifest["input_shape"][1:])
+    if tuple(inputs.shape[1:]) != expected:
+        raise UserInputError(f"inputs have shape {tuple(inputs.shape)}; the artifact takes N x {'x'.join(map(str, expected))}")
+    ref = np.stack([_forward(reference_model, inputs[i : i + 1])[0] for i in range(len(inputs))])
+    bundle = _data_bundle(data, expected) if data is not None else None
+    return _validate_dir(exporter, directory, manifest, reference_model, inputs, ref, bundle)
