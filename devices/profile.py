@@ -118,14 +118,14 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
         push = getattr(tr, "last_push", None)
         info = tr.info()
         readers, power_status = _power_readers(tr, spec)
-        sampler = idle = None
+        sampler = idle = idle_window = None
         if readers:
             from edgekit.devices.power import PowerSampler
 
             sampler = PowerSampler(readers, opts.power_interval_s).start()
             t0 = time.monotonic()
             time.sleep(opts.idle_s)
-            idle = sampler.window(t0, time.monotonic())
+            idle_window = (t0, time.monotonic())  # evaluated once the sampler has stopped (edges covered)
         try:
             stream = tr.run(art_dir, art, ropts, on_event=notify, timeout_s=timeout)
         finally:
@@ -169,6 +169,10 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
         "power_w": None, "energy_mj_per_inference": None, "inferences_per_joule": None,
         "power_sensors": [r.describe() for r in readers],
     }
+    if sampler and idle_window and idle_window[1] > idle_window[0]:
+        idle = sampler.window(*idle_window)
+        if idle["power_w"] is None:
+            idle = None
     if sampler and stream.measure_start is not None:
         t_end = stream.measure_end or (stream.sample_times[-1] if stream.sample_times else stream.measure_start)
         run_win = sampler.window(stream.measure_start, t_end)
