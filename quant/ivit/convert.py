@@ -1,0 +1,527 @@
+"""Conversion of a float ViT-style model into the integer-only I-ViT form ("I-ViT: Integer-only Quantization
+for Efficient Vision Transformer Inference", Li & Gu, ICCV 2023).
+
+The model is traced with torch.fx (Linear, Conv2d, LayerNorm, GELU, Softmax, MatMul, ... kept as leaves),
+calibrated (per-node activation ranges on the calibration split), and rebuilt node by node. What replaces a
+node is looked up in registries -- by module type for ``call_module``, by function for ``call_function``, by
+method name for ``call_method`` -- never by the node's name; :func:`register_module` lets users add their
+own layer types. Shape ops (reshape, permute, cat, getitem, ...) are kept and carry their input's scale;
+multiplying by a constant (the attention's 1/sqrt(d)) only changes a scale; parameters used as activations
+(class token, position embedding) become integer constants.
+
+Bit widths: activations int8; the residual stream (every add), softmax inputs and the logits 16-bit;
+accumulators int32; weights int8 per output channel. A consumer that needs int8 gets a dyadic requant
+inserted automatically.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edgekit.errors import UserInputError
+from edgekit.ops.transformer import MatMul, Softmax
+from edgekit.quant.ivit import modules as M
+
+ACT_BITS = 8
+WIDE_BITS = 16  # residual stream, softmax input, logits, constants
+
+
+@dataclass
+class Q:
+    """An integer activation (or a tuple of them) in the new graph: its node, scale and value range."""
+
+    node: fx.Node
+    scale: float
+    lo: int
+    hi: int
+
+
+@dataclass
+class V:
+    """A float input or a non-tensor value (shapes, sizes) in the new graph."""
+
+    node: Any
+
+
+# ------------------------------------------------------------------------------------------- registries
+
+Handler = Callable[["Converter", fx.Node, Any], Any]
+MODULE_HANDLERS: dict[type, Handler] = {}
+FUNCTION_HANDLERS: dict[Any, Handler] = {}
+METHOD_HANDLERS: dict[str, Handler] = {}
+
+
+def register_module(*types: type):
+    """Register ``handler(converter, node, module) -> Q`` for modules of these types (subclasses too)."""
+
+    def deco(fn: Handler) -> Handler:
+        for t in types:
+            MODULE_HANDLERS[t] = fn
+        return fn
+
+    return deco
+
+
+def register_function(*fns: Any):
+    def deco(fn: Handler) -> Handler:
+        for f in fns:
+            FUNCTION_HANDLERS[f] = fn
+        return fn
+
+    return deco
+
+
+def register_method(*names: str):
+    def deco(fn: Handler) -> Handler:
+        for n in names:
+            METHOD_HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+def module_handler(module: nn.Module) -> Handler | None:
+    for t in type(module).__mro__:
+        if t in MODULE_HANDLERS:
+            return MODULE_HANDLERS[t]
+    return None
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return module_handler(m) is not None or super().is_leaf_module(m, qualname)
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the float graph and records per node max|x| (mean over batches) and one example value."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.amax: dict[str, list[float]] = {}
+        self.example: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            self.amax.setdefault(n.name, []).append(float(out.detach().abs().max()))
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            self.amax.setdefault(n.name, []).append(max(float(o.detach().abs().max()) for o in out))
+        self.example[n.name] = out
+        return out
+
+
+@dataclass
+class Converter:
+    gm: fx.GraphModule
+    amax: dict[str, float]
+    example: dict[str, Any]
+    graph: fx.Graph = field(default_factory=fx.Graph)
+    root: nn.Module = field(default_factory=nn.Module)
+    env: dict[str, Any] = field(default_factory=dict)
+    wide: set[str] = field(default_factory=set)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    # helpers used by handlers --------------------------------------------------------------------
+    def arg(self, a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            return self.env[a.name]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(x) for x in a)
+        return a
+
+    def plain(self, a: Any) -> Any:
+        """The new-graph form of an argument (nodes of Q / V, other values as they are)."""
+        a = self.arg(a) if isinstance(a, (fx.Node, list, tuple)) else a
+        if isinstance(a, (Q, V)):
+            return a.node
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.plain(x) for x in a)
+        return a
+
+    def bits(self, node: fx.Node) -> int:
+        return WIDE_BITS if node.name in self.wide else ACT_BITS
+
+    def out_scale(self, node: fx.Node, bits: int) -> float:
+        amax = self.amax.get(node.name)
+        if amax is None:
+            raise UserInputError(f"I-ViT: no calibration range for node {node.name} ({node.format_node()})")
+        return max(amax, 1e-8) / (2 ** (bits - 1) - 1)
+
+    def emit(self, name: str, module: nn.Module, args: Iterable[Any]) -> fx.Node:
+        target, i = name, 0
+        while _has_module(self.root, target):  # a module called twice gets one integer module per call
+            i += 1
+            target = f"{name}_{i}"
+        _set_module(self.root, target, module)
+        self.log.append({"node": name, "type": type(module).__name__})
+        return self.graph.call_module(target, tuple(args))
+
+    def emit_q(self, name: str, module: M.IntModule, args: Iterable[Any]) -> Q:
+        return Q(self.emit(name, module, args), module.s_out, module.out_lo, module.out_hi)
+
+    def need_q(self, a: Any, node: fx.Node, what: str) -> Q:
+        q = self.arg(a)
+        if not isinstance(q, Q):
+            raise UserInputError(f"I-ViT: {what} at node {node.name} needs an integer activation input, got a {type(q).__name__}")
+        return q
+
+    def to_int8(self, a: fx.Node, node: fx.Node, what: str) -> Q:
+        """An int8 (or uint8) operand; inserts a dyadic requant from a wider tensor."""
+        q = self.need_q(a, node, what)
+        if (-128 <= q.lo and q.hi <= 127) or (0 <= q.lo and q.hi <= 255):
+            return q
+        s = self.out_scale(a, ACT_BITS)
+        return self.emit_q(f"{node.name}_in8_{a.name}", M.IntRequant(q.scale, s, ACT_BITS), (q.node,))
+
+    def requant_to(self, q: Q, scale: float, bits: int, name: str) -> Q:
+        if abs(q.scale - scale) <= 1e-12 * scale and q.hi <= 2 ** (bits - 1) - 1 and q.lo >= -(2 ** (bits - 1)):
+            return q
+        return self.emit_q(name, M.IntRequant(q.scale, scale, bits), (q.node,))
+
+    def copy(self, node: fx.Node) -> fx.Node:
+        return self.graph.node_copy(node, lambda n: self.plain(n))
+
+
+def _has_module(root: nn.Module, target: str) -> bool:
+    try:
+        root.get_submodule(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
+    *path, last = target.split(".")
+    parent = root
+    for p in path:
+        if not hasattr(parent, p):
+            parent.add_module(p, nn.Module())
+        parent = getattr(parent, p)
+    parent.add_module(last, module)
+
+
+# ---------------------------------------------------------------------------------------- the handlers
+
+
+def _passthrough(cv: Converter, node: fx.Node, _: Any) -> Q:
+    return cv.need_q(node.args[0], node, "pass-through op")
+
+
+register_module(nn.Identity, nn.Dropout)(_passthrough)
+
+
+@register_module(nn.Linear)
+def _linear(cv: Converter, node: fx.Node, mod: nn.Linear) -> Q:
+    x = cv.to_int8(node.args[0], node, "Linear")
+    bits = cv.bits(node)
+    return cv.emit_q(node.target, M.IntLinear(mod, x.scale, cv.out_scale(node, bits), bits), (x.node,))
+
+
+@register_module(nn.Conv2d)
+def _conv(cv: Converter, node: fx.Node, mod: nn.Conv2d) -> Q:
+    x = cv.to_int8(node.args[0], node, "Conv2d")
+    bits = cv.bits(node)
+    try:
+        int_mod = M.IntConv2d(mod, x.scale, cv.out_scale(node, bits), bits)
+    except ValueError as exc:
+        raise UserInputError(f"I-ViT: Conv2d {node.target}: {exc}") from None
+    return cv.emit_q(node.target, int_mod, (x.node,))
+
+
+@register_module(nn.LayerNorm)
+def _layernorm(cv: Converter, node: fx.Node, mod: nn.LayerNorm) -> Q:
+    x = cv.need_q(node.args[0], node, "LayerNorm")
+    bits = cv.bits(node)
+    try:
+        int_mod = M.IntLayerNorm(mod, x.scale, cv.out_scale(node, bits), bits)
+    except ValueError as exc:
+        raise UserInputError(f"I-ViT: LayerNorm {node.target}: {exc}") from None
+    return cv.emit_q(node.target, int_mod, (x.node,))
+
+
+def _gelu(cv: Converter, node: fx.Node, mod: Any) -> Q:
+    x = cv.to_int8(node.args[0], node, "GELU")
+    bits = cv.bits(node)
+    return cv.emit_q(str(node.target) if node.op == "call_module" else node.name,
+                     M.IntGELU(x.scale, cv.out_scale(node, bits), bits), (x.node,))
+
+
+register_module(nn.GELU)(_gelu)
+register_function(F.gelu)(_gelu)
+
+
+def _relu(cv: Converter, node: fx.Node, mod: Any) -> Q:
+    x = cv.need_q(node.args[0], node, "ReLU")
+    name = str(node.target) if node.op == "call_module" else node.name
+    return cv.emit_q(name, M.IntReLU(x.scale, x.lo, x.hi), (x.node,))
+
+
+register_module(nn.ReLU)(_relu)
+register_function(F.relu, torch.relu)(_relu)
+register_method("relu")(_relu)
+
+
+def _softmax_dim(node: fx.Node, mod: Any) -> int:
+    if mod is not None:
+        return mod.dim
+    if "dim" in node.kwargs:
+        return node.kwargs["dim"]
+    return node.args[1] if len(node.args) > 1 else -1
+
+
+def _softmax(cv: Converter, node: fx.Node, mod: Any) -> Q:
+    x = cv.need_q(node.args[0], node, "Softmax")
+    ndim = cv.example[node.name].dim()
+    dim = _softmax_dim(node, mod if node.op == "call_module" else None)
+    if dim not in (-1, ndim - 1):
+        raise UserInputError(f"I-ViT: softmax at {node.name} over dim {dim}; Shiftmax supports the last dim only")
+    name = str(node.target) if node.op == "call_module" else node.name
+    return cv.emit_q(name, M.IntSoftmax(x.scale, ACT_BITS), (x.node,))
+
+
+register_module(Softmax, nn.Softmax)(_softmax)
+register_function(F.softmax, torch.softmax)(_softmax)
+register_method("softmax")(_softmax)
+
+
+def _matmul(cv: Converter, node: fx.Node, mod: Any) -> Q:
+    a = cv.to_int8(node.args[0], node, "MatMul")
+    b = cv.to_int8(node.args[1], node, "MatMul")
+    bits = cv.bits(node)
+    name = str(node.target) if node.op == "call_module" else node.name
+    return cv.emit_q(name, M.IntMatMul(a.scale, b.scale, cv.out_scale(node, bits), bits), (a.node, b.node))
+
+
+register_module(MatMul)(_matmul)
+register_function(operator.matmul, torch.matmul, torch.bmm)(_matmul)
+register_method("matmul", "bmm")(_matmul)
+
+
+def _add(cv: Converter, node: fx.Node, _: Any) -> Q:
+    a = cv.need_q(node.args[0], node, "add")
+    b = cv.need_q(node.args[1], node, "add")
+    s_out = cv.out_scale(node, WIDE_BITS)
+    return cv.emit_q(node.name, M.IntAdd(a.scale, b.scale, s_out, WIDE_BITS), (a.node, b.node))
+
+
+register_function(operator.add, operator.iadd, torch.add)(_add)
+register_method("add", "__add__")(_add)
+
+
+def _scale_by(cv: Converter, node: fx.Node, _: Any) -> Q:
+    a, b = node.args[0], node.args[1]
+    qa, qb = cv.arg(a), cv.arg(b)
+    if isinstance(qb, Q) and isinstance(qa, (int, float)):
+        qa, qb = qb, qa
+    if not isinstance(qa, Q) or not isinstance(qb, (int, float)) or qb <= 0:
+        raise UserInputError(
+            f"I-ViT: {node.format_node()} -- only multiplying / dividing an activation by a positive constant is "
+            "supported (it folds into the scale)"
+        )
+    c = float(qb) if node.target in (operator.mul, torch.mul, "mul") else 1.0 / float(qb)
+    return Q(qa.node, qa.scale * c, qa.lo, qa.hi)
+
+
+register_function(operator.mul, torch.mul, operator.truediv, torch.div)(_scale_by)
+register_method("mul", "div")(_scale_by)
+
+
+def _mean(cv: Converter, node: fx.Node, mod: Any) -> Q:
+    x = cv.need_q(node.args[0], node, "mean")
+    shape = cv.example[node.args[0].name].shape
+    if node.op == "call_module":  # AdaptiveAvgPool2d(1)
+        if mod.output_size not in (1, (1, 1)):
+            raise UserInputError(f"I-ViT: {node.target}: only AdaptiveAvgPool2d(1) is supported")
+        dims, keep = (2, 3), True
+    else:
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        dims = tuple(range(len(shape))) if dims is None else ((dims,) if isinstance(dims, int) else tuple(dims))
+    dims = tuple(d % len(shape) for d in dims)
+    count = 1
+    for d in dims:
+        count *= shape[d]
+    bits = cv.bits(node)
+    name = str(node.target) if node.op == "call_module" else node.name
+    return cv.emit_q(name, M.IntMean(dims, keep, count, x.scale, cv.out_scale(node, bits), bits), (x.node,))
+
+
+register_module(nn.AdaptiveAvgPool2d)(_mean)
+register_function(torch.mean)(_mean)
+register_method("mean")(_mean)
+
+
+def _cat(cv: Converter, node: fx.Node, _: Any) -> Q:
+    items = [cv.need_q(a, node, "cat") for a in node.args[0]]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    bits = max(WIDE_BITS if (q.hi > 255 or q.lo < -128) else ACT_BITS for q in items)
+    bits = max(bits, cv.bits(node))
+    scale = cv.out_scale(node, bits)
+    same = all(abs(q.scale - items[0].scale) <= 1e-12 * q.scale for q in items)
+    if not same:
+        items = [cv.requant_to(q, scale, bits, f"{node.name}_in{i}") for i, q in enumerate(items)]
+    new = cv.graph.call_function(torch.cat, ([q.node for q in items],), {"dim": dim})
+    return Q(new, items[0].scale, min(q.lo for q in items), max(q.hi for q in items))
+
+
+register_function(torch.cat, torch.concat)(_cat)
+
+SHAPE_FUNCTIONS = (torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.unbind, torch.chunk,
+                   torch.split, torch.squeeze, torch.unsqueeze, operator.getitem)
+SHAPE_METHODS = ("reshape", "view", "permute", "transpose", "flatten", "contiguous", "expand", "unsqueeze",
+                 "squeeze", "unbind", "chunk", "split", "repeat", "clone", "t", "unflatten", "expand_as")
+
+
+def _shape_op(cv: Converter, node: fx.Node, _: Any) -> Any:
+    first = cv.arg(node.args[0])
+    if not isinstance(first, Q):
+        return V(cv.copy(node))  # shape arithmetic, e.g. x.shape[0]
+    return Q(cv.copy(node), first.scale, first.lo, first.hi)
+
+
+register_function(*SHAPE_FUNCTIONS)(_shape_op)
+register_method(*SHAPE_METHODS)(_shape_op)
+
+
+@register_method("size", "dim")
+def _value(cv: Converter, node: fx.Node, _: Any) -> V:
+    return V(cv.copy(node))
+
+
+register_function(getattr, operator.floordiv, operator.sub, len)(_value)
+
+
+# ------------------------------------------------------------------------------------------ the driver
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many types
+        raise UserInputError(
+            f"I-ViT: the model could not be traced with torch.fx ({type(exc).__name__}: {exc}); the converter "
+            "needs a forward without data-dependent control flow"
+        ) from None
+    return fx.GraphModule(model, graph)
+
+
+def calibrate(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> _Recorder:
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        for xb in batches:
+            rec.run(xb)
+    return rec
+
+
+def _wide_nodes(gm: fx.GraphModule) -> set[str]:
+    """Nodes whose integer output should be 16-bit: inputs of softmax and the model's outputs (following
+    shape ops and constant scalings, which keep the integers)."""
+    wide: set[str] = set()
+    mods = dict(gm.named_modules())
+
+    def transparent(n: fx.Node) -> bool:
+        if n.op == "call_function":
+            return n.target in SHAPE_FUNCTIONS or n.target in (operator.mul, operator.truediv, torch.mul, torch.div)
+        return n.op == "call_method" and (n.target in SHAPE_METHODS or n.target in ("mul", "div"))
+
+    def wants(n: fx.Node, seen: set[str]) -> bool:
+        for u in n.users:
+            if u.op == "output":
+                return True
+            is_softmax = (u.op == "call_module" and isinstance(mods.get(u.target), (Softmax, nn.Softmax))) or (
+                u.op in ("call_function", "call_method") and u.target in (F.softmax, torch.softmax, "softmax"))
+            if is_softmax or (transparent(u) and u.name not in seen and wants(u, seen | {u.name})):
+                return True
+        return False
+
+    for n in gm.graph.nodes:
+        if wants(n, {n.name}):
+            wide.add(n.name)
+    return wide
+
+
+def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_batches: int = 4) -> fx.GraphModule:
+    """Return the I-ViT integer form of ``model`` (a new module; the input is not modified), calibrated on
+    ``calib`` (N, C, H, W float32). The result is un-frozen (ready for QAT); call :func:`freeze` before
+    running it on the executor or exporting it."""
+    from edgekit.fusion.fuse import fuse
+
+    model, _ = fuse(model.eval(), "deploy", (calib[:2],))
+    gm = trace(model)
+    batches = [calib[i : i + batch_size] for i in range(0, len(calib), batch_size)][:max_batches]
+    rec = calibrate(gm, batches)
+    amax = {k: sum(v) / len(v) for k, v in rec.amax.items()}
+    cv = Converter(gm, amax, rec.example, wide=_wide_nodes(gm))
+    modules = dict(gm.named_modules())
+    n_inputs = 0
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if n_inputs:
+                raise UserInputError("I-ViT: the model must take a single input tensor")
+            n_inputs += 1
+            x = cv.graph.placeholder(node.name)
+            s = cv.out_scale(node, ACT_BITS)
+            cv.env[node.name] = cv.emit_q("quant_in", M.IntQuantize(s, ACT_BITS), (x,))
+        elif node.op == "get_attr":
+            value = rec.example[node.name]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                cv.env[node.name] = V(cv.copy(node))
+                continue
+            cv.env[node.name] = cv.emit_q(f"const_{node.name}", M.IntConst(value, WIDE_BITS), ())
+        elif node.op == "output":
+            outs = node.args[0]
+            single = isinstance(outs, fx.Node)
+            deq = []
+            for i, o in enumerate([outs] if single else outs):
+                q = cv.need_q(o, node, "output")
+                deq.append(cv.emit(f"dequant_out{i if i else ''}", M.IntDequantize(q.scale), (q.node,)))
+            cv.graph.output(deq[0] if single else tuple(deq))
+        else:
+            mod = modules.get(node.target) if node.op == "call_module" else None
+            if node.op == "call_module":
+                handler = module_handler(mod)
+                what = f"module {node.target} of type {type(mod).__name__}"
+            elif node.op == "call_function":
+                handler = FUNCTION_HANDLERS.get(node.target)
+                what = f"function {getattr(node.target, '__name__', node.target)}"
+            else:
+                handler = METHOD_HANDLERS.get(node.target)
+                what = f"method .{node.target}()"
+            if handler is None:
+                raise UserInputError(
+                    f"I-ViT: no integer form for {what} (node {node.name}); supported modules: "
+                    f"{', '.join(sorted(t.__name__ for t in MODULE_HANDLERS))}; register one with "
+                    "edgekit.quant.ivit.convert.register_module"
+                )
+            cv.env[node.name] = handler(cv, node, mod)
+    cv.graph.lint()
+    out = fx.GraphModule(cv.root, cv.graph, class_name="IViTModel")
+    for attr in ("edgekit_name", "edgekit_input_shape"):
+        if hasattr(model, attr):
+            setattr(out, attr, getattr(model, attr))
+    out.ivit_layers = cv.log
+    return out.eval()
+
+
+def int_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (M.IntModule, M.IntQuantize, M.IntDequantize))]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Store every integer parameter as a buffer (in place); the float copies are dropped."""
+    for _, m in int_modules(model):
+        if isinstance(m, M.IntModule):
+            m.freeze()
+            for name in ("weight", "bias", "value"):
+                if isinstance(getattr(m, name, None), nn.Parameter):
+                    delattr(m, name)
+    return model.eval()
