@@ -183,11 +183,14 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _merge_stages(base: list[_RawStage], child: list[_RawStage]) -> list[_RawStage]:
+    """The k-th child stage of a name merges into the k-th base stage of that name; the rest append."""
     out = list(base)
+    used: set[int] = set()
     for st in child:
-        same = [i for i, b in enumerate(out) if b.name == st.name]
+        same = [i for i, b in enumerate(base) if b.name == st.name and i not in used]
         if same:
-            i = same[-1]
+            i = same[0]
+            used.add(i)
             out[i] = _RawStage(st.name, _deep_merge(out[i].options, st.options), st.path, st.lines, st.index)
         else:
             out.append(st)

@@ -1,0 +1,1 @@
+"""Generic training stages: ``finetune`` (optionally distilled from the original model) and ``evaluate``."""
