@@ -56,6 +56,10 @@ def save_model(model: nn.Module, directory: Path, example: torch.Tensor) -> Path
 
 
 def _load_pt2(path: Path) -> nn.Module:
+    # int8 models (edgekit.quant) store int8 weights dequantized by torch.ops.quantized_decomposed.*; those ops
+    # register on import, and torch.export.load cannot deserialize a program that uses them otherwise.
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
