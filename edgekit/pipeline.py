@@ -23,6 +23,7 @@ from edgekit.data import DataBundle, check_fits, load_data
 from edgekit.errors import UserInputError
 from edgekit.loading import LoadedModel, load_model, save_model
 from edgekit.metrics import count_macs, count_params, fidelity, measure_latency, storage_bytes
+from edgekit.progress import task
 from edgekit.recipe import Recipe, load_recipe
 from edgekit.stages import StageContext, get_stage
 from edgekit.training import evaluate
@@ -52,7 +53,8 @@ def _figures(model: nn.Module, data: DataBundle, example: torch.Tensor, recipe: 
     }
     if latency:
         m = recipe.measure
-        out["latency_ms"] = measure_latency(model, example, m.latency_runtime, m.latency_runs, m.latency_warmup, m.threads)
+        with task(f"measuring latency ({m.latency_runtime}, {m.latency_runs} runs)"):
+            out["latency_ms"] = measure_latency(model, example, m.latency_runtime, m.latency_runs, m.latency_warmup, m.threads)
     else:
         out["latency_ms"] = None
     return out
@@ -129,10 +131,11 @@ def compress(
 
 
 def _run_stages(model: nn.Module, recipe: Recipe, ctx: StageContext, reports: list) -> nn.Module:
-    for st in recipe.stages:
+    for i, st in enumerate(recipe.stages, 1):
         fn, _ = get_stage(st.name)
         t0 = time.perf_counter()
-        model, rep = fn(model, st.config, ctx)
+        with task(f"stage {i}/{len(recipe.stages)}: {st.name}"):
+            model, rep = fn(model, st.config, ctx)
         reports.append({"name": st.name, "seconds": round(time.perf_counter() - t0, 3), "report": rep})
         eval_mode(model)
     return model

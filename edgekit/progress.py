@@ -19,11 +19,23 @@ def enabled() -> bool:
     return bool(os.environ.get("EDGEKIT_PROGRESS")) or sys.stderr.isatty()
 
 
+_active = None  # the one live rich Progress; nested tasks add rows to it (rich allows one live display)
+
+
 @contextmanager
 def task(description: str, total: float | None = None):
-    """``with task("calibrating", total=n) as advance: advance(1)``."""
+    """``with task("calibrating", total=n) as advance: advance(1)``. Nested tasks share one display."""
+    global _active
     if not enabled():
         yield lambda n=1: None
+        return
+    if _active is not None:
+        bar = _active
+        tid = bar.add_task(description, total=total)
+        try:
+            yield lambda n=1: bar.advance(tid, n)
+        finally:
+            bar.remove_task(tid)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -32,8 +44,12 @@ def task(description: str, total: float | None = None):
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
     ) as bar:
-        tid = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(tid, n)
+        _active = bar
+        try:
+            tid = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(tid, n)
+        finally:
+            _active = None
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
