@@ -100,3 +100,19 @@ def test_config_round_trip():
     for st in rec.stages:
         cls = type(st.config)
         assert cls.from_dict(st.config.to_dict()) == st.config
+
+
+def test_declared_but_unimplemented_stage_raises(tmp_path):
+    import edgekit
+    from edgekit.errors import NotImplementedStageError
+    from edgekit.stages import STAGES, StageConfig, declare_stage
+
+    declare_stage("_test_future", StageConfig, "a stage that has not landed", issue="test")
+    try:
+        p = write(tmp_path, "f.yaml", "name: f\nstages:\n  - _test_future: {}\n")
+        rec = load_recipe(p)  # it validates: the stage and its options exist
+        with pytest.raises(NotImplementedStageError, match="not implemented yet"):
+            edgekit.compress("convnet", rec, latency=False)
+    finally:
+        STAGES._items.pop("_test_future")
+        STAGES._meta.pop("_test_future")
