@@ -35,6 +35,7 @@ __all__ = ["BinarizeOptions", "register_converter", "converter_for", "convert", 
 
 DEFAULT_KEEP_FP = ("patch_embed*", "head*")
 GROUPS = ("attn", "mlp", "linear")
+GELU_TAIL_SHIFT = 0.0  # initial activation threshold of the layer after a GELU (see _convert_mlp)
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,11 @@ def converter_for(module: nn.Module) -> Converter | None:
     return None
 
 
-def _binary_linear(lin: nn.Linear, name: str, opts: BinarizeOptions, keep: Keep, group: str) -> nn.Module:
+def _binary_linear(lin: nn.Linear, name: str, opts: BinarizeOptions, keep: Keep, group: str,
+                   shift_init: float = 0.0) -> nn.Module:
     if keep(name):
         return lin
-    return BinaryLinear.from_linear(lin, opts.act_bits, group, opts.act_shift)
+    return BinaryLinear.from_linear(lin, opts.act_bits, group, opts.act_shift, shift_init)
 
 
 @register_converter(nn.Linear)
@@ -95,7 +97,11 @@ def _convert_linear(m: nn.Linear, name: str, opts: BinarizeOptions, keep: Keep) 
 def _convert_mlp(m: Mlp, name: str, opts: BinarizeOptions, keep: Keep) -> nn.Module:
     new = m  # convert() works on a deep copy: blocks are changed in place
     new.fc1 = _binary_linear(m.fc1, f"{name}.fc1", opts, keep, "mlp")
-    new.fc2 = _binary_linear(m.fc2, f"{name}.fc2", opts, keep, "mlp")
+    # GELU's negative tail piles up just below 0 (GELU(x) -> -0 as x -> -inf): with the sign threshold at exactly
+    # 0 the bit of those inputs depends on how a runtime rounds erf (torch and ONNX Runtime disagree), so fc2's
+    # learnable threshold starts just below the pile-up.
+    shift = GELU_TAIL_SHIFT if isinstance(m.act, nn.GELU) else 0.0
+    new.fc2 = _binary_linear(m.fc2, f"{name}.fc2", opts, keep, "mlp", shift)
     return new
 
 

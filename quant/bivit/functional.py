@@ -14,6 +14,10 @@ B. Zhuang, ICCV 2023. What is implemented here (see ``shared/docs/methods.md``, 
   threshold rule differs.
 * Binary activations (:func:`binarize_act`): ``sign(x)`` times a per-row scale ``mean|x|`` over the contraction
   dimension (the XNOR-Net scaling, so that the binary product still factors into scale x popcount).
+  The layers compute the +-1 product first and apply the scales after it (``(sign x @ sign W^T) * s * alpha``):
+  the integer part is then exact in float32 in every runtime, so a zero dot product gives exactly the bias
+  in torch and in ONNX Runtime alike (applying the scales first makes such ties runtime-dependent, and
+  a binary network flips the next sign on them).
 * 8-bit activations (:func:`fake_quant_int8`): symmetric per-tensor int8 fake quantization with a dynamic
   scale ``max|x| / 127`` and a straight-through round. This is a minimal stand-in used by the ``w1a8`` recipe;
   it is local to BiViT so that binarization does not depend on the int8 calibration machinery.
@@ -74,6 +78,12 @@ def weight_signs(weight: torch.Tensor) -> torch.Tensor:
     return sign(w - w.mean(dim=1, keepdim=True)).reshape(weight.shape)
 
 
+def weight_signs_ste(weight: torch.Tensor) -> torch.Tensor:
+    """``sign_ste(W - rowmean(W))``: the +-1 weights with the clipped straight-through gradient to ``W``."""
+    w = weight.flatten(1)
+    return sign_ste(w - w.mean(dim=1, keepdim=True)).reshape(weight.shape)
+
+
 def binarize_weight(weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``alpha[:, None] * sign_ste(W - rowmean(W))`` for a weight whose first dimension is the output."""
     w = weight.flatten(1)
@@ -95,7 +105,7 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_int8(x: torch.Tensor) -> torch.Tensor:
     """Symmetric per-tensor int8 fake quantization, dynamic scale ``max|x| / 127``, straight-through round."""
-    scale = (x.detach().abs().amax() / 127.0).clamp_min(1e-8)
+    scale = (x.detach().abs().max() / 127.0).clamp_min(1e-8)  # .max(): full reduction (ONNX-exportable)
     return torch.clamp(_round_ste(x / scale), -127.0, 127.0) * scale
 
 

@@ -40,7 +40,7 @@ class _Switchable(nn.Module):
 
 class BinaryLinear(_Switchable):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act_bits: ActBits = 1,
-                 group: str = "linear", act_shift: bool = True) -> None:
+                 group: str = "linear", act_shift: bool = True, act_shift_init: float = 0.0) -> None:
         super().__init__()
         if act_bits not in (1, 8, 32):
             raise ValueError(f"BinaryLinear: act_bits must be 1, 8 or 32, got {act_bits}")
@@ -53,12 +53,14 @@ class BinaryLinear(_Switchable):
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         self.alpha = nn.Parameter(BF.init_alpha(self.weight))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.act_shift = nn.Parameter(torch.zeros(in_features)) if (act_bits == 1 and act_shift) else None
+        self.act_shift = (nn.Parameter(torch.full((in_features,), float(act_shift_init)))
+                          if (act_bits == 1 and act_shift) else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act_bits: ActBits = 1, group: str = "linear",
-                    act_shift: bool = True) -> "BinaryLinear":
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, act_bits, group, act_shift)
+                    act_shift: bool = True, act_shift_init: float = 0.0) -> "BinaryLinear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, act_bits, group, act_shift,
+                act_shift_init)
         with torch.no_grad():
             m.weight.copy_(linear.weight)
             m.alpha.copy_(BF.init_alpha(linear.weight))
@@ -108,23 +110,28 @@ class BinaryLinear(_Switchable):
     # ------------------------------------------------------------------ compute
 
     def binary_weight(self) -> torch.Tensor:
-        if self.frozen:
-            return self.signs() * self.alpha.unsqueeze(1)
-        return BF.binarize_weight(self.weight, self.alpha)
+        """``alpha * signs`` (out, in): the effective weight."""
+        return self._signs_ste() * self.alpha.unsqueeze(1)
 
-    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_bits == 1:
-            if self.act_shift is not None:
-                x = x - self.act_shift
-            return BF.binarize_act(x, dim=-1)
-        if self.act_bits == 8:
-            return BF.fake_quant_int8(x)
-        return x
+    def _signs_ste(self) -> torch.Tensor:
+        if self.frozen:
+            return unpack_signs_torch(self.packed_weight, self.in_features, self.alpha.dtype)
+        return BF.weight_signs_ste(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return F.linear(x, self.weight, self.bias)
-        return F.linear(self.quant_input(x), self.binary_weight(), self.bias)
+        signs = self._signs_ste()
+        if self.act_bits == 1:
+            if self.act_shift is not None:
+                x = x - self.act_shift
+            scale = x.abs().mean(dim=-1, keepdim=True)
+            # +-1 product first (exact integers), scales after: see functional's docstring
+            y = F.linear(BF.sign_ste(x), signs) * scale * self.alpha
+        else:
+            xq = BF.fake_quant_int8(x) if self.act_bits == 8 else x
+            y = F.linear(xq, signs) * self.alpha
+        return y + self.bias if self.bias is not None else y
 
     def storage_bytes(self) -> int:
         """Deployed size: 1 bit per weight (rows padded to bytes) + fp32 scales, bias and thresholds."""
@@ -154,9 +161,12 @@ class BinaryMatMul(_Switchable):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.active and self.bits == 1:
+            # +-1 (or 0/1) product first, exact in float32; the scales after it (see functional's docstring)
+            sb = b.abs().mean(dim=-2, keepdim=True)
             if self.binarize_a:
-                a = BF.binarize_act(a, dim=-1)
-            b = BF.binarize_act(b, dim=-2)
+                sa = a.abs().mean(dim=-1, keepdim=True)
+                return (BF.sign_ste(a) @ BF.sign_ste(b)) * sa * sb
+            return (a @ BF.sign_ste(b)) * sb
         elif self.active and self.bits == 8:
             a, b = BF.fake_quant_int8(a), BF.fake_quant_int8(b)
         return a @ b

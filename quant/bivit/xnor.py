@@ -89,7 +89,7 @@ def binary_linear_ref(x: np.ndarray, ops: XnorOperands) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32) - ops.shift
     scale = np.abs(x).mean(axis=1, keepdims=True)
     dot = xnor_dot_ref(pack_bits_u64(x), ops.w_bits, ops.in_features)
-    return (scale * dot.astype(np.float32) * ops.alpha + ops.bias).astype(np.float32)
+    return (dot.astype(np.float32) * scale * ops.alpha + ops.bias).astype(np.float32)  # the order torch uses
 
 
 # ----------------------------------------------------------------------------------------------- TVM
@@ -103,7 +103,7 @@ def _target(tvm: Any):
 
 
 def _xnor_prim_func(m: int, n: int, words: int, k: int, tvm: Any):
-    """TIR for ``y = s[i] * alpha[j] * (K - 2 * sum_w popcount(x[i, w] ^ wt[w, j])) + bias[j]``.
+    """TIR for ``y = (K - 2 * sum_w popcount(x[i, w] ^ wt[w, j])) * s[i] * alpha[j] + bias[j]``.
 
     ``wt`` is the packed weight transposed to (words, N) so that the vectorised ``j`` loop reads contiguously.
     """
@@ -116,7 +116,7 @@ def _xnor_prim_func(m: int, n: int, words: int, k: int, tvm: Any):
     r = te.reduce_axis((0, words), name="r")
     D = te.compute((m, n), lambda i, j: te.sum(te.popcount(X[i, r] ^ WT[r, j]).astype("int32"), axis=r), name="D")
     Y = te.compute(
-        (m, n), lambda i, j: S[i] * A[j] * (k - 2 * D[i, j]).astype("float32") + B[j], name="Y"
+        (m, n), lambda i, j: (k - 2 * D[i, j]).astype("float32") * S[i] * A[j] + B[j], name="Y"
     )
     return te.create_prim_func([X, WT, S, A, B, Y])
 

@@ -1,0 +1,64 @@
+"""Quantization schemes: what a tensor's integer grid is (bits, signedness, symmetric or affine, granularity).
+
+Defaults follow what CPU int8 runtimes execute fastest and what the QDQ ONNX spec allows:
+weights int8 symmetric per output channel on [-127, 127] (restricted range: no -128, so the weight grid is
+symmetric and TensorRT / VNNI kernels never saturate); activations 8-bit per tensor, either affine uint8
+(ONNX Runtime / OpenVINO on x86 prefer u8 activations x s8 weights) or symmetric int8 (TensorRT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QScheme:
+    """An integer grid: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    qmin: int
+    qmax: int
+    symmetric: bool
+    per_channel: bool = False
+    axis: int = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self.qmin >= 0 else torch.int8
+
+    @property
+    def levels(self) -> int:
+        return self.qmax - self.qmin
+
+
+WEIGHT_INT8 = QScheme(-127, 127, symmetric=True, per_channel=True, axis=0)
+ACT_UINT8 = QScheme(0, 255, symmetric=False)
+ACT_INT8_SYM = QScheme(-128, 127, symmetric=True)
+
+
+def activation_scheme(symmetric: bool) -> QScheme:
+    """Per-tensor activation grid: int8 symmetric (zero point 0) or uint8 affine."""
+    return ACT_INT8_SYM if symmetric else ACT_UINT8
+
+
+def qparams(lo: torch.Tensor | float, hi: torch.Tensor | float, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``[lo, hi]`` (the range is widened to include 0, so 0 is exact).
+
+    Symmetric: ``scale = max(|lo|, |hi|) / (levels / 2)``, zero point at the grid's middle (0 for int8).
+    Affine: ``scale = (hi - lo) / levels``, ``zero_point = qmin - round(lo / scale)``.
+    Works element-wise (per-channel ranges give per-channel parameters).
+    """
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    eps = torch.finfo(torch.float32).eps
+    if scheme.symmetric:
+        amax = torch.maximum(-lo, hi)
+        half = scheme.levels // 2  # 127 for [-127,127] and for [-128,127]
+        scale = torch.clamp(amax / half, min=eps)
+        zp = torch.full_like(scale, (scheme.qmin + scheme.qmax + 1) // 2 if scheme.qmin >= 0 else 0)
+    else:
+        scale = torch.clamp((hi - lo) / scheme.levels, min=eps)
+        zp = torch.clamp(scheme.qmin - torch.round(lo / scale), scheme.qmin, scheme.qmax)
+    return scale, zp.to(torch.int32)

@@ -1,0 +1,48 @@
+"""TVM (Relax) build of the I-ViT integer graph ("I-ViT: Integer-only Quantization for Efficient Vision
+Transformer Inference", Li & Gu, ICCV 2023), compiled for the host CPU (``llvm``).
+
+The integer ONNX graph of :mod:`.onnx_export` is imported with ``tvm.relax.frontend.onnx.from_onnx`` (it uses
+only ops that importer supports: MatMulInteger, integer elementwise ops, Gather, Where, reductions; no
+ConvInteger, which the importer lacks -- convolutions are lowered to im2col + MatMulInteger), then compiled
+with the default Relax pipeline. ``run`` executes the compiled module on the Relax VM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekit.backends import require
+
+
+@dataclass
+class TVMModule:
+    vm: Any
+    device: Any
+    input_name: str
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        tvm = require("tvm", "I-ViT TVM run")
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        arr = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.device)
+        out = self.vm["main"](arr)
+        return out.numpy()
+
+
+def build(proto: Any, target: str = "llvm", opt_level: int = 3) -> TVMModule:
+    """Compile an (integer or float) ONNX ModelProto with Relax for ``target``."""
+    tvm = require("tvm", "I-ViT TVM build")
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    name = proto.graph.input[0].name
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    with tvm.transform.PassContext(opt_level=opt_level):
+        ex = tvm.compile(mod, target=tvm.target.Target(target))
+    dev = tvm.cpu()
+    return TVMModule(relax.VirtualMachine(ex, dev), dev, name)

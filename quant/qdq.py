@@ -1,0 +1,202 @@
+"""Where the Quantize/DequantizeLinear pairs go, so that int8 runtimes fuse them into integer kernels.
+
+Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
+
+1. Every tensor input of a quantized op (conv, linear, matmul, residual add) gets a Q/DQ pair. One pair per
+   tensor, shared by all its consumers (the runtimes expect this, and it keeps branches on one grid).
+2. The output of a quantized op gets a Q/DQ pair too, placed *after* its fused activation (ReLU / ReLU6 /
+   clamp) so ``DQ -> Conv(+bias) -> Relu -> Q`` becomes one ``QLinearConv`` (ORT drops the ReLU when the
+   output zero point sits at the grid's bottom, which an affine grid calibrated on a ReLU output has).
+   Without an output Q a runtime would run that conv in float on dequantized inputs.
+3. Residual adds: both inputs and the output are quantized, so ``DQ, DQ -> Add -> Q`` fuses (QLinearAdd in
+   ORT, an int8 eltwise in OpenVINO/TensorRT).
+4. Weights are int8 initializers feeding a per-channel DequantizeLinear (axis 0); biases stay float
+   initializers (ORT and OpenVINO quantize them to int32 at the fusion; TensorRT ignores bias Q/DQ).
+5. Graph outputs are never quantized (the logits stay float).
+
+Ops the quantizer does not handle are left in float and listed by :func:`plan` (nothing is silently dropped).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+QUANT_OPS = ("conv", "linear", "matmul", "add")
+
+_FUSED_ACTS_MOD = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_FUSED_ACTS_FN = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.clamp, torch.clip}
+_ADD_FNS = {operator.add, operator.iadd, torch.add}
+_MATMUL_FNS = {operator.matmul, torch.matmul, torch.bmm}
+# Ops that move or pool values without arithmetic a quantizer would care about: not reported as float.
+_PASSTHROUGH_MOD = (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_PASSTHROUGH_FN = {torch.flatten, torch.reshape, operator.getitem, torch.cat, torch.relu, torch.nn.functional.relu,
+                   torch.nn.functional.relu6, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.max_pool2d,
+                   torch.nn.functional.avg_pool2d, torch.transpose, torch.permute, torch.clamp, torch.chunk, torch.split,
+                   getattr, operator.mul, operator.truediv, torch.mean}
+_PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "chunk", "split",
+                        "unsqueeze", "squeeze", "mean", "expand", "__getitem__", "relu", "clamp", "softmax", "mul", "dim"}
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` decided: layers to quantize, tensors to quantize, and what stays in float."""
+
+    layers: list[str] = field(default_factory=list)  # call_module targets whose weights become int8
+    op_nodes: list[str] = field(default_factory=list)  # names of the quantized op nodes (incl. add/matmul)
+    tensors: list[str] = field(default_factory=list)  # node names whose output gets a Q/DQ pair
+    inputs_of: dict[str, list[str]] = field(default_factory=dict)  # quantized op node -> its quantized inputs
+    ignored: list[str] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)  # ops left in float that carry arithmetic
+
+
+def _is_float_tensor(n) -> bool:
+    if not isinstance(n, fx.Node):
+        return False
+    meta = n.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+
+def matches(name: str, patterns) -> bool:
+    """Wildcard match of a layer name against ``ignore`` patterns (``head``, ``features.*``, ``*.attn.*``)."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
+
+
+def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """``conv`` | ``linear`` | ``matmul`` | ``add`` for nodes the quantizer handles, else None."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, nn.Conv2d):
+            return "conv"
+        if isinstance(m, nn.Linear):
+            return "linear"
+        return None
+    if node.op == "call_function" or node.op == "call_method":
+        t = node.target
+        if t in _ADD_FNS or t == "add":
+            a = node.args[:2]
+            if len(a) == 2 and all(_is_float_tensor(x) for x in a) and a[0].meta["tensor_meta"].shape == a[1].meta["tensor_meta"].shape:
+                return "add"
+        if t in _MATMUL_FNS or t == "matmul":
+            if len(node.args) >= 2 and all(_is_float_tensor(x) for x in node.args[:2]):
+                return "matmul"
+    return None
+
+
+def _fused_output(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """Follow a single-user chain through a fused activation (ReLU/ReLU6/clamp) after ``node``."""
+    users = list(node.users)
+    if len(users) == 1:
+        u = users[0]
+        if (u.op == "call_module" and isinstance(modules.get(u.target), _FUSED_ACTS_MOD)) or (
+            u.op == "call_function" and u.target in _FUSED_ACTS_FN) or (u.op == "call_method" and u.target in ("relu", "clamp")):
+            return u
+    return node
+
+
+def _is_passthrough(node: fx.Node, modules) -> bool:
+    if node.op in ("placeholder", "output", "get_attr"):
+        return True
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASSTHROUGH_MOD)
+    if node.op == "call_method":
+        return node.target in _PASSTHROUGH_METHODS
+    return node.target in _PASSTHROUGH_FN or node.target in _ADD_FNS or node.target in _MATMUL_FNS
+
+
+def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=()) -> Plan:
+    """Decide the QDQ placement on a shape-propagated graph (``node.meta['tensor_meta']`` set)."""
+    modules = dict(gm.named_modules())
+    p = Plan()
+    needs: dict[str, None] = {}
+    outputs = _output_names(gm)
+    for node in gm.graph.nodes:
+        kind = op_kind(node, modules)
+        label = node.target if node.op == "call_module" else node.name
+        if kind is None:
+            if not _is_passthrough(node, modules) and _is_float_tensor(node):
+                p.float_ops.append(f"{label} ({_describe(node, modules)})")
+            continue
+        if kind not in ops or matches(str(label), ignore):
+            p.ignored.append(str(label))
+            continue
+        p.op_nodes.append(node.name)
+        if kind in ("conv", "linear"):
+            p.layers.append(node.target)
+            ins = [node.args[0]]
+        else:
+            ins = list(node.args[:2])
+        p.inputs_of[node.name] = []
+        for a in ins:
+            if isinstance(a, fx.Node) and _is_float_tensor(a):
+                needs[a.name] = None
+                p.inputs_of[node.name].append(a.name)
+        out = _fused_output(node, modules)
+        if out.name not in outputs and not all(u.op == "output" for u in out.users):
+            needs[out.name] = None
+    p.tensors = list(needs)
+    return p
+
+
+def _output_names(gm: fx.GraphModule) -> set[str]:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    names: set[str] = set()
+    fx.node.map_arg(out.args, lambda a: names.add(a.name))
+    return names
+
+
+def _describe(node: fx.Node, modules) -> str:
+    if node.op == "call_module":
+        return type(modules.get(node.target)).__name__
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+# ----------------------------------------------------------------------------------------- ONNX checks
+
+
+def onnx_op_types(path) -> dict[str, int]:
+    """Op-type histogram of an ONNX file."""
+    onnx = __import__("edgekit.backends", fromlist=["require"]).require("onnx", "QDQ inspection")
+    counts: dict[str, int] = {}
+    for n in onnx.load(str(path)).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def ort_optimized_op_types(path, threads: int = 2) -> dict[str, int]:
+    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions), from its optimized-model dump.
+
+    An int8 model shows ``QLinearConv`` / ``QLinearMatMul`` / ``QGemm`` / ``QLinearAdd`` / ``MatMulInteger``
+    and (almost) no float ``Conv``.
+    """
+    import os
+    import tempfile
+
+    from edgekit.backends import require
+
+    ort = require("onnxruntime", "QDQ inspection")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "opt.onnx")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = out
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return onnx_op_types(out)
+
+
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "MatMulInteger", "ConvInteger",
+                "QLinearGlobalAveragePool", "QLinearAveragePool", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def int8_summary(op_types: dict[str, int]) -> dict[str, object]:
+    """Counts of integer kernels vs float compute ops in an op-type histogram."""
+    int8 = {k: v for k, v in op_types.items() if k in INT8_KERNELS}
+    flt = {k: v for k, v in op_types.items() if k in ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")}
+    return {"int8_kernels": int8, "float_compute": flt, "all_int8": not flt and bool(int8)}

@@ -1,0 +1,136 @@
+"""Recipe stages ``quantize`` (int8 PTQ or QAT, optional mixed precision) and ``sensitivity`` (report only).
+
+    - quantize:
+        mode: ptq                    # ptq | qat
+        calibration: {method: mse, samples: 256}
+        ignore: ["head"]             # wildcard patterns on layer names stay float
+        keep_float: {top_n: 2}       # or {sqnr_budget_db: 25}: mixed precision from per-layer sensitivity
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.errors import UserInputError
+from edgekit.stages import StageConfig, StageContext, register_stage
+
+Method = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
+Op = Literal["conv", "linear", "matmul", "add"]
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Method = "mse"
+    samples: int = Field(256, ge=1)
+    percentile: float = Field(99.99, gt=50.0, le=100.0)
+    batch_size: int = Field(32, ge=1)
+
+
+class KeepFloatConfig(BaseModel):
+    """Mixed precision: keep the ``top_n`` most sensitive layers, and/or every layer whose single-layer output
+    SQNR is below ``sqnr_budget_db``, in float."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_n: int | None = Field(None, ge=0)
+    sqnr_budget_db: float | None = None
+
+
+class QATConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class QuantizeConfig(StageConfig):
+    mode: Literal["ptq", "qat"] = "ptq"
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
+    ignore: list[str] = Field(default_factory=list)
+    symmetric_activations: bool = False  # int8 symmetric (TensorRT) instead of uint8 affine (ORT/OpenVINO)
+    bias_correction: bool = True
+    equalization: bool = False  # cross-layer equalization before calibration
+    keep_float: KeepFloatConfig | None = None
+    fuse: bool = True
+    qat: QATConfig = Field(default_factory=QATConfig)
+
+
+class SensitivityConfig(StageConfig):
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
+    ignore: list[str] = Field(default_factory=list)
+    symmetric_activations: bool = False
+    samples: int = Field(256, ge=1)  # samples the SQNR/accuracy are measured on
+    worst: int = Field(10, ge=1)
+
+
+def _options(cfg) -> "Any":
+    from edgekit.quant.ptq import PTQOptions
+
+    c = cfg.calibration
+    return PTQOptions(method=c.method, samples=c.samples, batch_size=c.batch_size, percentile=c.percentile,
+                      symmetric_activations=cfg.symmetric_activations, ops=tuple(cfg.ops), ignore=list(cfg.ignore),
+                      bias_correction=getattr(cfg, "bias_correction", True), equalization=getattr(cfg, "equalization", False),
+                      fuse=getattr(cfg, "fuse", True))
+
+
+def _need_data(ctx: StageContext, stage: str):
+    if ctx.data is None or ctx.data.calib is None or len(ctx.data.calib) == 0:
+        raise UserInputError(f"stage {stage!r} needs calibration data (pass --data, or use the built-in digits)")
+    return ctx.data
+
+
+def sensitivity_table(model, ctx: StageContext, opts, samples: int) -> list[dict[str, Any]]:
+    from edgekit.quant.ptq import quantize_ptq
+    from edgekit.quant.sensitivity import layer_sensitivity
+
+    data = ctx.data
+    gm, _ = quantize_ptq(model, data.calib.x, ctx.example_inputs[0], opts, do_freeze=False)
+    y = data.calib.y[:samples] if data.calib.y is not None else None
+    return layer_sensitivity(gm, data.calib.x[:samples], y)
+
+
+@register_stage("quantize", config=QuantizeConfig, summary="int8 quantization (PTQ or QAT, QDQ-exportable, mixed precision)")
+def apply(model, cfg: QuantizeConfig, ctx: StageContext):
+    from edgekit.quant.ptq import check_calibration, quantize_ptq
+
+    data = _need_data(ctx, "quantize")
+    example = ctx.example_inputs[0]
+    opts = _options(cfg)
+    check_calibration(data.calib.x, example, opts.samples)
+    extra: dict[str, Any] = {}
+    if cfg.keep_float is not None and (cfg.keep_float.top_n or cfg.keep_float.sqnr_budget_db is not None):
+        from edgekit.quant.sensitivity import choose_float_layers
+
+        sens = sensitivity_table(model, ctx, opts, opts.samples)
+        keep = choose_float_layers(sens, cfg.keep_float.top_n, cfg.keep_float.sqnr_budget_db)
+        opts.ignore = list(opts.ignore) + keep
+        extra = {"sensitivity_worst": sens[:10], "kept_float": keep}
+    if cfg.mode == "qat":
+        from edgekit.quant.qat import quantize_qat
+
+        q = cfg.qat
+        gm, report = quantize_qat(model, data, example, opts, epochs=q.epochs, lr=q.lr,
+                                  distill_weight=q.distill_weight, seed=ctx.seed, teacher=ctx.reference)
+    else:
+        gm, report = quantize_ptq(model, data.calib.x, example, opts)
+        report["mode"] = "ptq"
+    report.update(extra)
+    if report.get("float_ops"):
+        report["note"] = "ops listed in float_ops are not quantized and run in float"
+    gm.edgekit_input_shape = getattr(model, "edgekit_input_shape", None)
+    gm.edgekit_name = getattr(model, "edgekit_name", None)
+    return gm, report
+
+
+@register_stage("sensitivity", config=SensitivityConfig, summary="per-layer int8 sensitivity report (model unchanged)")
+def sensitivity(model, cfg: SensitivityConfig, ctx: StageContext):
+    from edgekit.quant.ptq import check_calibration
+
+    data = _need_data(ctx, "sensitivity")
+    opts = _options(cfg)
+    check_calibration(data.calib.x, ctx.example_inputs[0], opts.samples)
+    sens = sensitivity_table(model, ctx, opts, cfg.samples)
+    return model, {"layers": len(sens), "worst": sens[: cfg.worst], "all": sens}
