@@ -1,0 +1,247 @@
+"""Structured pruning: rank the units of a dependency graph and remove them, returning a smaller dense model.
+
+    new_model, report = prune(model, example_inputs, ratio=0.3, importance="l1", round_to=8, ignore=["head*"])
+
+``ratio`` is the fraction of units (channels / heads) removed in every group (per-layer mode) or across all
+groups after normalising each group's scores by its mean (``global_pruning``; no group loses more than
+``max_group_ratio``). ``round_to`` keeps every channel group's count at a multiple of it where possible (heads
+are counted as units and not rounded). The model returned is a plain dense ``nn.Module``: the edited copy when
+its own forward still runs, otherwise the rewritten ``torch.fx.GraphModule``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.errors import UserInputError
+from edgekit.prune.graph import DependencyGraph, Group, Unit
+from edgekit.prune.handlers import find_handler
+from edgekit.prune.importance import IMPORTANCE
+
+
+@dataclass
+class Plan:
+    graph: DependencyGraph
+    remove: list[Unit]
+    scores: dict[int, float]  # unit root -> normalised importance
+    per_group: list[dict[str, Any]]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
+    """Multiply-accumulates of one forward (FLOPs / 2 from torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*example_inputs)
+    return int(counter.get_total_flops() // 2)
+
+
+def torch_latency_ms(model: nn.Module, example_inputs: Sequence[torch.Tensor], runs: int = 20, warmup: int = 3) -> float:
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(*example_inputs)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(*example_inputs)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _accumulate_grads(graph: DependencyGraph, data, batches: int = 4, batch_size: int = 64) -> None:
+    if data is None or data.train.y is None:
+        raise UserInputError("prune: importance 'taylor' needs labeled data (--data with labels)")
+    model = graph.gm
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for i, (xb, yb) in enumerate(data.train.batches(batch_size, shuffle=True, seed=0)):
+        if i >= batches:
+            break
+        F.cross_entropy(model(xb), yb).backward()
+
+
+def _round_keep(n: int, keep: int, round_to: int) -> int:
+    if round_to > 1 and n >= round_to:
+        keep = min(n, int(math.ceil(keep / round_to) * round_to))
+    return max(1, min(n, keep))
+
+
+def _group_ratio(group: Group, ratio: float, ratios: dict[str, float]) -> float:
+    for pattern, r in ratios.items():
+        if any(fnmatch.fnmatchcase(layer, pattern) for layer in group.layers):
+            return r
+    return ratio
+
+
+def make_plan(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    ratio: float = 0.3,
+    importance: str = "l1",
+    global_pruning: bool = False,
+    round_to: int = 1,
+    ignore: Sequence[str] = (),
+    data=None,
+    max_group_ratio: float = 0.9,
+    ratios: dict[str, float] | None = None,
+    criterion=None,
+) -> Plan:
+    """Build the dependency graph and choose the units to remove (nothing is removed yet)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserInputError(f"prune: ratio {ratio} must be in [0, 1)")
+    if round_to < 1:
+        raise UserInputError(f"prune: round_to {round_to} must be >= 1")
+    fn = criterion or IMPORTANCE.get(importance)
+    graph = DependencyGraph(model, example_inputs, ignore=ignore)
+    if criterion is None and IMPORTANCE.meta(importance).get("needs_data"):
+        _accumulate_grads(graph, data)
+    ratios = dict(ratios or {})
+    scored: list[tuple[Group, np.ndarray]] = []
+    for g in graph.groups:
+        s = np.asarray(fn(graph, g, {"data": data}), dtype=np.float64)
+        scored.append((g, s))
+    graph.gm.zero_grad(set_to_none=True)
+    remove: list[Unit] = []
+    scores: dict[int, float] = {}
+    per_group: list[dict[str, Any]] = []
+    if global_pruning:
+        pool = []
+        for gi, (g, s) in enumerate(scored):
+            norm = s / (s.mean() if s.mean() > 0 else 1.0)
+            for ui, v in enumerate(norm):
+                pool.append((v, gi, ui))
+        pool.sort()
+        target = int(ratio * sum(len(g.units) for g, _ in scored))
+        chosen: dict[int, list[int]] = {gi: [] for gi in range(len(scored))}
+        caps = {gi: int(max_group_ratio * len(g.units)) for gi, (g, _) in enumerate(scored)}
+        count = 0
+        for v, gi, ui in pool:
+            if count >= target:
+                break
+            if len(chosen[gi]) < caps[gi]:
+                chosen[gi].append(ui)
+                count += 1
+        for gi, (g, s) in enumerate(scored):
+            n = len(g.units)
+            rounding = round_to if not _has_internal(g) else 1
+            keep = _round_keep(n, n - len(chosen[gi]), rounding)
+            order = [ui for ui in np.argsort(s, kind="stable")]
+            drop = [ui for ui in order if ui in set(chosen[gi])][: n - keep]
+            _emit(g, s, drop, remove, scores, per_group)
+    else:
+        for g, s in scored:
+            n = len(g.units)
+            r = min(_group_ratio(g, ratio, ratios), max_group_ratio)
+            rounding = round_to if not _has_internal(g) else 1
+            keep = _round_keep(n, n - int(math.floor(r * n)), rounding)
+            drop = list(np.argsort(s, kind="stable")[: n - keep])
+            _emit(g, s, drop, remove, scores, per_group)
+    return Plan(graph, remove, scores, per_group)
+
+
+def _has_internal(g: Group) -> bool:
+    return any(k[2] == "internal" for k in g.key)
+
+
+def _emit(g: Group, s: np.ndarray, drop, remove, scores, per_group) -> None:
+    for ui, u in enumerate(g.units):
+        scores[u.root] = float(s[ui])
+    remove.extend(g.units[int(ui)] for ui in drop)
+    per_group.append({"layers": g.layers, "units": len(g.units), "removed": len(drop),
+                      "kind": "heads" if _has_internal(g) else "channels"})
+
+
+def zero_units(model: nn.Module, units: Sequence[Unit]) -> nn.Module:
+    """A copy of ``model`` (the dense original) with the units' producing channels / heads set to zero.
+
+    Zeroes conv/linear output rows and biases, BN/LayerNorm gamma and beta, attention heads' q/k/v rows and
+    every parameter slot (e.g. class token, position embedding). With a per-channel norm (BatchNorm) or none,
+    the removed channels then contribute nothing, so the output equals the pruned model's (before fine-tuning).
+    """
+    model = copy.deepcopy(model).eval()
+    mods = dict(model.named_modules())
+    per: dict[tuple, set[int]] = {}
+    for u in units:
+        for s in u.slots:
+            per.setdefault(s[:3], set()).add(s[3])
+    with torch.no_grad():
+        for (kind, name, side), idx in per.items():
+            idx = sorted(idx)
+            if kind == "module":
+                if side == "in":
+                    continue
+                m = mods[name]
+                h = find_handler(type(m))
+                (h.zero_internal if side == "internal" else h.zero_out)(m, idx)
+            else:
+                owner, _, attr = name.rpartition(".")
+                t = getattr(model.get_submodule(owner) if owner else model, attr)
+                t.index_fill_(side, torch.tensor(idx, dtype=torch.long), 0.0)
+    return model
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    ratio: float = 0.3,
+    importance: str = "l1",
+    global_pruning: bool = False,
+    round_to: int = 1,
+    ignore: Sequence[str] = (),
+    data=None,
+    max_group_ratio: float = 0.9,
+    ratios: dict[str, float] | None = None,
+    measure_latency: bool = False,
+    plan: Plan | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``."""
+    example_inputs = tuple(example_inputs)
+    model = model.eval()
+    if plan is None:
+        plan = make_plan(model, example_inputs, ratio, importance, global_pruning, round_to, ignore, data,
+                         max_group_ratio, ratios)
+    params0, macs0 = count_params(model), count_macs(model, example_inputs)
+    lat0 = torch_latency_ms(model, example_inputs) if measure_latency else None
+    new, info = plan.graph.prune(plan.remove)
+    new.eval()
+    params1, macs1 = count_params(new), count_macs(new, example_inputs)
+    lat1 = torch_latency_ms(new, example_inputs) if measure_latency else None
+    per_layer: dict[str, dict[str, int]] = {}
+    for key, n in info["removed"].items():
+        layer, _, side = key.rpartition(".")
+        per_layer.setdefault(layer, {})[side] = n
+    report = {
+        "ratio": ratio,
+        "importance": importance,
+        "global_pruning": global_pruning,
+        "round_to": round_to,
+        "params": {"before": params0, "after": params1, "ratio": params1 / max(1, params0)},
+        "macs": {"before": macs0, "after": macs1, "ratio": macs1 / max(1, macs0)},
+        "latency_ms_torch": None if lat0 is None else {"before": lat0, "after": lat1, "ratio": lat1 / lat0},
+        "groups": plan.per_group,
+        "removed_per_layer": per_layer,
+        "units_removed": len(plan.remove),
+        "units_total": sum(g["units"] for g in plan.per_group),
+        "model_type": info["module"],
+        "graph_rewrites": info["graph_rewrites"],
+        "frozen_notes": sorted(set(plan.graph.frozen_reasons))[:20],
+    }
+    return new, report
+
+
+__all__ = ["prune", "make_plan", "zero_units", "Plan", "count_params", "count_macs"]
