@@ -1,0 +1,126 @@
+"""int8 PTQ end to end on the default zoo model: accuracy, QDQ export run as int8 by ORT, agreement, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit import models
+from edgekit.data import load_data
+from edgekit.errors import UserInputError
+from edgekit.quant.ptq import PTQOptions, quantize_ptq
+from edgekit.stages import StageContext, get_stage
+from edgekit.training import evaluate, predict
+
+ACC_TOL = 0.005  # int8 top-1 within 0.5 points of fp32
+AGREE = 0.99  # top-1 agreement of the exported int8 graph with the PyTorch fake-quant model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    data = load_data()
+    model = models.create("convnet")
+    example = data.test.x[:1]
+    q, rep = quantize_ptq(model, data.calib.x, example, PTQOptions(method="mse", samples=128))
+    return data, model, example, q, rep
+
+
+def test_ptq_accuracy_and_int8_weights(setup):
+    data, model, _, q, rep = setup
+    fp32, int8 = evaluate(model, data.test), evaluate(q, data.test)
+    assert int8 >= fp32 - ACC_TOL, (fp32, int8)
+    assert rep["float_ops"] == [] and len(rep["quantized_layers"]) == 7
+    from edgekit.metrics import storage_bytes
+
+    assert storage_bytes(q) < 0.3 * storage_bytes(model)
+    # the quantized output really differs from float (the test would pass vacuously otherwise)
+    assert not torch.allclose(predict(q, data.test.x[:8]), predict(model, data.test.x[:8]))
+
+
+def test_torch_export_roundtrip(setup, tmp_path):
+    data, _, example, q, _ = setup
+    from edgekit.loading import load_model, save_model
+
+    path = save_model(q, tmp_path, example)
+    loaded = load_model(str(path)).model
+    x = data.test.x[:1]
+    assert torch.allclose(loaded(x), q(x), atol=1e-5)
+
+
+def test_qdq_onnx_runs_int8_on_ort_and_agrees(setup, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import qdq
+
+    data, _, example, q, _ = setup
+    path = to_onnx(q, example, tmp_path / "q.onnx")
+    ops = qdq.ort_optimized_op_types(path)
+    summary = qdq.int8_summary(ops)
+    assert summary["int8_kernels"].get("QLinearConv", 0) == 6, ops
+    assert "Conv" not in ops and "FusedConv" not in ops, ops  # no conv left in float
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = data.test.x[:200]
+    name = sess.get_inputs()[0].name
+    out = np.concatenate([sess.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])
+    agree = float((out.argmax(1) == predict(q, x).argmax(1).numpy()).mean())
+    assert agree >= AGREE
+
+
+def test_qdq_onnx_agrees_on_openvino(setup, tmp_path):
+    ov = pytest.importorskip("openvino")
+    from edgekit.exporters.torch2onnx import to_onnx
+
+    data, _, example, q, _ = setup
+    path = to_onnx(q, example, tmp_path / "q.onnx")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    x = data.test.x[:100]
+    got = np.concatenate([compiled([x[i : i + 1].numpy()])[0] for i in range(len(x))])
+    agree = float((got.argmax(1) == predict(q, x).argmax(1).numpy()).mean())
+    assert agree >= AGREE
+
+
+def test_bad_calibration_data_fails_before_work():
+    data = load_data()
+    model = models.create("convnet")
+    ex = data.test.x[:1]
+    with pytest.raises(UserInputError, match="shape"):
+        quantize_ptq(model, torch.randn(8, 3, 16, 16), ex)
+    with pytest.raises(UserInputError, match="dtype"):
+        quantize_ptq(model, torch.zeros(8, 3, 32, 32, dtype=torch.uint8), ex)
+
+
+def test_ignore_pattern_keeps_layer_float():
+    data = load_data()
+    model = models.create("convnet")
+    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQOptions(method="minmax", samples=64, ignore=["head", "features.0.*"]))
+    assert "head" in rep["ignored"] and "features.0.0" in rep["ignored"]
+    assert "head" not in rep["quantized_layers"]
+    assert isinstance(q.get_submodule("head"), torch.nn.Linear)
+
+
+def test_quantize_stage_with_keep_float():
+    data = load_data()
+    model = models.create("convnet")
+    fn, cfg_cls = get_stage("quantize")
+    cfg = cfg_cls.from_dict({"calibration": {"method": "minmax", "samples": 64}, "keep_float": {"top_n": 1}})
+    ctx = StageContext(data=data, reference=model, example_inputs=(data.test.x[:1],))
+    q, rep = fn(model, cfg, ctx)
+    assert len(rep["kept_float"]) == 1
+    worst = rep["sensitivity_worst"][0]
+    assert worst["layer"] == rep["kept_float"][0] and np.isfinite(worst["sqnr_db"])
+    assert rep["kept_float"][0] not in rep["quantized_layers"]
+    with pytest.raises(Exception, match="method"):
+        cfg_cls.from_dict({"calibration": {"method": "kl-magic"}})
+
+
+def test_recipes_load():
+    from edgekit.recipe import load_recipe
+
+    r = load_recipe("int8")
+    assert [s.name for s in r.stages] == ["fuse", "quantize"] and r.measure.latency_runtime == "onnxruntime"
+    r = load_recipe("int8-qat")
+    assert r.stages[-1].config.mode == "qat"
