@@ -4,7 +4,9 @@
   binary (``act_bits=1``: ``mean|x - b| * sign(x - b)`` with a learnable per-feature threshold ``b``, the
   RSign of ReActNet), 8-bit (``act_bits=8``) or float (``act_bits=32``) inputs. After :meth:`freeze` it holds
   the weights packed 1 bit each (uint8 buffer ``packed_weight``) and unpacks them in ``forward``, so a
-  ``torch.export`` of the model stores 1 bit per binarized weight; :meth:`storage_bytes` counts exactly that.
+  ``torch.export`` of the model stores 1 bit per binarized weight; the per-channel scales ``alpha``, the bias
+  and the activation thresholds become float16 buffers (rounded once, at freeze; computed in float32).
+  :meth:`storage_bytes` counts exactly that.
 * :class:`BinaryMatMul`: replaces ``Attention.matmul_qk`` / ``matmul_av``; binarizes its operands (scales over
   the contraction dimension) or fake-quantizes them to int8.
 * :class:`BinarySoftmax`: replaces ``Attention.softmax``; softmax-aware binarization of the probabilities
@@ -28,6 +30,12 @@ from edgekit.quant.bivit.pack import pack_signs, packed_nbytes, unpack_signs_tor
 __all__ = ["BinaryLinear", "BinaryMatMul", "BinarySoftmax", "freeze", "binary_modules", "set_active"]
 
 ActBits = Literal[1, 8, 32]
+SIDE_DTYPE = torch.float16  # storage of alpha / bias / act_shift once frozen
+_SIDE = ("alpha", "bias", "act_shift")
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
 class _Switchable(nn.Module):
@@ -87,12 +95,18 @@ class BinaryLinear(_Switchable):
         return BF.weight_signs(self.weight)
 
     def freeze(self) -> None:
-        """Replace the latent float weights by their packed signs (1 bit each); idempotent."""
+        """Replace the latent float weights by their packed signs (1 bit each) and store ``alpha``, bias and
+        thresholds in float16; idempotent."""
         if self.frozen:
             return
         packed = torch.from_numpy(pack_signs(BF.weight_signs(self.weight))).to(self.weight.device)
         del self.weight
         self.register_buffer("packed_weight", packed)
+        for name in _SIDE:
+            t = getattr(self, name)
+            if t is not None:
+                delattr(self, name)
+                self.register_buffer(name, t.detach().to(SIDE_DTYPE))
         self.frozen = True
         self.active = True
 
@@ -111,36 +125,35 @@ class BinaryLinear(_Switchable):
 
     def binary_weight(self) -> torch.Tensor:
         """``alpha * signs`` (out, in): the effective weight."""
-        return self._signs_ste() * self.alpha.unsqueeze(1)
+        return self._signs_ste() * _f32(self.alpha).unsqueeze(1)
 
     def _signs_ste(self) -> torch.Tensor:
         if self.frozen:
-            return unpack_signs_torch(self.packed_weight, self.in_features, self.alpha.dtype)
+            return unpack_signs_torch(self.packed_weight, self.in_features, torch.float32)
         return BF.weight_signs_ste(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return F.linear(x, self.weight, self.bias)
         signs = self._signs_ste()
+        alpha = _f32(self.alpha)
         if self.act_bits == 1:
             if self.act_shift is not None:
-                x = x - self.act_shift
+                x = x - _f32(self.act_shift)
             scale = x.abs().mean(dim=-1, keepdim=True)
             # +-1 product first (exact integers), scales after: see functional's docstring
-            y = F.linear(BF.sign_ste(x), signs) * scale * self.alpha
+            y = F.linear(BF.sign_ste(x), signs) * scale * alpha
         else:
             xq = BF.fake_quant_int8(x) if self.act_bits == 8 else x
-            y = F.linear(xq, signs) * self.alpha
-        return y + self.bias if self.bias is not None else y
+            y = F.linear(xq, signs) * alpha
+        return y + _f32(self.bias) if self.bias is not None else y
 
     def storage_bytes(self) -> int:
-        """Deployed size: 1 bit per weight (rows padded to bytes) + fp32 scales, bias and thresholds."""
+        """Deployed size: 1 bit per weight (rows padded to bytes) + float16 scales, bias and thresholds."""
         if not self.active and not self.frozen:
             return self.weight.numel() * 4 + (self.bias.numel() * 4 if self.bias is not None else 0)
-        n = packed_nbytes(self.out_features, self.in_features) + 4 * self.alpha.numel()
-        n += 4 * self.bias.numel() if self.bias is not None else 0
-        n += 4 * self.act_shift.numel() if self.act_shift is not None else 0
-        return n
+        side = sum(getattr(self, n).numel() for n in _SIDE if getattr(self, n) is not None)
+        return packed_nbytes(self.out_features, self.in_features) + side * SIDE_DTYPE.itemsize
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, act_bits={self.act_bits}, "
