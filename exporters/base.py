@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
+from edgekit.exporters.torch2onnx import safe_eval
 from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, tolerance
 from edgekit.registry import Registry
 
@@ -142,12 +143,17 @@ def _resolve_model(model_or_path: Any) -> tuple[nn.Module, str, tuple[int, ...] 
         m = model_or_path
         shape = getattr(m, "edgekit_input_shape", None)
         name = getattr(m, "edgekit_name", None) or type(m).__name__.lower()
-        return m.eval(), str(name), tuple(shape) if shape else None
+        return safe_eval(m), str(name), tuple(shape) if shape else None
+    if isinstance(model_or_path, (str, Path)) and str(model_or_path).endswith(".onnx"):
+        from edgekit.exporters.onnx import OnnxModel
+
+        m = OnnxModel(Path(model_or_path))
+        return m, m.edgekit_name, m.edgekit_input_shape
     if isinstance(model_or_path, (str, Path)):
         from edgekit.loading import load_model
 
         loaded = load_model(str(model_or_path))
-        return loaded.model.eval(), loaded.name, loaded.input_shape
+        return safe_eval(loaded.model), loaded.name, loaded.input_shape
     raise UserInputError(f"model: got {type(model_or_path).__name__}; expected an nn.Module or a MODEL spec string")
 
 
@@ -192,6 +198,7 @@ def export(
     example_inputs: Any = None,
     data: Any = None,
     bisect: bool = False,
+    validation_samples: int = N_TOP1,
     **options: Any,
 ) -> Artifact:
     """Export a model to ``target`` at ``precision``, validate it against PyTorch; return the :class:`Artifact`.
@@ -199,13 +206,15 @@ def export(
     ``model_or_path``: an ``nn.Module`` or any MODEL spec :func:`edgekit.loading.load_model` accepts.
     ``data``: a DataBundle or data spec for reference inputs and top-1 agreement (default: the built-in digits
     at the model's input shape). ``options``: target-specific, see ``capabilities(target).options``.
-    A failed validation does not raise: check ``artifact.report.passed`` (the CLI exits 1).
+    ``validation_samples``: data samples for the top-1 agreement of classifiers. ``bisect``: on a numeric
+    validation, also compare intermediate tensors layer by layer (ONNX-graph targets) and name the first layer
+    that drifts. A failed validation does not raise: check ``artifact.report.passed`` (the CLI exits 1).
     """
     from edgekit.artifacts import atomic_output_dir, check_writable, write_json_atomic, write_manifest
 
     exporter = get_exporter(target)
-    tolerance(precision)  # unknown precision -> UserInputError
-    opts = exporter.check_options(precision, options)
+    opts = exporter.check_options(precision, options)  # precision and options, before any work
+    tolerance(precision)
     model, name, shape = _resolve_model(model_or_path)
     if example_inputs is None and shape is None and data is None:
         raise UserInputError(f"model {name}: input shape unknown; pass example_inputs (or --input-shape CxHxW)")
@@ -252,7 +261,7 @@ def export(
             **ctx.extra_manifest,
             **fields,
         }
-        report = _validate_dir(exporter, tmp, manifest, model, inputs, ref_outputs, bundle)
+        report = _validate_dir(exporter, tmp, manifest, model, inputs, ref_outputs, bundle, validation_samples)
         if bisect and report.numeric:
             from edgekit.exporters.bisect import bisect_artifact
 
@@ -264,7 +273,7 @@ def export(
     return Artifact(out, written["files"], written, report)
 
 
-def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bundle) -> ValidationReport:
+def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bundle, n_top1: int = N_TOP1) -> ValidationReport:
     checks = exporter.checks(directory, manifest)
     run = exporter.runner(directory, manifest)
     if isinstance(run, str):
@@ -276,7 +285,7 @@ def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bun
     top1 = None
     num_classes = getattr(bundle, "num_classes", None) if bundle is not None and bundle.labeled else None
     if is_classifier(ref_outputs, num_classes):
-        xs = bundle.test.x[:N_TOP1]
+        xs = bundle.test.x[:n_top1]
         act = np.stack([np.asarray(run(xs[i : i + 1].numpy()))[0] for i in range(len(xs))])
         ref = np.concatenate([_forward(model, xs[i : i + 64]) for i in range(0, len(xs), 64)])
         top1 = (act, ref)

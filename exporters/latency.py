@@ -88,7 +88,9 @@ def measure_latency(
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                model = model.eval()
+                from edgekit.exporters.torch2onnx import safe_eval
+
+                model = safe_eval(model)
                 res = time_callable(lambda: model(x), runs, warmup)
         finally:
             torch.set_num_threads(prev)

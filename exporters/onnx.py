@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
@@ -83,6 +85,9 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray) -> d
             x = next(self._it, None)
             return None if x is None else {"input": x}
 
+    import logging
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT prints advice via root
     q.quantize_static(
         str(fp32_path), str(out_path), _Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
         activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
@@ -92,26 +97,50 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray) -> d
             "calibration_samples": int(len(calib))}
 
 
+class OnnxModel(nn.Module):
+    """An existing ONNX file used as the MODEL: it runs on ONNX Runtime and serves as the reference."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        model = load_checked(self.path)
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        shape = tuple(d.dim_value for d in dims[1:])
+        self.edgekit_input_shape = shape if shape and all(s > 0 for s in shape) else None
+        self.edgekit_name = self.path.stem
+        self._run = None
+
+    def forward(self, x):
+        if self._run is None:
+            self._run = ort_runner(self.path)
+        xs = x.detach().float().numpy()
+        return torch.from_numpy(np.concatenate([np.asarray(self._run(xs[i : i + 1])) for i in range(len(xs))]))
+
+
 def write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
     """The hub graph for ``precision``; records what was done in ``ctx.extra_manifest``."""
     opset = int(ctx.options.get("opset", DEFAULT_OPSET))
     dyn = bool(ctx.options.get("dynamic_batch", False))
     exporter = ctx.options.get("exporter", "auto")
     info: dict[str, Any] = {"opset": max(opset, 17)}
+    if isinstance(ctx.model, OnnxModel):
+        return _from_onnx_file(ctx, path, precision, info)
     if precision == "fp16":
         to_onnx_fp16(ctx.model, ctx.example, path, opset=opset, dynamic_batch=dyn, exporter=exporter)
-    elif precision == "int8" and not fake_quant_layers(ctx.model):
-        if ctx.calib is None or len(ctx.calib) == 0:
-            raise UserInputError("int8 of a float model needs calibration data (pass data=...)")
-        fp32 = path.with_name(".fp32-" + path.name)
-        to_onnx(ctx.model, ctx.example, fp32, opset=opset, dynamic_batch=dyn, exporter=exporter)
-        cleanup(fp32)
-        info.update(quantize_static_qdq(fp32, path, ctx.calib[:128].numpy().astype(np.float32)))
-        fp32.unlink()
     else:
         to_onnx(ctx.model, ctx.example, path, opset=opset, dynamic_batch=dyn, exporter=exporter)
         if precision == "int8":
-            info["int8_source"] = "fake-quant ops of the model carried through as QDQ"
+            # the graph itself tells whether the model carries fake-quant ops (modules or functional calls)
+            if count_qdq(load_checked(path)):
+                info["int8_source"] = "fake-quant ops of the model carried through as QDQ"
+            else:
+                if ctx.calib is None or len(ctx.calib) == 0:
+                    raise UserInputError("int8 of a float model needs calibration data (pass data=...)")
+                fp32 = path.with_name(".fp32-" + path.name)
+                path.replace(fp32)
+                cleanup(fp32)
+                info.update(quantize_static_qdq(fp32, path, ctx.calib[:128].numpy().astype(np.float32)))
+                fp32.unlink()
     if ctx.options.get("cleanup", True):
         info["cleanup"] = cleanup(path)
     model = load_checked(path)
@@ -125,7 +154,62 @@ def write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
     return path
 
 
-def ort_runner(path: Path, threads: int = 2):
+def _from_onnx_file(ctx: ExportContext, path: Path, precision: str, info: dict[str, Any]) -> Path:
+    import shutil
+
+    src = ctx.model.path
+    has_qdq = count_qdq(load_checked(src)) > 0
+    if precision == "fp16":
+        raise UserInputError(
+            f"{src.name}: an fp16 ONNX graph is made from the PyTorch model (traced in half); "
+            "pass the PyTorch model (zoo name, .pt2, module:factory) instead of an .onnx file"
+        )
+    if precision == "int8" and not has_qdq:
+        if ctx.calib is None:
+            raise UserInputError("int8 of a float ONNX model needs calibration data (pass data=...)")
+        info.update(quantize_static_qdq(src, path, ctx.calib[:128].numpy().astype(np.float32)))
+    else:
+        shutil.copyfile(src, path)
+        if precision == "int8":
+            info["int8_source"] = "QDQ nodes of the input ONNX"
+    info["source_onnx"] = src.name
+    if ctx.options.get("cleanup", True):
+        info["cleanup"] = cleanup(path)
+    model = load_checked(path)
+    info["opset"] = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=17)
+    if len(model.graph.input) != 1:
+        raise UserInputError(f"{src.name}: the graph has {len(model.graph.input)} inputs; edgekit exports single-input models")
+    renamed = _rename_io(model)
+    if renamed:
+        import onnx
+
+        onnx.save(model, str(path))
+        info["renamed_io"] = renamed
+    ctx.extra_manifest.update(info)
+    return path
+
+
+def _rename_io(model) -> dict[str, str]:
+    """Name the graph's input ``input`` and first output ``output`` (the artifact contract)."""
+    renames = {}
+    for value, new in ((model.graph.input[0], "input"), (model.graph.output[0], "output")):
+        if value.name != new:
+            renames[value.name] = new
+    for old, new in renames.items():
+        for v in list(model.graph.input) + list(model.graph.output):
+            if v.name == old:
+                v.name = new
+        for n in model.graph.node:
+            for i, name in enumerate(n.input):
+                if name == old:
+                    n.input[i] = new
+            for i, name in enumerate(n.output):
+                if name == old:
+                    n.output[i] = new
+    return renames
+
+
+def ort_runner(path: Path, threads: int = 1):
     from edgekit.exporters.latency import ort_session
 
     sess = ort_session(path, threads)

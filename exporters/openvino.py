@@ -47,7 +47,7 @@ class OpenVINOExporter(Exporter):
     def runner(self, directory: Path, manifest: dict[str, Any]):
         from edgekit.exporters.latency import openvino_compiled
 
-        request = openvino_compiled(directory / manifest["model_file"], threads=2).create_infer_request()
+        request = openvino_compiled(directory / manifest["model_file"], threads=1).create_infer_request()
 
         def run(x: np.ndarray) -> np.ndarray:
             res = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

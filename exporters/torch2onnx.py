@@ -34,6 +34,14 @@ OUTPUT_NAME = "output"
 DEFAULT_OPSET = 17
 
 
+def safe_eval(model):
+    """``model.eval()``; modules unflattened from ``torch.export`` refuse it (they are fixed in eval form)."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
+
+
 def is_graph_module(model: object) -> bool:
     return isinstance(model, (torch.fx.GraphModule, torch.export.ExportedProgram))
 
@@ -132,7 +140,7 @@ def to_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, nn.Module):
-        model = model.eval()
+        model = safe_eval(model)
     if exporter == "auto":
         order = ["dynamo", "torchscript"] if is_graph_module(model) else ["torchscript", "dynamo"]
     else:
@@ -178,4 +186,6 @@ def to_onnx_fp16(model: nn.Module, example: torch.Tensor, path: str | Path, **kw
                 p.data = p.data.half()
     else:
         inner = copy.deepcopy(model).half()
-    return to_onnx(_Half(inner).eval(), example, path, **kw)
+    wrapper = _Half(inner)
+    wrapper.training = False
+    return to_onnx(wrapper, example, path, **kw)

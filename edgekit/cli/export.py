@@ -1,18 +1,128 @@
-"""`edgekit export`: placeholder until its stage lands; it says so and exits 1."""
+"""``edgekit export``: export a model to a deployment target and validate it against PyTorch.
+
+Exit codes: 0 exported and validated; 1 export failed or validation failed (the worst output is named);
+2 bad input (unknown target/precision/option, wrong input shape, corrupt model file), nothing written.
+"""
 
 from __future__ import annotations
+
+from typing import List, Optional
 
 import typer
 
 
+def _parse_option(text: str):
+    from edgekit.errors import UserInputError
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserInputError(f"--option {text!r}: expected KEY=VALUE, e.g. --option dynamic_batch=true")
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    try:
+        return key, int(raw)
+    except ValueError:
+        return key, raw
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _not_yet(ctx: typer.Context) -> None:
-        """Not implemented yet."""
-        from edgekit.cli._common import run
-        from edgekit.errors import NotImplementedStageError
+    from edgekit.cli._common import FORCE_OPTION, JSON_OPTION
+
+    @app.command("export")
+    def export_cmd(
+        model: Optional[str] = typer.Argument(
+            None, help="Zoo name, module:factory, .pt2, .pt (+--arch), .onnx file or compress output dir."
+        ),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="onnx, openvino, coreml, tensorrt or tvm."),
+        precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (per target)."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="Output dir (default edgekit-out/<model>-<target>-<precision>/)."),
+        force: bool = FORCE_OPTION,
+        option: List[str] = typer.Option([], "--option", "-O", help="Target option KEY=VALUE (repeatable), e.g. dynamic_batch=true, device=aarch64."),
+        data: Optional[str] = typer.Option(None, "--data", help="Reference/validation data: digits (default), random:CxHxW, .npz or folder."),
+        input_shape: Optional[str] = typer.Option(None, "--input-shape", help="CxHxW when the model does not record it."),
+        bisect: bool = typer.Option(False, "--bisect", help="Compare intermediate tensors layer by layer; name the first that drifts."),
+        arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture for a state-dict MODEL file."),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling of MODEL (runs code from the file)."),
+        list_targets: bool = typer.Option(False, "--list-targets", help="Show the targets and their capabilities, then exit."),
+        json_: bool = JSON_OPTION,
+    ) -> None:
+        """Export MODEL to a target, validate it against PyTorch, write the artifact directory.
+
+        Example: edgekit export convnet --target openvino --precision fp16
+        """
+        from edgekit.cli._common import console, emit_json, run
 
         def body() -> None:
-            raise NotImplementedStageError("`edgekit export` is not implemented yet")
+            from edgekit.errors import EdgekitError, UserInputError
+            from edgekit.exporters.base import capabilities, export, target_names
+
+            if list_targets:
+                _print_targets(json_)
+                return
+            if target is None:
+                raise UserInputError(f"--target is required; accepted: {', '.join(target_names())}")
+            caps = capabilities(target)  # unknown target -> exit 2 before any work
+            if precision not in caps.precisions:
+                raise UserInputError(f"target {target!r} does not support precision {precision!r}; accepted: {', '.join(caps.precisions)}")
+            options = dict(_parse_option(o) for o in option)
+            example = None
+            if input_shape:
+                import torch
+
+                from edgekit.data import parse_shape
+
+                example = torch.randn(1, *parse_shape(input_shape, "--input-shape"))
+            spec = model
+            if model and arch or trust_pickle:
+                from edgekit.loading import load_model
+
+                loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+                spec = loaded.model
+                spec.edgekit_name = loaded.name
+                if loaded.input_shape:
+                    spec.edgekit_input_shape = loaded.input_shape
+            if spec is None:
+                from edgekit.models import DEFAULT_MODEL
+
+                spec = DEFAULT_MODEL
+            art = export(spec, target, precision, out=out, force=force, example_inputs=example, data=data, bisect=bisect, **options)
+            rep = art.report
+            if json_:
+                emit_json({"out_dir": str(art.directory), "manifest": art.manifest, "validation": rep.to_dict()})
+            else:
+                con = console()
+                con.print(f"wrote [bold]{art.directory}[/] ({art.manifest['model_file']}, {art.manifest['export_seconds']} s)")
+                if art.manifest.get("engine_built") is False:
+                    con.print(f"[yellow]no TensorRT engine was built[/]: {art.manifest.get('engine_not_built_reason')}; "
+                              f"build it with: {art.manifest['trtexec_command']}", highlight=False)
+                con.print(rep.summary(), highlight=False, markup=False)
+                bis = rep.extra.get("bisect")
+                if bis:
+                    con.print(f"bisect: {bis.get('summary')}", highlight=False, markup=False)
+            if not rep.passed:
+                worst = rep.worst_output or "output"
+                raise EdgekitError(f"validation failed (worst output: {worst}): {'; '.join(rep.failures)}")
 
         run(body)
+
+
+def _print_targets(as_json: bool) -> None:
+    from edgekit.cli._common import console, emit_json
+    from edgekit.exporters.base import capabilities, target_names
+
+    rows = {n: capabilities(n) for n in target_names()}
+    if as_json:
+        from dataclasses import asdict
+
+        emit_json({n: asdict(c) for n, c in rows.items()})
+        return
+    from rich.table import Table
+
+    t = Table(title="edgekit export targets")
+    for col in ("target", "file", "precisions", "GPU", "from", "validated with", "options"):
+        t.add_column(col)
+    for n, c in rows.items():
+        opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
+        t.add_row(n, c.suffix, ", ".join(c.precisions), "yes" if c.needs_gpu else "no", c.source, c.runtime, opts)
+    console().print(t)
