@@ -28,6 +28,7 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
