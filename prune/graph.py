@@ -673,6 +673,8 @@ class DependencyGraph:
         for i, slots in self.bindings.items():
             for s in slots:
                 name = s[1]
+                if s[0] == "module" and s[2] == "in":
+                    continue  # an ignored layer keeps its outputs and heads; its inputs follow their producers
                 if any(fnmatch.fnmatchcase(name, p) for p in self.ignore):
                     self.uf.union(i, BLOCK)
                     break
@@ -721,7 +723,8 @@ class DependencyGraph:
         self.gm.recompile()
         model = self._choose(rewrites)
         removed = {f"{k[1]}.{k[2]}": len(v) for k, v in per_target.items()}
-        return model, {"removed": removed, "graph_rewrites": rewrites, "module": type(model).__name__}
+        kind = f"GraphModule({type(self.model).__name__})" if model is self.gm else type(model).__name__
+        return model, {"removed": removed, "graph_rewrites": rewrites, "module": kind}
 
     def _rewrite_sizes(self, removed: set[int]) -> int:
         n = 0

@@ -34,7 +34,7 @@ class PruneConfig(StageConfig):
     global_pruning: bool = Field(False, description="rank units across all groups (scores normalised per group) instead of per layer")
     max_group_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="global mode: most a single group may lose")
     round_to: int = Field(8, ge=1, description="keep channel counts at multiples of this where possible (8/16/32 suit runtimes)")
-    ignore: list[str] = Field(default_factory=list, description="wildcard patterns of layer names never pruned, e.g. ['head*']")
+    ignore: list[str] = Field(default_factory=list, description="wildcard patterns of layer names whose output channels and heads are never pruned, e.g. ['head*'] (their inputs still follow their producers)")
     ratios: dict[str, float] = Field(default_factory=dict, description="per-layer ratio overrides: {layer pattern: ratio}")
     masksparsity: MaskSparsityConfig = Field(default_factory=MaskSparsityConfig, description="MaskSparsity before removal")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="fine-tune after pruning")
