@@ -2,8 +2,13 @@
 
 Artifact: ``model.so`` (a Relax VM executable, loadable with ``tvm.runtime.load_module``) plus
 ``tvm_meta.json`` (target JSON, input name/shape/dtype, how to load it). Why from ONNX: the Relax ONNX
-frontend takes the same graph every other target gets (fp16 included, with its fp32 I/O casts); the torch
-frontend (``from_exported_program``) needs a clean ``torch.export`` of every model, which is not a given.
+frontend takes the same graph every other target gets; the torch frontend (``from_exported_program``) needs a
+clean ``torch.export`` of every model, which is not a given. fp16: Relax's ``ToMixedPrecision(out_dtype=
+"float16")`` on the fp32 graph (fp16 compute and accumulation, fp32 I/O). Importing the fp16 ONNX graph instead
+failed to build for some zoo models (inceptionnext: "Binary operators must have the same datatype").
+
+Performance note: the default Relax CPU pipeline applies no schedules (no MetaSchedule tuning database), so
+untuned kernels are slow; tune with MetaSchedule for deployment numbers.
 
 Devices (option ``device``):
 * ``host``: ``llvm`` with the CPU features of this machine (``Target.from_device("cpu")``); validated here
@@ -118,9 +123,13 @@ class TVMExporter(Exporter):
 
         tvm = require("tvm", "TVM export")
         device = ctx.options["device"]
-        onnx_path = ctx.onnx(".hub.onnx")
+        onnx_path = ctx.onnx(".hub.onnx", "fp32")
         mod = import_onnx(onnx_path, ctx.example.shape)
         onnx_path.unlink()
+        if ctx.precision == "fp16":
+            from tvm import relax
+
+            mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
         target = device_target(device)
         ex = compile_module(mod, target)
         model_file, linker = "model.so", None
