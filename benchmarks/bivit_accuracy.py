@@ -1,0 +1,180 @@
+"""BiViT accuracy and size on the digits test split: fp32, int8, W1A8 and W1A1 (with and without softmax-aware
+binarization and cross-layer binarization) for the vit and hybrid zoo models.
+
+    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.bivit_accuracy --epochs 3
+
+Every binarized variant starts from the shipped fp32 checkpoint and gets the same fine-tune budget
+(``--epochs``, distillation from the fp32 model). Writes the ``bivit-accuracy`` section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+try:
+    from benchmarks._report import command_line, machine_note, markdown_table, write_section
+except ImportError:  # run as a script
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks._report import command_line, machine_note, markdown_table, write_section
+
+# (label, activation bits, softmax-aware, cross-layer)
+VARIANTS = [
+    ("w1a8", 8, None, True),
+    ("w1a1", 1, True, True),
+    ("w1a1", 1, False, True),
+    ("w1a1", 1, True, False),
+    ("w1a1", 1, False, False),
+]
+
+
+def _pt2_bytes(model, example, directory: Path) -> int:
+    from edgekit.loading import save_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return save_model(model, directory, example).stat().st_size
+
+
+def _ort_check(model, x: torch.Tensor, directory: Path) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekit.exporters.onnx import to_onnx
+
+    path = to_onnx(model, x[:1], directory / "model.onnx", dynamic_batch=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    return {"max_abs_diff": float(np.abs(got - ref).max()), "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+            "onnx_bytes": path.stat().st_size}
+
+
+def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int8: bool, work: Path) -> dict:
+    import edgekit.models as zoo
+    from edgekit.data import load_data
+    from edgekit.metrics import storage_bytes
+    from edgekit.quant.bivit.stages import PACKED_FILE, BinarizeConfig, apply
+    from edgekit.stages import StageContext
+    from edgekit.training import evaluate
+
+    info = zoo.info(name)
+    fp = zoo.create(name, pretrained=True).eval()
+    data = load_data("digits", info.input_shape("digits"))
+    example = data.test.x[:1].clone()
+    out: dict = {"model": name, "rows": [], "size": {}}
+    out["rows"].append({"precision": "fp32", "softmax_aware": "-", "cross_layer": "-", "acc": evaluate(fp, data.test), "seconds": 0.0})
+    out["size"]["fp32_bytes"] = storage_bytes(fp)
+    out["size"]["fp32_pt2_bytes"] = _pt2_bytes(fp, example, work / f"{name}-fp32")
+    if int8:
+        from edgekit.pipeline import compress
+
+        t0 = time.perf_counter()
+        try:
+            res = compress(copy.deepcopy(fp), "int8", data, latency=False, seed=seed)
+            acc8 = res.report["accuracy"]["after"]
+        except Exception as exc:  # noqa: BLE001 - report, do not hide, an int8 failure
+            acc8 = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+        out["rows"].append({"precision": "int8 (PTQ, recipe int8)", "softmax_aware": "-", "cross_layer": "-", "acc": acc8,
+                            "seconds": round(time.perf_counter() - t0, 1)})
+    for label, bits, softmax_aware, cross in VARIANTS:
+        cfg = BinarizeConfig(activation_bits=bits, softmax_aware=bool(softmax_aware), cross_layer={"enabled": cross},
+                             epochs=epochs, lr=lr, batch_size=batch_size)
+        run_dir = work / f"{name}-{label}-{softmax_aware}-{cross}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(data=data, reference=fp, example_inputs=(example,), out_dir=run_dir, seed=seed)
+        t0 = time.perf_counter()
+        model, rep = apply(copy.deepcopy(fp), cfg, ctx)
+        secs = time.perf_counter() - t0
+        row = {"precision": label, "softmax_aware": "-" if softmax_aware is None else ("yes" if softmax_aware else "no"),
+               "cross_layer": "yes" if cross else "no", "acc": evaluate(model, data.test), "seconds": round(secs, 1),
+               "phase_acc": [p.get("test_accuracy") for p in rep["phases"]]}
+        out["rows"].append(row)
+        print(json.dumps({"model": name, **row}), flush=True)
+        if label == "w1a1" and softmax_aware and cross:  # the recipe's configuration: sizes and ORT check
+            st = rep["storage"]
+            out["size"].update({
+                "binarized_layers_fp32_bytes": st["binarized_layers_fp32_bytes"],
+                "binarized_layers_packed_bytes": st["binarized_layers_packed_bytes"],
+                "binarized_layers_ratio": st["binarized_layers_ratio"],
+                "w1a1_bytes": storage_bytes(model),
+                "w1a1_pt2_bytes": _pt2_bytes(model, example, run_dir / "export"),
+                "packed_npz_bytes": (run_dir / PACKED_FILE).stat().st_size,
+                "binarized_weight_fraction": rep["conversion"]["binarized_weight_fraction"],
+            })
+            out["ort"] = _ort_check(model, data.test.x, run_dir)
+    return out
+
+
+def render(results: list[dict], args: argparse.Namespace, seconds: float) -> str:
+    acc_rows, size_rows = [], []
+    for r in results:
+        for row in r["rows"]:
+            acc = row["acc"]
+            acc_s = f"{100 * acc:.1f}%" if isinstance(acc, float) else str(acc)
+            acc_rows.append([r["model"], row["precision"], row["softmax_aware"], row["cross_layer"], acc_s, row["seconds"]])
+        s = r["size"]
+        if "w1a1_bytes" in s:
+            size_rows.append([
+                r["model"],
+                f"{s['binarized_layers_fp32_bytes']:,} -> {s['binarized_layers_packed_bytes']:,} B ({s['binarized_layers_ratio']:.1f}x)",
+                f"{s['fp32_bytes']:,} -> {s['w1a1_bytes']:,} B ({s['fp32_bytes'] / s['w1a1_bytes']:.1f}x)",
+                f"{s['fp32_pt2_bytes']:,} -> {s['w1a1_pt2_bytes']:,} B ({s['fp32_pt2_bytes'] / s['w1a1_pt2_bytes']:.1f}x)",
+                f"{s['packed_npz_bytes']:,} B",
+                f"{100 * s['binarized_weight_fraction']:.0f}%",
+            ])
+    ort_rows = [[r["model"], f"{r['ort']['max_abs_diff']:.2e}", f"{100 * r['ort']['top1_agreement']:.1f}%"]
+                for r in results if "ort" in r]
+    return "\n\n".join([
+        "## BiViT: accuracy and size (digits, 3x32x32)",
+        f"Command: `{command_line()}`  \nMachine: {machine_note()} (shared with other jobs; seconds are wall time). "
+        f"Total {seconds / 60:.1f} min.",
+        f"Every binarized row: {args.epochs} fine-tune epochs from the fp32 checkpoint (lr {args.lr}, batch {args.batch_size}, "
+        "distillation weight 0.5 from the fp32 model); cross-layer = MLP binarized first, attention in a second "
+        "phase (epochs split evenly); without it, everything is binarized for all epochs. Softmax-aware = "
+        "A = 1[P >= 0.25 rowmax P]; without it A = 1[P >= rowmean P] (same straight-through gradient). "
+        "Patch embedding, head and (hybrid) convolutions stay fp32. int8 = the `int8` recipe (PTQ, no fine-tune).",
+        markdown_table(["model", "precision", "softmax-aware", "cross-layer", "top-1", "seconds"], acc_rows),
+        "Size of the W1A1 model (recipe `bivit-w1a1`): binarized layers = their fp32 weights+bias vs 1 bit a weight "
+        "+ fp16 scales, bias and activation thresholds; model = `edgekit.metrics.storage_bytes`; `.pt2` = the "
+        "`torch.export` artifact the pipeline writes (it holds the packed uint8 bits); `packed_weights.npz` = the "
+        "stage's packed file (compressed, whole model).",
+        markdown_table(["model", "binarized layers", "whole model", "model.pt2", "packed_weights.npz", "binarized share of params"], size_rows),
+        "ONNX Runtime vs PyTorch on the W1A1 model, whole test split (torchscript exporter, CPU EP):",
+        markdown_table(["model", "max |logit diff|", "top-1 agreement"], ort_rows),
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["vit", "hybrid"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bivit-bench-") as tmp:
+        results = [run_model(m, args.epochs, args.lr, args.batch_size, args.seed, not args.no_int8, Path(tmp)) for m in args.models]
+    text = render(results, args, time.perf_counter() - t0)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(text)
+    if not args.no_write:
+        write_section("bivit-accuracy", text)
+
+
+if __name__ == "__main__":
+    main()
