@@ -164,3 +164,12 @@ def test_cli_devices_and_profile(onnx_art, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "exists" in res.output
     res = runner.invoke(app, ["profile", str(onnx_art), "--device", "nope"])
     assert res.exit_code == 2 and "unknown device" in res.output
+
+
+def test_adb_device_unreachable_is_reported(onnx_art, monkeypatch):
+    from edgekit.devices.spec import ADBDevice
+    from edgekit.devices.transports.base import BoardUnreachable
+
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "1")  # nothing listens there: no adb server, no device
+    with pytest.raises(BoardUnreachable, match="adb serial NOPE"):
+        check_device(ADBDevice(name="phone", transport="adb", serial="NOPE"))

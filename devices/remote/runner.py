@@ -437,7 +437,7 @@ def cmd_run(args) -> None:
             stop_reason = "time_budget"
             break
         n = len(samples)
-        if n >= args.min_runs and (n < 200 or n % 10 == 0):
+        if n >= args.min_runs and n % max(1, n // 50) == 0:  # sort cost stays ~O(n log n) overall
             if rel_ci_halfwidth(sorted(samples)) <= args.target_rel_ci:
                 stop_reason = "converged"
                 break
