@@ -49,7 +49,9 @@ class QuantizeConfig(StageConfig):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
     ignore: list[str] = Field(default_factory=list)
-    symmetric_activations: bool = False  # int8 symmetric (TensorRT) instead of uint8 affine (ORT/OpenVINO)
+    # int8 symmetric activations (TensorRT) instead of uint8 affine (ORT/OpenVINO). On ONNX Runtime CPU symmetric
+    # is slower: with a zero point of 0 a ReLU before Q cannot be dropped, so ORT keeps Conv in float (measured).
+    symmetric_activations: bool = False
     bias_correction: bool = True
     equalization: bool = False  # cross-layer equalization before calibration
     keep_float: KeepFloatConfig | None = None
