@@ -71,15 +71,17 @@ def test_observers_cover_bulk_and_clip_outliers(method):
 
 
 def test_mse_observer_beats_minmax_error():
+    from edgekit.quant.config import QScheme
     from edgekit.quant.observers import quant_error
 
-    # heavy-tailed data: clipping the tail lowers the total error; MSE must find that, never do worse
+    # heavy-tailed data on a coarse (4-bit) grid: clipping the tail lowers the error a lot; MSE must find it
     torch.manual_seed(0)
     x = torch.distributions.Laplace(0.0, 1.0).sample((50000,))
-    mse, mm = make_observer("mse", ACT_INT8_SYM), make_observer("minmax", ACT_INT8_SYM)
-    mse.update(x)
-    mm.update(x)
-    assert quant_error(x, *mse.range(), ACT_INT8_SYM) < 0.8 * quant_error(x, *mm.range(), ACT_INT8_SYM)
+    for scheme, factor in ((QScheme(-8, 7, True), 0.7), (ACT_INT8_SYM, 1.001)):
+        mse, mm = make_observer("mse", scheme), make_observer("minmax", scheme)
+        mse.update(x)
+        mm.update(x)
+        assert quant_error(x, *mse.range(), scheme) < factor * quant_error(x, *mm.range(), scheme)
 
 
 def test_unknown_observer_is_user_error():
