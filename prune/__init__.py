@@ -1,0 +1,6 @@
+"""edgekit.prune: structured pruning through a dependency graph (graph, handlers, importance, structured,
+masksparsity) and N:M semi-structured sparsity (nm); recipe stages ``prune`` and ``sparsify`` in stages.py.
+
+    from edgekit.prune.structured import prune
+    new_model, report = prune(model, example_inputs, ratio=0.3, importance="l1", round_to=8, ignore=["head*"])
+"""
