@@ -242,6 +242,11 @@ def export(
         ctx = ExportContext(model, name, example, precision, opts, tmp, calib)
         try:
             fields = exporter.build(ctx)
+        except UserInputError as exc:
+            msg = str(exc)
+            if target != "onnx" and msg.startswith("target onnx cannot take"):
+                raise UserInputError(msg.replace("target onnx", f"target {target} (via the ONNX graph it converts from)", 1)) from None
+            raise
         except EdgekitError:
             raise
         except Exception as exc:  # noqa: BLE001 - the shared wrapper names target and model

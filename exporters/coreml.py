@@ -115,6 +115,11 @@ class CoreMLExporter(Exporter):
                     minimum_deployment_target=target,
                 )
             except (NotImplementedError, ValueError, RuntimeError) as exc:
+                from edgekit.exporters.ops import explain_torch_failure
+
+                err = explain_torch_failure("coreml", exc, ctx.model, ctx.example)
+                if err is not None:
+                    raise err from None
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise UserInputError(
                     f"target coreml cannot convert model {ctx.name}: {msg} "

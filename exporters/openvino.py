@@ -35,7 +35,15 @@ class OpenVINOExporter(Exporter):
 
         ov = require("openvino", "OpenVINO export")
         onnx_path = ctx.onnx(".hub.onnx", "fp32" if ctx.precision == "fp16" else ctx.precision)
-        model = ov.convert_model(str(onnx_path))
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as exc:  # noqa: BLE001 - name the op and layer when OpenVINO lacks a converter
+            from edgekit.exporters.ops import explain_onnx_failure
+
+            err = explain_onnx_failure("openvino", exc, onnx_path)
+            if err is not None:
+                raise err from None
+            raise
         if ctx.options.get("dynamic_batch"):
             shape = model.input(0).get_partial_shape()
             shape[0] = ov.Dimension(-1)

@@ -67,7 +67,7 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -160,6 +160,11 @@ def to_onnx(
                 raise UserInputError(f"ONNX export: {hint}{where}") from None
             first = str(exc).strip().splitlines()
             errors.append(f"{name}: {type(exc).__name__}: {first[0] if first else ''}"[:600])
+    from edgekit.exporters.ops import explain_torch_failure
+
+    err = explain_torch_failure("onnx", Exception(" | ".join(errors)), model, example)
+    if err is not None:
+        raise err
     raise EdgekitError("ONNX export failed with every exporter tried; " + " | ".join(errors))
 
 

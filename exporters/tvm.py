@@ -124,7 +124,15 @@ class TVMExporter(Exporter):
         tvm = require("tvm", "TVM export")
         device = ctx.options["device"]
         onnx_path = ctx.onnx(".hub.onnx", "fp32")
-        mod = import_onnx(onnx_path, ctx.example.shape)
+        try:
+            mod = import_onnx(onnx_path, ctx.example.shape)
+        except Exception as exc:  # noqa: BLE001 - name the op and layer when TVM lacks a converter
+            from edgekit.exporters.ops import explain_onnx_failure
+
+            err = explain_onnx_failure("tvm", exc, onnx_path)
+            if err is not None:
+                raise err from None
+            raise
         onnx_path.unlink()
         if ctx.precision == "fp16":
             from tvm import relax

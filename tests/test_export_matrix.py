@@ -36,10 +36,32 @@ def _cases():
 _models: dict[str, object] = {}
 
 
+def _randomize(model):
+    """No checkpoint: random init often gives near-constant outputs (BN at defaults, zero-init gammas/heads),
+    which would make validation vacuous. Randomize BN statistics/affines and all-zero parameters."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
+                mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+                if mod.weight is not None:
+                    mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
 def _model(name: str):
     if name not in _models:
         info = zoo.info(name)
-        _models[name] = zoo.create(name, pretrained=info.checkpoint.is_file())
+        trained = info.checkpoint.is_file()
+        _models[name] = zoo.create(name, pretrained=trained) if trained else _randomize(zoo.create(name, pretrained=False))
     return _models[name]
 
 

@@ -70,9 +70,37 @@ def test_coreml_unsupported_op_names_it(tmp_path):
         def forward(self, x):
             return torch.special.zeta(x.abs() + 2, torch.full_like(x, 2.0)).mean(dim=(1, 2, 3)).unsqueeze(1)
 
-    with pytest.raises(UserInputError, match="target coreml cannot convert"):
+    with pytest.raises(UserInputError, match="target coreml cannot take op 'special_zeta'.*workaround"):
         export(Odd(), "coreml", "fp32", out=tmp_path / "c", example_inputs=torch.randn(1, 3, 8, 8))
     assert not (tmp_path / "c").exists()
+
+
+class _DetBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.linalg.det(self.proj(x).reshape(-1, 2, 2)).reshape(1, -1)
+
+
+class _DetNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blk = _DetBlock()
+
+    def forward(self, x):
+        return self.blk(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("target", ["tvm", "openvino"])
+def test_unsupported_onnx_op_names_op_layer_target(tmp_path, target):
+    """ONNX exports Det fine; TVM's and OpenVINO's ONNX frontends have no converter for it."""
+    from edgekit.exporters import export
+
+    with pytest.raises(UserInputError, match=f"target {target} cannot take op 'Det' in layer blk .*workaround"):
+        export(_DetNet().eval(), target, out=tmp_path / "a", example_inputs=torch.randn(1, 4, 3, 3))
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="needs Debian's gcc-aarch64-linux-gnu cross compiler")
