@@ -137,10 +137,10 @@ def requantize(x_int: Any, m: Any, e: Any, bits: int = 8, scale: Any = None, sig
     _check_int(x_int, "requantize")
     xp = ops(x_int)
     m_, e_ = xp.const(m, x_int), xp.const(e, x_int)
-    half = xp.const(np.left_shift(np.int64(1), np.asarray(e, dtype=np.int64) - 1), x_int)
+    half = (e_ * 0 + 1) << (e_ - 1)
     lo, hi = qrange(bits, signed)
     y = xp.clamp((x_int * m_ + half) >> e_, lo, hi)
-    out_scale = None if scale is None else np.asarray(scale, dtype=np.float64) * dyadic_value(m, e)
+    out_scale = None if scale is None else np.asarray(scale, dtype=np.float64) * dyadic_value(np.asarray(m), np.asarray(e))
     return y, out_scale
 
 
@@ -289,9 +289,10 @@ def int_layernorm(x_int: Any, scale: float, weight: Any, bias: Any, out_bits: in
 
 def layernorm_output(y: Any, m: Any, e: Any, big: Any, out_bits: int):
     xp = ops(y)
-    half = np.left_shift(np.int64(1), np.asarray(e) - 1)
+    e_ = xp.const(e, y)
+    half = (e_ * 0 + 1) << (e_ - 1)
     lo, hi = qrange(out_bits)
-    return xp.clamp((y * xp.const(m, y) + xp.const(big + half, y)) >> xp.const(e, y), lo, hi)
+    return xp.clamp((y * xp.const(m, y) + xp.const(big, y) + half) >> e_, lo, hi)
 
 
 # ------------------------------------------------------------------------------ linear and matmul
