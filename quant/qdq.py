@@ -33,8 +33,8 @@ _FUSED_ACTS_FN = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu
 _ADD_FNS = {operator.add, operator.iadd, torch.add}
 _MATMUL_FNS = {operator.matmul, torch.matmul, torch.bmm}
 # Ops that move or pool values without arithmetic a quantizer would care about: not reported as float.
-_PASSTHROUGH_MOD = (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh)
-_PASSTHROUGH_FN = {torch.flatten, torch.reshape, operator.getitem, torch.cat, torch.relu, torch.nn.functional.relu,
+_PASSTHROUGH_MOD = (nn.ZeroPad2d, nn.ConstantPad2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_PASSTHROUGH_FN = {torch.nn.functional.pad, torch.flatten, torch.reshape, operator.getitem, torch.cat, torch.relu, torch.nn.functional.relu,
                    torch.nn.functional.relu6, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.max_pool2d,
                    torch.nn.functional.avg_pool2d, torch.transpose, torch.permute, torch.clamp, torch.chunk, torch.split,
                    getattr, operator.mul, operator.truediv, torch.mean}
