@@ -174,17 +174,25 @@ def test_recipes_validate():
 
 
 @pytest.mark.skipif(not (available("onnx") and available("onnxruntime")), reason="onnx / onnxruntime not installed")
-@pytest.mark.parametrize("act_bits", [1, 8])
-def test_onnx_runtime_matches_torch(tmp_path, act_bits):
+@pytest.mark.parametrize("act_bits,packed", [(1, False), (8, False), (1, True)])
+def test_onnx_runtime_matches_torch(tmp_path, act_bits, packed):
+    import onnx
     import onnxruntime as ort
 
     from edgekit.exporters.onnx import to_onnx
+    from edgekit.quant.bivit.export import to_onnx_packed
 
     new, _ = convert(tiny_vit(), BinarizeOptions(act_bits=act_bits))
     freeze(new)
     new.eval()
     x = torch.randn(6, 3, 16, 16)
-    path = to_onnx(new, x[:1], tmp_path / "m.onnx", dynamic_batch=True)
+    if packed:
+        path = to_onnx_packed(new, x[:1], tmp_path / "m.onnx")
+        inits = onnx.load(str(path)).graph.initializer
+        n_bits = sum(int(np.prod(i.dims)) for i in inits if i.data_type == onnx.TensorProto.UINT8)
+        assert n_bits == sum(m.packed_weight.numel() for m in new.modules() if isinstance(m, BinaryLinear))
+    else:
+        path = to_onnx(new, x[:1], tmp_path / "m.onnx", dynamic_batch=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():

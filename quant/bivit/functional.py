@@ -46,8 +46,11 @@ SOFTMAX_THRESHOLD = 0.25  # tau = 0.25 * row max of the attention probabilities
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """``+1`` where ``x >= 0``, ``-1`` elsewhere (no zeros), in ``x``'s dtype."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """``+1`` where ``x >= 0``, ``-1`` elsewhere (no zeros), in ``x``'s dtype.
+
+    Scalar branches (not ``ones_like``): exporters would fold ``ones_like`` into activation-sized constants."""
+    out = torch.where(x >= 0, 1.0, -1.0)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:

@@ -68,17 +68,22 @@ def unpack_signs(packed: np.ndarray, in_features: int, dtype: Any = np.float32) 
 
 
 def unpack_signs_torch(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Torch version of :func:`unpack_signs` built from ops that torch.export and ONNX trace.
+    """Torch version of :func:`unpack_signs` built from ops that torch.export and ONNX trace and fold.
 
-    Uses integer floor-division and remainder (``(byte // 2**k) % 2``) rather than bit shifts, which every
-    ONNX runtime implements for int32.
+    Bit ``k`` of byte ``b`` is ``floor(b / 2**k) - 2 * floor(b / 2**(k+1))``, in float32 (dividing a byte by a
+    power of two is exact), with ``floor`` written as a cast to int32 and back (truncation = floor for these
+    non-negative values): only Div/Mul/Sub/Cast, which ONNX exporters constant-fold into one +-1 tensor.
     """
     rows, nbytes = packed.shape
-    powers = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.int32, device=packed.device)
-    b = packed.to(torch.int32).unsqueeze(-1)
-    bits = torch.remainder(torch.div(b, powers, rounding_mode="floor"), 2)
+    b = packed.to(torch.float32).unsqueeze(-1)
+    powers = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0], device=packed.device)
+
+    def floor(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.int32).to(torch.float32)
+
+    bits = floor(b / powers) - 2.0 * floor(b / (2.0 * powers))
     bits = bits.reshape(rows, nbytes * 8)[:, :in_features]
-    return bits.to(dtype) * 2 - 1
+    return (bits * 2.0 - 1.0).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------- files
