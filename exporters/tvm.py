@@ -3,9 +3,11 @@
 Artifact: ``model.so`` (a Relax VM executable, loadable with ``tvm.runtime.load_module``) plus
 ``tvm_meta.json`` (target JSON, input name/shape/dtype, how to load it). Why from ONNX: the Relax ONNX
 frontend takes the same graph every other target gets; the torch frontend (``from_exported_program``) needs a
-clean ``torch.export`` of every model, which is not a given. fp16: Relax's ``ToMixedPrecision(out_dtype=
-"float16")`` on the fp32 graph (fp16 compute and accumulation, fp32 I/O). Importing the fp16 ONNX graph instead
-failed to build for some zoo models (inceptionnext: "Binary operators must have the same datatype").
+clean ``torch.export`` of every model, which is not a given. fp16: the fp16 ONNX graph (fp32 I/O);
+if Relax cannot build it, ``ToMixedPrecision(out_dtype="float16")`` on the fp32 graph. In TVM 0.27 each path
+fails on a different zoo model (fp16 graph: inceptionnext, "Binary operators must have the same datatype";
+ToMixedPrecision: mobilenetv2, "Expected TensorType, but got R.Callable"), so the manifest records the path.
+Option ``llvm_opt_level`` (0-3) trades kernel speed for compile time (1 halves it; the CI matrix uses it).
 
 Performance note: the default Relax CPU pipeline applies no schedules (no MetaSchedule tuning database), so
 untuned kernels are slow; tune with MetaSchedule for deployment numbers.
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import UserInputError
+from edgekit.errors import EdgekitError, UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
 
@@ -41,13 +43,17 @@ def host_target():
     return tvm.target.Target.from_device("cpu")
 
 
-def device_target(device: str):
+def device_target(device: str, llvm_opt_level: int | None = None):
     import tvm
 
+    extra = {"opt-level": int(llvm_opt_level)} if llvm_opt_level is not None else {}
     if device == "host":
-        return host_target()
+        host = host_target()
+        if not extra:
+            return host
+        return tvm.target.Target({"kind": "llvm", "mtriple": str(host.attrs["mtriple"]), "mcpu": str(host.attrs["mcpu"]), **extra})
     if device == "aarch64":
-        return tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+        return tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], **extra})
     if device == "cuda":
         return tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
     raise UserInputError(f"target tvm: device {device!r}; accepted: {', '.join(DEVICES)}")
@@ -105,7 +111,7 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
     Capabilities(
         suffix=".so",
         precisions=("fp32", "fp16"),
-        options={"device": "host", "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
+        options={"device": "host", "llvm_opt_level": None, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
         source="onnx",
         runtime="tvm relax VM (host llvm)",
         notes="host llvm validated; aarch64 and cuda compiled only",
@@ -116,6 +122,8 @@ class TVMExporter(Exporter):
         opts = super().check_options(precision, options)
         if opts["device"] not in DEVICES:
             raise UserInputError(f"target tvm: device {opts['device']!r}; accepted: {', '.join(DEVICES)}")
+        if opts["llvm_opt_level"] is not None and opts["llvm_opt_level"] not in (0, 1, 2, 3):
+            raise UserInputError(f"target tvm: llvm_opt_level {opts['llvm_opt_level']!r}; accepted: 0, 1, 2, 3 (default: TVM's)")
         return opts
 
     def build(self, ctx: ExportContext) -> dict[str, Any]:
@@ -123,23 +131,8 @@ class TVMExporter(Exporter):
 
         tvm = require("tvm", "TVM export")
         device = ctx.options["device"]
-        onnx_path = ctx.onnx(".hub.onnx", "fp32")
-        try:
-            mod = import_onnx(onnx_path, ctx.example.shape)
-        except Exception as exc:  # noqa: BLE001 - name the op and layer when TVM lacks a converter
-            from edgekit.exporters.ops import explain_onnx_failure
-
-            err = explain_onnx_failure("tvm", exc, onnx_path)
-            if err is not None:
-                raise err from None
-            raise
-        onnx_path.unlink()
-        if ctx.precision == "fp16":
-            from tvm import relax
-
-            mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
-        target = device_target(device)
-        ex = compile_module(mod, target)
+        target = device_target(device, ctx.options.get("llvm_opt_level"))
+        ex, method = self._compile(ctx, target)
         model_file, linker = "model.so", None
         if device == "aarch64":
             if shutil.which(CROSS_CC):
@@ -160,8 +153,43 @@ class TVMExporter(Exporter):
             "load": "lib = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(lib, dev); vm['main'](x)",
         }
         (ctx.out / "tvm_meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        return {"model_file": model_file, "tvm_device": device,
+        return {"model_file": model_file, "tvm_device": device, "tvm_fp16_method": method,
                 "runtime": {"name": "tvm", "version": tvm.__version__}}
+
+    def _import(self, ctx: ExportContext, precision: str):
+        onnx_path = ctx.onnx(f".hub-{precision}.onnx", precision)
+        try:
+            return import_onnx(onnx_path, ctx.example.shape)
+        except Exception as exc:  # noqa: BLE001 - name the op and layer when TVM lacks a converter
+            from edgekit.exporters.ops import explain_onnx_failure
+
+            err = explain_onnx_failure("tvm", exc, onnx_path)
+            if err is not None:
+                raise err from None
+            raise
+        finally:
+            onnx_path.unlink(missing_ok=True)
+
+    def _compile(self, ctx: ExportContext, target):
+        """fp32: the fp32 graph. fp16: the fp16 ONNX graph; if Relax cannot build it, ToMixedPrecision on the
+        fp32 graph (each fails on different zoo models in TVM 0.27); the manifest records which was used."""
+        if ctx.precision == "fp32":
+            return compile_module(self._import(ctx, "fp32"), target), None
+        try:
+            return compile_module(self._import(ctx, "fp16"), target), "fp16 ONNX graph"
+        except UserInputError:
+            raise
+        except Exception as first:  # noqa: BLE001
+            from tvm import relax
+
+            try:
+                mod = relax.transform.ToMixedPrecision(out_dtype="float16")(self._import(ctx, "fp32"))
+                return compile_module(mod, target), f"relax ToMixedPrecision (fp16 ONNX graph failed: {str(first).splitlines()[0][:200]})"
+            except Exception as second:  # noqa: BLE001
+                raise EdgekitError(
+                    f"TVM could not build model {ctx.name} in fp16: from the fp16 ONNX graph: {str(first).splitlines()[0][:300]}; "
+                    f"with ToMixedPrecision: {str(second).splitlines()[0][:300]}"
+                ) from second
 
     def runner(self, directory: Path, manifest: dict[str, Any]):
         device = manifest.get("tvm_device", "host")

@@ -21,6 +21,7 @@ from edgekit.exporters.base import capabilities, target_names
 
 NUMERIC = ("onnx", "openvino", "tvm")
 MATRIX_PRECISIONS = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "fp16"), "tvm": ("fp32", "fp16"), "coreml": ("fp16",)}
+MATRIX_OPTIONS = {"tvm": {"llvm_opt_level": 1}}  # halves TVM compile time; numerics are unchanged
 VALIDATION_SAMPLES = 16
 LOG = os.environ.get("EDGEKIT_EXPORT_MATRIX_LOG")
 
@@ -84,7 +85,8 @@ def test_export_matrix(name, target, precision, tmp_path):
             pytest.skip(f"tensorrt engine build needs tensorrt and an NVIDIA GPU: {why}")
     t0 = time.perf_counter()
     try:
-        art = export(_model(name), target, precision, out=tmp_path / "art", validation_samples=VALIDATION_SAMPLES)
+        art = export(_model(name), target, precision, out=tmp_path / "art", validation_samples=VALIDATION_SAMPLES,
+                     **MATRIX_OPTIONS.get(target, {}))
     except Exception as exc:
         _record({**row, "status": "error", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"})
         raise
