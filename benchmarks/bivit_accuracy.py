@@ -70,7 +70,23 @@ def _ort_check(model, x: torch.Tensor, directory: Path) -> dict:
     return out
 
 
-def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int8: bool, work: Path) -> dict:
+def _fp32_model(name: str, fp32_epochs: int | None, work: Path) -> tuple[torch.nn.Module, str]:
+    """The shipped checkpoint, or (when there is none yet) the zoo recipe trained here into a temp file."""
+    import edgekit.models as zoo
+
+    if zoo.info(name).checkpoint.is_file():
+        return zoo.create(name, pretrained=True).eval(), "fp32 (shipped checkpoint)"
+    from edgekit.models._train import train_zoo
+
+    path = work / f"{name}-fp32.pt"
+    res = train_zoo(name, epochs=fp32_epochs, out=path)
+    model = zoo.create(name, pretrained=False)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval(), f"fp32 (no shipped checkpoint: zoo recipe trained here, {res['epochs']} epochs)"
+
+
+def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int8: bool, work: Path,
+              fp32_epochs: int | None = None) -> dict:
     import edgekit.models as zoo
     from edgekit.data import load_data
     from edgekit.metrics import storage_bytes
@@ -79,11 +95,11 @@ def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int
     from edgekit.training import evaluate
 
     info = zoo.info(name)
-    fp = zoo.create(name, pretrained=True).eval()
+    fp, fp_label = _fp32_model(name, fp32_epochs, work)
     data = load_data("digits", info.input_shape("digits"))
     example = data.test.x[:1].clone()
     out: dict = {"model": name, "rows": [], "size": {}}
-    out["rows"].append({"precision": "fp32", "softmax_aware": "-", "cross_layer": "-", "acc": evaluate(fp, data.test), "seconds": 0.0})
+    out["rows"].append({"precision": fp_label, "softmax_aware": "-", "cross_layer": "-", "acc": evaluate(fp, data.test), "seconds": 0.0})
     out["size"]["fp32_bytes"] = storage_bytes(fp)
     out["size"]["fp32_pt2_bytes"] = _pt2_bytes(fp, example, work / f"{name}-fp32")
     if int8:
@@ -185,16 +201,21 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--fp32-epochs", type=int, default=None,
+                   help="epochs for the fp32 model when no checkpoint is shipped (default: the zoo's)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = p.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bivit-bench-") as tmp:
-        results = [run_model(m, args.epochs, args.lr, args.batch_size, args.seed, not args.no_int8, Path(tmp)) for m in args.models]
+        results = []
+        for m in args.models:
+            results.append(run_model(m, args.epochs, args.lr, args.batch_size, args.seed, not args.no_int8, Path(tmp),
+                                     args.fp32_epochs))
+            if args.json:  # keep partial results
+                args.json.write_text(json.dumps(results, indent=1, default=str))
     text = render(results, args, time.perf_counter() - t0)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
     print(text)
     if not args.no_write:
         write_section("bivit-accuracy", text)
