@@ -35,6 +35,7 @@ __all__ = [
     "init_alpha",
     "binarize_weight",
     "weight_signs",
+    "weight_signs_ste",
     "binarize_act",
     "fake_quant_int8",
     "attention_threshold",
@@ -56,10 +57,10 @@ def sign(x: torch.Tensor) -> torch.Tensor:
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
     """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` and zeroes it elsewhere.
 
-    Written as ``clip + (sign - clip).detach()`` so that it traces (torch.export / ONNX) as plain ops; in
-    training the forward value is ``sign(x)`` up to one rounding of ``clip + (sign - clip)`` (exact for
-    ``|x| >= 1`` and for the +-1 values themselves, since ``s - c + c`` with ``|c| < 1`` rounds back to ``s``).
-    Outside autograd the plain sign is returned.
+    Written as ``clip + (sign - clip).detach()`` so that it traces as plain ops. In training the forward value
+    is still exactly +-1: ``c`` has the sign of ``s`` and ``|c| <= 1``, so ``fl(s - c)`` is within half an ulp
+    and adding ``c`` back rounds to ``s`` (checked on random inputs in the tests). Outside autograd the plain
+    sign is returned.
     """
     s = sign(x)
     if not (torch.is_grad_enabled() and x.requires_grad):
