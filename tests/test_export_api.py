@@ -264,3 +264,15 @@ def test_cli_existing_output_and_list(tmp_path):
     assert r.exit_code == 2 and "already exists" in r.output
     r = CliRunner().invoke(app, ["export", "--list-targets", "--json"])
     assert r.exit_code == 0 and set(json.loads(r.output)) == {"onnx", "openvino", "coreml", "tensorrt", "tvm"}
+
+
+def test_pt2_with_fake_quant_exports_int8(tmp_path):
+    """What `compress --recipe int8` saves: a torch.export program with fake-quant ops -> QDQ, validated."""
+    from edgekit.exporters import export
+    from edgekit.loading import save_model
+
+    save_model(FQNet().eval(), tmp_path, torch.randn(2, 3, 32, 32))
+    art = export(str(tmp_path / "model.pt2"), "openvino", "int8", out=tmp_path / "ov",
+                 example_inputs=torch.randn(1, 3, 32, 32), validation_samples=32)
+    assert art.manifest["int8_source"].startswith("fake-quant ops") and art.manifest["qdq_nodes"] >= 6
+    assert art.report.passed, art.report.summary()

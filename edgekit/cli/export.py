@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
                 example = torch.randn(1, *parse_shape(input_shape, "--input-shape"))
             spec = model
-            if model and arch or trust_pickle:
+            if model and (arch or trust_pickle):
                 from edgekit.loading import load_model
 
                 loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
