@@ -80,6 +80,27 @@ def zoo_table() -> str:
     return "\n".join(rows)
 
 
+OPS_DOC = """
+## Operator library (`edgekit.ops`)
+
+| block | paper | deploy form (`to_deploy()`) |
+|---|---|---|
+| `ConvBN(cin, cout, k, stride, padding, dilation, groups, bias, act, mode)` | Efficient ConvBN Blocks (ICLR'24): modes train / eval / tune / deploy | `ConvAct` (folded conv + act) |
+| `RepConv(cin, cout, k, stride, groups, act, num_kxk=1)` | RepVGG: KxK + 1x1 + identity BN | `ConvAct` (one KxK conv) |
+| `MobileOneBlock(cin, cout, k, stride, groups, act, num_kxk=4)` | MobileOne: several KxK branches + 1x1 + BN skip | `ConvAct` |
+| `DilatedReparamBlock(channels, kernel_size)` | UniRepLKNet: large dw kernel + dilated branches | `ConvAct` (one dw KxK conv) |
+| `InceptionDWConv(channels, square_kernel=3, band_kernel=11, branch_ratio=0.125)` | InceptionNeXt channel split | none (BN after it stays: its input is a concat) |
+| `InvertedResidual(cin, cout, stride, expand_ratio)` | MobileNetV2 | its ConvBNs fold |
+| `GroupedConvBlock(cin, cout, stride, expand_ratio=2, kernel_size=2, groups=2)` | CPUBone-style grouped fused-MBConv | its ConvBNs fold |
+| `PatchEmbed`, `Attention` (`qkv`, `matmul_qk`, `softmax`, `matmul_av`, `proj`, `scale`), `Mlp` (`fc1`, `act`, `fc2`), `TransformerBlock` (`norm1`, `attn`, `norm2`, `mlp`) | ViT / DeiT | none (each op its own module for the integer-only quantizer) |
+
+`edgekit.fusion.set_convbn_mode(model, "tune")` switches every ConvBN in place; `edgekit.fuse(model, mode)`
+returns a new model and a report (blocks merged, BN folded or wrapped, BN left and why) for any traceable
+model (torch.fx, or torch.export when example inputs are given). `edgekit.ops.profile.layer_macps(model, x)`
+gives per-layer MACs, time and MACs per second.
+"""
+
+
 def write_docs(doc: Path = DOC) -> None:
     text = (
         "# Model zoo\n\n"
@@ -93,6 +114,7 @@ def write_docs(doc: Path = DOC) -> None:
         + "\n\nAll models fuse (`edgekit.fuse(model, 'deploy')`): RepConv / MobileOne / DilatedReparamBlock blocks "
         "merge into single convs and every Conv->BN pair folds; `tests/test_zoo_*.py` checks deploy vs eval "
         "outputs (1e-5 float32, 1e-10 float64) and tune vs eval forward and gradients (1e-10 float64) for each.\n"
+        + OPS_DOC
     )
     doc.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=doc.parent, prefix=".zoo.", suffix=".md")

@@ -40,7 +40,7 @@ class InceptionNeXt(nn.Module):
 
 
 @register_model("inceptionnext", description="InceptionNeXt (Inception depthwise token mixer)", family="cnn",
-                epochs=12, lr=3e-3)
+                epochs=10, lr=3e-3)
 def inceptionnext(size: str = "digits", num_classes: int = 10) -> nn.Module:
     if size == "digits":
         return InceptionNeXt((32, 64, 96), (1, 2, 1), 7, 2, num_classes)

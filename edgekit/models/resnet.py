@@ -51,7 +51,7 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet50", description="ResNet-50-shaped bottleneck network [3,4,6,3] (digits: 1/8 width)",
-                family="cnn", epochs=8, lr=3e-3)
+                family="cnn", epochs=6, lr=3e-3)
 def resnet50(size: str = "digits", num_classes: int = 10) -> nn.Module:
     if size == "digits":
         return ResNet(8, stem="small", num_classes=num_classes)

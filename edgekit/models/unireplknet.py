@@ -46,7 +46,7 @@ class UniRepLKNet(nn.Module):
 
 
 @register_model("unireplknet", description="UniRepLKNet (dilated large-kernel reparam blocks)", family="cnn",
-                epochs=12, lr=3e-3)
+                epochs=10, lr=3e-3)
 def unireplknet(size: str = "digits", num_classes: int = 10) -> nn.Module:
     if size == "digits":
         return UniRepLKNet((24, 48, 96), (1, 2, 1), 7, (2,), num_classes)
