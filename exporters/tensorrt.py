@@ -165,7 +165,7 @@ class TensorRTExporter(Exporter):
         onnx_path = ctx.onnx("model.onnx", "int8" if ctx.precision == "int8" else "fp32")
         problems = check_onnx(onnx_path)
         sparse = bool(ctx.options["sparse_weights"])
-        sparsity = two_four_sparsity(onnx_path) if sparse else None
+        sparsity = two_four_sparsity(onnx_path)  # cheap; reported either way (e.g. after `prune` with N:M 2:4)
         cmd = trtexec_command(list(ctx.example.shape), ctx.precision, sparse, workspace_mb=int(ctx.options["workspace_mb"]))
         (ctx.out / "tensorrt_check.json").write_text(json.dumps({"problems": problems, "sparsity": sparsity}, indent=2) + "\n")
         (ctx.out / "build_engine.sh").write_text(f"#!/bin/sh\n# build the TensorRT engine on a machine with TensorRT and an NVIDIA GPU\n{cmd}\n")
@@ -173,7 +173,11 @@ class TensorRTExporter(Exporter):
             first = "; ".join(f"{p['layer']} ({p['op']}): {p['problem']}" for p in problems[:5])
             raise UserInputError(f"target tensorrt: the ONNX graph breaks TensorRT constraints: {first}")
         ok, why = gpu_available()
-        fields: dict[str, Any] = {"trtexec_command": cmd, "tensorrt_constraints": "passed"}
+        fields: dict[str, Any] = {"trtexec_command": cmd, "tensorrt_constraints": "passed",
+                                  "sparse_2_4_layers": len(sparsity["sparse_2_4_layers"])}
+        if sparsity["sparse_2_4_layers"] and not sparse:
+            fields["sparsity_hint"] = (f"{len(sparsity['sparse_2_4_layers'])} layer(s) have 2:4 sparse weights; "
+                                       "pass -O sparse_weights=true to let TensorRT use sparse kernels")
         if ok:
             import tensorrt as trt
 

@@ -207,3 +207,25 @@ def test_bisect_names_first_drifting_layer(tmp_path, target):
         assert val["extra"]["bisect"]["first_drift"]["layer"] == "boost"
     else:  # OpenVINO's fp16 IR only stores fp16 weights and computes in fp32 here: no drift
         assert bis["first_drift"] is None, bis["summary"]
+
+
+def test_tensorrt_reports_2_4_sparse_layers(convnet, tmp_path):
+    """Weights zeroed 2-of-every-4 along input channels are found and the sparse-kernel flag is suggested."""
+    import copy
+
+    from edgekit.exporters import export
+
+    model = copy.deepcopy(convnet)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Conv2d) and mod.in_channels % 4 == 0:
+                w = mod.weight.permute(0, 2, 3, 1).reshape(-1, 4)  # groups of 4 input channels
+                keep = w.abs().argsort(dim=1, descending=True)[:, :2]
+                mask = torch.zeros_like(w).scatter_(1, keep, 1.0)
+                mod.weight.copy_((w * mask).reshape(mod.weight.shape[0], *mod.weight.shape[2:], -1).permute(0, 3, 1, 2))
+    n_eligible = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels % 4 == 0)
+    art = export(model, "tensorrt", "fp16", out=tmp_path / "trt")
+    assert art.manifest["sparse_2_4_layers"] == n_eligible > 0
+    assert "sparse_weights=true" in art.manifest["sparsity_hint"]
+    dense = export(convnet, "tensorrt", "fp16", out=tmp_path / "dense")
+    assert dense.manifest["sparse_2_4_layers"] == 0 and "sparsity_hint" not in dense.manifest
