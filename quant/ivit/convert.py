@@ -320,6 +320,9 @@ register_method("add", "__add__")(_add)
 def _scale_by(cv: Converter, node: fx.Node, _: Any) -> Q:
     a, b = node.args[0], node.args[1]
     qa, qb = cv.arg(a), cv.arg(b)
+    # a shape-derived constant (e.g. math.sqrt(head_dim) traced from shapes) takes its calibrated value
+    qa = cv.example[a.name] if isinstance(qa, V) and isinstance(a, fx.Node) else qa
+    qb = cv.example[b.name] if isinstance(qb, V) and isinstance(b, fx.Node) else qb
     if isinstance(qb, Q) and isinstance(qa, (int, float)):
         qa, qb = qb, qa
     if not isinstance(qa, Q) or not isinstance(qb, (int, float)) or qb <= 0:
@@ -485,6 +488,8 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
                 q = cv.need_q(o, node, "output")
                 deq.append(cv.emit(f"dequant_out{i if i else ''}", M.IntDequantize(q.scale), (q.node,)))
             cv.graph.output(deq[0] if single else tuple(deq))
+        elif node.op != "call_module" and not _is_tensorish(rec.example[node.name]):
+            cv.env[node.name] = V(cv.copy(node))  # shape arithmetic (sizes, products of sizes)
         else:
             mod = modules.get(node.target) if node.op == "call_module" else None
             if node.op == "call_module":
@@ -510,6 +515,10 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
             setattr(out, attr, getattr(model, attr))
     out.ivit_layers = cv.log
     return out.eval()
+
+
+def _is_tensorish(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) or (isinstance(v, (tuple, list)) and bool(v) and isinstance(v[0], torch.Tensor))
 
 
 def int_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

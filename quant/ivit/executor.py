@@ -94,6 +94,10 @@ def _check(value: Any, node: fx.Node) -> None:
             raise AssertionError(f"integer executor: node {node.name} produced a {v.dtype} tensor")
 
 
+def _has_array(args: Any) -> bool:
+    return any(isinstance(a, np.ndarray) or (isinstance(a, (tuple, list)) and _has_array(a)) for a in args)
+
+
 def run_module(m: nn.Module, args: list[Any]) -> Any:
     if isinstance(m, M.IntQuantize):
         x = np.asarray(args[0], dtype=np.float32)
@@ -128,6 +132,8 @@ def run(model: fx.GraphModule, x: torch.Tensor | np.ndarray, record: bool = Fals
             value = run_module(mods[node.target], list(load(node.args)))
         elif node.op == "call_function":
             fn = NUMPY_FUNCTIONS.get(node.target)
+            if fn is None and node.target.__module__ in ("_operator", "math") and not _has_array(load(node.args)):
+                fn = node.target  # Python arithmetic on sizes
             if fn is None:
                 raise UserInputError(f"integer executor: no numpy form for {node.format_node()}")
             value = fn(*load(node.args), **load(node.kwargs))

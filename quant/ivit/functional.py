@@ -178,7 +178,9 @@ def shift_exp(x_int: Any, scale: float, n: int):
 
 
 def shiftmax(x_int: Any, scale: float, out_bits: int = 8, n: int | None = None):
-    """Shiftmax over the last axis: k-bit probabilities at scale ``2**-(k-1)`` (a row sums to ~2**(k-1))."""
+    """Shiftmax over the last axis: k-bit probabilities at scale ``2**-(k-1)`` (a row sums to ~2**(k-1)).
+    Deviation: the final shift rounds half up instead of flooring (with f = (2**31-1) // sum, flooring turns
+    a uniform row of 64 into 1/128 each instead of 2/128)."""
     _check_int(x_int, "shiftmax")
     xp = ops(x_int)
     if n is None:
@@ -187,7 +189,7 @@ def shiftmax(x_int: Any, scale: float, out_bits: int = 8, n: int | None = None):
     exp, _ = shift_exp(x, scale, n)
     total = xp.clamp(xp.rowsum(exp), 1, INT32_MAX)
     factor = INT32_MAX // total
-    out = (exp * factor) >> (31 - out_bits + 1)
+    out = (exp * factor + (1 << (31 - out_bits))) >> (31 - out_bits + 1)  # deviation: rounded, not floored
     return out, 2.0 ** -(out_bits - 1)
 
 
@@ -206,7 +208,7 @@ def shiftgelu(x_int: Any, scale: float, out_bits: int = 8, n: int | None = None)
     e1, _ = shift_exp(x_int - big, s_sig, n)
     e2, _ = shift_exp(-big, s_sig, n)
     factor = INT32_MAX // xp.clamp(e1 + e2, 1, None)
-    sigma = (e1 * factor) >> (31 - out_bits + 1)
+    sigma = (e1 * factor + (1 << (31 - out_bits))) >> (31 - out_bits + 1)
     return x_int * sigma, float(scale) * 2.0 ** -(out_bits - 1)
 
 

@@ -218,7 +218,8 @@ def _softmax(b, m, ins, vals, out):
     x = b.sub(x, b.op("ReduceMax", [x], axes=[-1], keepdims=1))
     e = _shift_exp(b, x, m.s_in, n)
     total = b.clip(b.op("ReduceSum", [e, b.const([-1])], keepdims=1), 1, IF.INT32_MAX)
-    y = b.div(b.mul(e, b.div(b.const(IF.INT32_MAX), total)), b.const(2 ** (31 - m.bits + 1)))
+    y = b.add(b.mul(e, b.div(b.const(IF.INT32_MAX), total)), b.const(1 << (31 - m.bits)))
+    y = b.div(y, b.const(2 ** (31 - m.bits + 1)))
     return _store(b, y, m)
 
 
@@ -232,7 +233,7 @@ def _gelu(b, m, ins, vals, out):
     e1 = _shift_exp(b, b.sub(x, big), s_sig, n)
     e2 = _shift_exp(b, b.sub(b.const(0), big), s_sig, n)
     f = b.div(b.const(IF.INT32_MAX), b.clip(b.add(e1, e2), 1, None))
-    sigma = b.div(b.mul(e1, f), b.const(2 ** (31 - m.sigmoid_bits + 1)))
+    sigma = b.div(b.add(b.mul(e1, f), b.const(1 << (31 - m.sigmoid_bits))), b.const(2 ** (31 - m.sigmoid_bits + 1)))
     return _store(b, b.requant(b.mul(x, sigma), p["m"], p["e"], m.out_lo, m.out_hi), m)
 
 
