@@ -1,0 +1,116 @@
+"""I-ViT latency: fp32 vs integer-only DeiT-Tiny-shaped `vit` (batch 1, 3x224x224) on ONNX Runtime and TVM,
+side by side in one run, plus where the integer graph's time goes per ONNX op type (ORT profiling).
+
+    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.ivit_latency [--no-tvm] [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from benchmarks._report import command_line, machine_note, markdown_table, write_section
+
+
+def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _ort(proto_bytes: bytes, threads: int, profile: bool = False):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = profile
+    return ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--no-tvm", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    import onnx
+
+    from edgekit import models
+    from edgekit.data import load_data
+    from edgekit.quant.ivit import checker, onnx_export
+    from edgekit.quant.ivit.convert import convert, freeze
+
+    torch.manual_seed(0)
+    model = models.create("vit", pretrained=False, size="224").eval()
+    calib = load_data("random:3x224x224").calib.x[:4]
+    x = calib[:1]
+    q = freeze(convert(model, calib, batch_size=4, max_batches=1))
+    int_proto = onnx_export.build(q, x)
+    assert checker.float_tensors(int_proto) == []
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False)
+    fp_proto = onnx.load_from_string(buf.getvalue())
+    xn = x.numpy()
+    rows, ms = [], {}
+    for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
+        sess = _ort(proto.SerializeToString(), 2)
+        name = sess.get_inputs()[0].name
+        ms[("ort", label)] = _median_ms(lambda a: sess.run(None, {name: a}), xn, args.runs)
+    if not args.no_tvm:
+        from edgekit.quant.ivit import tvm_build
+
+        for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
+            t = time.perf_counter()
+            mod = tvm_build.build(proto)
+            build_s = time.perf_counter() - t
+            ms[("tvm", label)] = _median_ms(mod, xn, args.runs)
+            ms[("tvm-build-s", label)] = build_s
+    for rt in ("ort", "tvm"):
+        if (rt, "fp32") in ms:
+            fp, it = ms[(rt, "fp32")], ms[(rt, "I-ViT int")]
+            rows.append([{"ort": "ONNX Runtime 2 threads", "tvm": "TVM Relax llvm"}[rt], fp, it, fp / it])
+    # where the integer graph's time goes (ORT profiler, summed per op type over a few runs)
+    sess = _ort(int_proto.SerializeToString(), 2, profile=True)
+    name = sess.get_inputs()[0].name
+    for _ in range(5):
+        sess.run(None, {name: xn})
+    prof = json.load(open(sess.end_profiling()))
+    per_op: dict[str, float] = defaultdict(float)
+    for ev in prof:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            per_op[ev["args"]["op_name"]] += ev["dur"] / 1e3 / 5
+    total = sum(per_op.values()) or 1.0
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
+    md = [
+        "## I-ViT latency (integer-only vs fp32, DeiT-Tiny-shaped `vit`, batch 1, 3x224x224)",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine_note()}. Medians of {args.runs} runs; random weights (latency only).",
+        "",
+        markdown_table(["runtime", "fp32 ms", "I-ViT integer ms", "fp32 / integer"], rows),
+        "",
+        f"Integer graph: {len(int_proto.graph.node)} ONNX nodes, checker: no float tensor inside. "
+        + (f"TVM build s: fp32 {ms[('tvm-build-s', 'fp32')]:.0f}, integer {ms[('tvm-build-s', 'I-ViT int')]:.0f}." if not args.no_tvm else "TVM not run (--no-tvm)."),
+        "",
+        "Where the integer graph's time goes on ONNX Runtime (kernel time per op type, ms per inference):",
+        "",
+        markdown_table(["op", "ms", "share"], [[k, v, f"{100 * v / total:.0f}%"] for k, v in top]),
+    ]
+    write_section("ivit-latency", "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
