@@ -59,6 +59,13 @@ def device_target(device: str, llvm_opt_level: int | None = None):
     raise UserInputError(f"target tvm: device {device!r}; accepted: {', '.join(DEVICES)}")
 
 
+def _target_json(target) -> object:
+    try:
+        return json.loads(str(target))
+    except ValueError:
+        return str(target)
+
+
 def import_onnx(path: Path, input_shape):
     from edgekit.backends import require
 
@@ -102,8 +109,11 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
 
     ex = compile_module(import_onnx(path, input_shape), host_target())
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-tvm-"))
-    ex.export_library(str(tmp / "model.so"))
-    return load_vm(tmp / "model.so", threads)
+    try:
+        ex.export_library(str(tmp / "model.so"))
+        return load_vm(tmp / "model.so", threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
 
 
 @register_target(
@@ -146,7 +156,7 @@ class TVMExporter(Exporter):
             ex.export_library(str(ctx.out / model_file))
         meta = {
             "device": device,
-            "tvm_target": json.loads(json.dumps(str(target))) if not hasattr(target, "export") else target.export(),
+            "tvm_target": _target_json(target),
             "input": {"name": "input", "shape": list(ctx.example.shape), "dtype": "float32"},
             "entry": "main",
             "linker": linker or "host default",
