@@ -134,6 +134,10 @@ class Artifact:
     report: ValidationReport | None
 
     @property
+    def validation(self) -> ValidationReport | None:
+        return self.report
+
+    @property
     def model_file(self) -> Path:
         return self.directory / self.manifest["model_file"]
 
