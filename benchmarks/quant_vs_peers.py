@@ -46,7 +46,17 @@ def ov_top1(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray) -> None:
+    """ORT's documented flow: ``quant_pre_process`` (graph optimization, shape inference), then quantize_static.
+
+    Without the pre-processing step quantize_static leaves about half of ResNet-50's convs in float
+    (measured: 29 float Conv after ORT's fusions, ~1.1x over fp32), so the peer gets it.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_name(out.stem + "-pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    fp32 = pre
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -105,6 +115,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128, help="calibration samples (same for every quantizer)")
     ap.add_argument("--method", default="mse")
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (best per-round median kept)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -149,10 +160,14 @@ def main() -> None:
                 notes.append(f"{name} (224): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 continue
             x = ex224.numpy()
-            lat = {}
-            for key, rt in (("fp32", "onnxruntime"), ("edgekit", "onnxruntime"), ("ort", "onnxruntime"),
-                            ("fp32", "openvino"), ("edgekit", "openvino"), ("nncf", "openvino")):
-                lat[key, rt] = measure_file_latency(paths[key], x, rt, threads=2, runs=args.runs, warmup=10)["median"]
+            lat: dict = {}
+            # interleaved rounds: the machine is shared, so each variant's figure is the best of the per-round
+            # medians (a slow round hits every variant alike only when they run side by side)
+            for _ in range(args.rounds):
+                for key, rt in (("fp32", "onnxruntime"), ("edgekit", "onnxruntime"), ("ort", "onnxruntime"),
+                                ("fp32", "openvino"), ("edgekit", "openvino"), ("nncf", "openvino")):
+                    med = measure_file_latency(paths[key], x, rt, threads=2, runs=args.runs, warmup=10)["median"]
+                    lat[key, rt] = min(lat.get((key, rt), float("inf")), med)
             lat_rows.append([name,
                              lat["fp32", "onnxruntime"], lat["edgekit", "onnxruntime"], lat["ort", "onnxruntime"],
                              f"{lat['fp32', 'onnxruntime'] / lat['edgekit', 'onnxruntime']:.2f}x",
@@ -164,7 +179,8 @@ def main() -> None:
     md = [f"## int8: edgekit vs ONNX Runtime quantize_static vs NNCF\n",
           f"`{command_line()}`  \nMachine: {machine_note()}. Calibration: the same {len(calib)} digits samples for every "
           f"quantizer (224x224 runs: 32 of them upsampled; edgekit uses `{args.method}` at digits size, `minmax` at 224). "
-          "Latency: median ms, batch 1, 2 threads.\n",
+          f"Latency: ms, batch 1, 2 threads, median of {args.runs} runs, best of {args.rounds} interleaved rounds. "
+          "ORT's peer runs `quant_pre_process` first (its documented flow).\n",
           "### Accuracy (digits test split, top-1 %)\n",
           markdown_table(["model", "fp32", "edgekit int8 (torch)", "edgekit int8 (ORT)", "ORT quantize_static", "NNCF (OpenVINO)",
                           "quantize time s (edgekit / ORT / NNCF)"], acc_rows),
