@@ -124,3 +124,24 @@ def test_recipes_load():
     assert [s.name for s in r.stages] == ["fuse", "quantize"] and r.measure.latency_runtime == "onnxruntime"
     r = load_recipe("int8-qat")
     assert r.stages[-1].config.mode == "qat"
+
+
+def test_sensitivity_stage_ranks_layers_and_leaves_model():
+    data = load_data()
+    model = models.create("convnet")
+    fn, cfg_cls = get_stage("sensitivity")
+    cfg = cfg_cls.from_dict({"calibration": {"method": "minmax", "samples": 64}, "samples": 64, "worst": 3})
+    ctx = StageContext(data=data, reference=model, example_inputs=(data.test.x[:1],))
+    out, rep = fn(model, cfg, ctx)
+    assert out is model and rep["layers"] == 7 and len(rep["worst"]) == 3
+    sq = [r["sqnr_db"] for r in rep["all"]]
+    assert sq == sorted(sq) and all(np.isfinite(sq)) and sq[0] < sq[-1]
+    assert all(0.0 <= r["top1"] <= 1.0 for r in rep["all"])
+
+
+def test_equalization_option_keeps_accuracy():
+    data = load_data()
+    model = models.create("mobilenetv2")
+    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQOptions(method="minmax", samples=64, equalization=True))
+    assert rep["equalized_pairs"] >= 1
+    assert evaluate(q, data.test) >= evaluate(model, data.test) - ACC_TOL
