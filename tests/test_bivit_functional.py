@@ -112,3 +112,13 @@ def test_int8_fake_quant_grid_and_error():
     k = q / scale
     torch.testing.assert_close(k, k.round(), atol=1e-4, rtol=0)
     assert (q - x).abs().max() <= scale / 2 + 1e-6
+
+
+def test_attention_mean_divides_by_selected_count():
+    torch.manual_seed(7)
+    p = torch.softmax(torch.randn(2, 6, 6) * 2, -1)
+    a = BF.softmax_aware_binarize(p)
+    v = torch.randn(2, 6, 4)
+    out = BinaryMatMul(1, binarize_a=False, normalize_a=True)(a, v)
+    expected = (a @ BF.sign(v)) * v.abs().mean(-2, keepdim=True) / a.sum(-1, keepdim=True)
+    torch.testing.assert_close(out, expected)

@@ -165,12 +165,15 @@ class BinaryMatMul(_Switchable):
 
     Binary operands are scaled over the contraction dimension (rows of ``a``, columns of ``b``), so the
     product is a popcount times an outer product of scales. ``binarize_a=False`` leaves ``a`` as it is
-    (the 0/1 attention map of :class:`BinarySoftmax`).
+    (the 0/1 attention map of :class:`BinarySoftmax`); ``normalize_a=True`` then divides each output row by the
+    number of ones in that row of ``a`` (the mean over the selected tokens, so the output keeps the scale of a
+    softmax-weighted average; one scalar per row, the count is not differentiated).
     """
 
-    def __init__(self, bits: ActBits = 1, binarize_a: bool = True, group: str = "attn") -> None:
+    def __init__(self, bits: ActBits = 1, binarize_a: bool = True, group: str = "attn", normalize_a: bool = False) -> None:
         super().__init__()
         self.bits, self.binarize_a, self.group, self.active = bits, binarize_a, group, True
+        self.normalize_a = normalize_a
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.active and self.bits == 1:
@@ -179,13 +182,16 @@ class BinaryMatMul(_Switchable):
             if self.binarize_a:
                 sa = a.abs().mean(dim=-1, keepdim=True)
                 return (BF.sign_ste(a) @ BF.sign_ste(b)) * sa * sb
-            return (a @ BF.sign_ste(b)) * sb
+            out = (a @ BF.sign_ste(b)) * sb
+            if self.normalize_a:
+                out = out / a.detach().sum(dim=-1, keepdim=True).clamp_min(1.0)
+            return out
         elif self.active and self.bits == 8:
             a, b = BF.fake_quant_int8(a), BF.fake_quant_int8(b)
         return a @ b
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, binarize_a={self.binarize_a}, " + super().extra_repr()
+        return f"bits={self.bits}, binarize_a={self.binarize_a}, normalize_a={self.normalize_a}, " + super().extra_repr()
 
 
 class BinarySoftmax(_Switchable):

@@ -50,6 +50,7 @@ class BinarizeConfig(StageConfig):
     softmax_aware: bool = True
     binarize_attention: bool = True
     act_shift: bool = True
+    attention_mean: bool = True  # divide A @ V by the number of selected tokens (A stays 0/1)
     cross_layer: CrossLayerConfig = Field(default_factory=CrossLayerConfig)
     keep_fp: list[str] = Field(default_factory=lambda: ["patch_embed*", "head*"])
     distill_weight: float = Field(0.5, ge=0.0, le=1.0)
@@ -63,7 +64,7 @@ class BinarizeConfig(StageConfig):
         from edgekit.quant.bivit.convert import BinarizeOptions
 
         return BinarizeOptions(self.activation_bits, self.softmax_aware, self.binarize_attention, self.act_shift,
-                               tuple(self.keep_fp))
+                               self.attention_mean, tuple(self.keep_fp))
 
 
 def _storage(model) -> dict[str, Any]:
