@@ -26,13 +26,14 @@ except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks._report import command_line, machine_note, markdown_table, write_section
 
-# (label, activation bits, softmax-aware, cross-layer)
+# (label, activation bits, softmax-aware, cross-layer, attention mean)
 VARIANTS = [
-    ("w1a8", 8, None, True),
-    ("w1a1", 1, True, True),
-    ("w1a1", 1, False, True),
-    ("w1a1", 1, True, False),
-    ("w1a1", 1, False, False),
+    ("w1a8", 8, None, True, True),
+    ("w1a1", 1, True, True, True),
+    ("w1a1", 1, False, True, True),
+    ("w1a1", 1, True, False, True),
+    ("w1a1", 1, False, False, True),
+    ("w1a1", 1, True, True, False),
 ]
 
 
@@ -119,21 +120,22 @@ def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int
                 acc8 = f"failed: {type(exc2).__name__}: {str(exc2)[:80]}"
         out["rows"].append({"precision": label8, "softmax_aware": "-", "cross_layer": "-", "acc": acc8,
                             "seconds": round(time.perf_counter() - t0, 1)})
-    for label, bits, softmax_aware, cross in VARIANTS:
+    for label, bits, softmax_aware, cross, att_mean in VARIANTS:
         cfg = BinarizeConfig(activation_bits=bits, softmax_aware=bool(softmax_aware), cross_layer={"enabled": cross},
-                             epochs=epochs, lr=lr, batch_size=batch_size)
-        run_dir = work / f"{name}-{label}-{softmax_aware}-{cross}"
+                             attention_mean=att_mean, epochs=epochs, lr=lr, batch_size=batch_size)
+        run_dir = work / f"{name}-{label}-{softmax_aware}-{cross}-{att_mean}"
         run_dir.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(data=data, reference=fp, example_inputs=(example,), out_dir=run_dir, seed=seed)
         t0 = time.perf_counter()
         model, rep = apply(copy.deepcopy(fp), cfg, ctx)
         secs = time.perf_counter() - t0
         row = {"precision": label, "softmax_aware": "-" if softmax_aware is None else ("yes" if softmax_aware else "no"),
-               "cross_layer": "yes" if cross else "no", "acc": evaluate(model, data.test), "seconds": round(secs, 1),
+               "cross_layer": "yes" if cross else "no", "attention_mean": "-" if bits != 1 else ("yes" if att_mean else "no"),
+               "acc": evaluate(model, data.test), "seconds": round(secs, 1),
                "phase_acc": [p.get("test_accuracy") for p in rep["phases"]]}
         out["rows"].append(row)
         print(json.dumps({"model": name, **row}), flush=True)
-        if label == "w1a1" and softmax_aware and cross:  # the recipe's configuration: sizes and ORT check
+        if label == "w1a1" and softmax_aware and cross and att_mean:  # the recipe's configuration: sizes, ORT
             st = rep["storage"]
             out["size"].update({
                 "binarized_layers_fp32_bytes": st["binarized_layers_fp32_bytes"],
@@ -154,7 +156,8 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float) -> str
         for row in r["rows"]:
             acc = row["acc"]
             acc_s = f"{100 * acc:.1f}%" if isinstance(acc, float) else str(acc)
-            acc_rows.append([r["model"], row["precision"], row["softmax_aware"], row["cross_layer"], acc_s, row["seconds"]])
+            acc_rows.append([r["model"], row["precision"], row["softmax_aware"], row["cross_layer"],
+                             row.get("attention_mean", "-"), acc_s, row["seconds"]])
         s = r["size"]
         if "w1a1_bytes" in s:
             size_rows.append([
@@ -175,9 +178,10 @@ def render(results: list[dict], args: argparse.Namespace, seconds: float) -> str
         f"Every binarized row: {args.epochs} fine-tune epochs from the fp32 checkpoint (lr {args.lr}, batch {args.batch_size}, "
         "distillation weight 0.5 from the fp32 model); cross-layer = MLP binarized first, attention in a second "
         "phase (epochs split evenly); without it, everything is binarized for all epochs. Softmax-aware = "
-        "A = 1[P >= 0.25 rowmax P]; without it A = 1[P >= rowmean P] (same straight-through gradient). "
+        "A = 1[P >= 0.25 rowmax P]; without it A = 1[P >= rowmean P] (same straight-through gradient). A@V mean = "
+        "A @ V divided by the number of ones in each row of A (edgekit's default; off = the raw 0/1 sum). "
         "Patch embedding, head and (hybrid) convolutions stay fp32. int8 = the `int8` recipe (PTQ, no fine-tune).",
-        markdown_table(["model", "precision", "softmax-aware", "cross-layer", "top-1", "seconds"], acc_rows),
+        markdown_table(["model", "precision", "softmax-aware", "cross-layer", "A@V mean", "top-1", "seconds"], acc_rows),
         "Size of the W1A1 model (recipe `bivit-w1a1`): binarized layers = their fp32 weights+bias vs 1 bit a weight "
         "+ fp16 scales, bias and activation thresholds; model = `edgekit.metrics.storage_bytes`; `.pt2` = the "
         "`torch.export` artifact the pipeline writes (it holds the packed uint8 bits; the rest of the file is its "

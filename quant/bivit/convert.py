@@ -8,8 +8,8 @@ Built-in converters:
   ``softmax`` -> :class:`BinarySoftmax` (softmax-aware or naive); with 8-bit activations the two matmuls
   fake-quantize their operands to int8. ``attention_mean`` (default on) divides ``A @ V`` by the number of
   ones in each row of the binary map A: methods.md defines A, not what follows it; unnormalised, a token that
-  selects k keys gets an output k times larger than the float model's weighted average, and on the digits
-  vit the W1A1 accuracy after the same 6-epoch fine-tune went from 25% (unnormalised) to 38% (normalised).
+  selects k keys gets an output k times larger than the float model's weighted average (the accuracy
+  benchmark, benchmarks/bivit_accuracy.py, has a row with it off).
 * ``Mlp``: ``fc1`` / ``fc2`` -> :class:`BinaryLinear` (group ``mlp``).
 * any other ``nn.Linear`` -> :class:`BinaryLinear` (group ``linear``).
 
