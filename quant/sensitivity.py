@@ -8,6 +8,13 @@ input) while the rest of the model runs in float; the model output is compared w
 and, with labels, the top-1 accuracy is measured too. Low SQNR = sensitive. :func:`choose_float_layers`
 turns the ranking into an ``ignore`` list: the ``top_n`` most sensitive layers, or every layer whose SQNR is
 below a budget in dB.
+
+Second criterion, layer relevance (after LRP-QViT: Ranjan & Savakis, "LRP-QViT: Mixed-Precision Vision
+Transformer Quantization via Layer-wise Relevance Propagation", 2024): the share of the predicted-class logit
+attributed to each layer's output, computed as ``sum |a * d y_c / d a|`` over the layer output ``a``
+(gradient x input, which equals LRP-0 for piecewise-linear networks), normalised to sum to 1 over layers.
+LRP-QViT gives more bits to more relevant layers; here ``criterion: relevance`` keeps the ``top_n`` most
+relevant layers in float.
 """
 
 from __future__ import annotations
@@ -65,12 +72,60 @@ def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | Non
             q.mode = saved[0][n]
         for n, m in layers.items():
             m.wmode = saved[1][n]
+    relevance = layer_relevance(gm, x, batch_size)
+    for row in out:
+        if row["layer"] in relevance:
+            row["relevance"] = round(relevance[row["layer"]], 4)
     return sorted(out, key=lambda r: r["sqnr_db"])
 
 
-def choose_float_layers(sens: list[dict[str, Any]], top_n: int | None = None, sqnr_budget_db: float | None = None) -> list[str]:
-    """Layers to keep in float: the ``top_n`` lowest-SQNR layers and/or those below ``sqnr_budget_db``."""
+def layer_relevance(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Relevance share of each quantized layer's output for the predicted class (float weights, no act quant)."""
+    quants, layers = act_quants(gm), weight_layers(gm)
+    saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
+    outs: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name, m in layers.items():
+        def hook(_m, _i, out, name=name):
+            out.retain_grad()
+            outs.setdefault(name, []).append(out)
+        hooks.append(m.register_forward_hook(hook))
+    rel = {n: 0.0 for n in layers}
+    try:
+        for q in quants.values():
+            q.mode = "off"
+        for m in layers.values():
+            m.wmode = "float"
+        for i in range(0, len(x), batch_size):
+            outs.clear()
+            with torch.enable_grad():
+                y = gm(x[i : i + batch_size])
+                if y.dim() != 2:
+                    return {}
+                y.gather(1, y.argmax(1, keepdim=True)).sum().backward()
+            for name, acts in outs.items():
+                rel[name] += float(sum((a * a.grad).abs().sum() for a in acts if a.grad is not None))
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, q in quants.items():
+            q.mode = saved[0][n]
+        for n, m in layers.items():
+            m.wmode = saved[1][n]
+        gm.zero_grad(set_to_none=True)
+    total = sum(rel.values()) or 1.0
+    return {n: v / total for n, v in rel.items()}
+
+
+def choose_float_layers(sens: list[dict[str, Any]], top_n: int | None = None, sqnr_budget_db: float | None = None,
+                        criterion: str = "sqnr") -> list[str]:
+    """Layers to keep in float: the ``top_n`` lowest-SQNR (or most relevant) layers and/or those below
+    ``sqnr_budget_db``."""
     keep: dict[str, None] = {}
+    if criterion == "relevance":
+        for r in sorted(sens, key=lambda r: -r.get("relevance", 0.0))[: top_n or 0]:
+            keep[r["layer"]] = None
+        top_n = None
     ranked = sorted(sens, key=lambda r: r["sqnr_db"])
     if top_n:
         for r in ranked[:top_n]:

@@ -35,6 +35,7 @@ class KeepFloatConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_n: int | None = Field(None, ge=0)
     sqnr_budget_db: float | None = None
+    criterion: Literal["sqnr", "relevance"] = "sqnr"  # relevance: LRP-style layer relevance (top_n most relevant)
 
 
 class QATConfig(BaseModel):
@@ -107,7 +108,7 @@ def apply(model, cfg: QuantizeConfig, ctx: StageContext):
         from edgekit.quant.sensitivity import choose_float_layers
 
         sens = sensitivity_table(model, ctx, opts, opts.samples)
-        keep = choose_float_layers(sens, cfg.keep_float.top_n, cfg.keep_float.sqnr_budget_db)
+        keep = choose_float_layers(sens, cfg.keep_float.top_n, cfg.keep_float.sqnr_budget_db, cfg.keep_float.criterion)
         opts.ignore = list(opts.ignore) + keep
         extra = {"sensitivity_worst": sens[:10], "kept_float": keep}
     if cfg.mode == "qat":

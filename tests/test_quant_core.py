@@ -134,3 +134,5 @@ def test_sqnr_and_choose_float_layers():
     sens = [{"layer": "a", "sqnr_db": 40.0}, {"layer": "b", "sqnr_db": 12.0}, {"layer": "c", "sqnr_db": 25.0}]
     assert choose_float_layers(sens, top_n=1) == ["b"]
     assert choose_float_layers(sens, sqnr_budget_db=30.0) == ["b", "c"]
+    rel = [dict(r, relevance=v) for r, v in zip(sens, (0.5, 0.1, 0.4))]
+    assert choose_float_layers(rel, top_n=2, criterion="relevance") == ["a", "c"]

@@ -137,6 +137,8 @@ def test_sensitivity_stage_ranks_layers_and_leaves_model():
     sq = [r["sqnr_db"] for r in rep["all"]]
     assert sq == sorted(sq) and all(np.isfinite(sq)) and sq[0] < sq[-1]
     assert all(0.0 <= r["top1"] <= 1.0 for r in rep["all"])
+    rel = [r["relevance"] for r in rep["all"]]
+    assert sum(rel) == pytest.approx(1.0, abs=1e-3) and min(rel) >= 0 and max(rel) > min(rel)
 
 
 def test_equalization_option_keeps_accuracy():
