@@ -198,3 +198,22 @@ def test_onnx_runtime_matches_torch(tmp_path, act_bits, packed):
     with torch.no_grad():
         expected = new(x).numpy()
     np.testing.assert_allclose(got, expected, atol=ORT_ATOL, rtol=0)
+
+
+def test_compress_pipeline_writes_packed_artifact_that_reloads(tmp_path):
+    from edgekit.loading import load_model
+    from edgekit.pipeline import compress
+
+    model = tiny_vit()
+    model.edgekit_input_shape = (3, 16, 16)
+    out = tmp_path / "out"
+    res = compress(model, "bivit-w1a1", tiny_data(), overrides=["binarize.epochs=1"], out=out, latency=False)
+    assert (out / "packed_weights.npz").is_file() and (out / "model.pt2").is_file()
+    report = res.report
+    assert report["size_bytes"]["after"] < report["size_bytes"]["before"] / 4
+    x = torch.randn(3, 3, 16, 16)
+    reloaded = load_model(str(out)).model
+    with torch.no_grad():
+        expected = res.model(x)
+        assert torch.equal(reloaded(x), expected)
+        assert torch.equal(restore(tiny_vit(seed=3), out / "packed_weights.npz")(x), expected)
