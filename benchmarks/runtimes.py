@@ -7,7 +7,8 @@ in one table. Run under the shared lock:
 
 fp16 per runtime: PyTorch ``model.half()`` (CPU half kernels); ONNX Runtime the fp16 ONNX graph (fp32 I/O);
 OpenVINO the IR with fp16 weights compiled with ``INFERENCE_PRECISION_HINT=f16`` (the plugin reports the
-precision it really runs; shown in the notes); TVM Relax ``ToMixedPrecision``. TVM uses the default Relax CPU
+precision it really runs; shown in the notes); TVM the fp16 graph (``ToMixedPrecision`` where that fails), as
+the tvm exporter does. TVM uses the default Relax CPU
 pipeline without MetaSchedule tuning; each TVM model runs in a subprocess with a time cap, and a model that
 exceeds it is reported as such instead of a number.
 """
@@ -45,10 +46,14 @@ def _tvm_worker(onnx_path: str, shape, precision: str, runs: int, warmup: int, q
         from edgekit.exporters.latency import time_callable
         from edgekit.exporters.tvm import compile_module, host_target, import_onnx, load_vm
 
-        mod = import_onnx(Path(onnx_path), shape)
-        if precision == "fp16":
-            mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
-        ex = compile_module(mod, host_target())
+        if precision == "fp16":  # same order as the tvm exporter: the fp16 graph, else ToMixedPrecision
+            try:
+                ex = compile_module(import_onnx(Path(onnx_path).with_name("m16.onnx"), shape), host_target())
+            except Exception:  # noqa: BLE001
+                mod = relax.transform.ToMixedPrecision(out_dtype="float16")(import_onnx(Path(onnx_path), shape))
+                ex = compile_module(mod, host_target())
+        else:
+            ex = compile_module(import_onnx(Path(onnx_path), shape), host_target())
         lib = Path(onnx_path).with_suffix(f".{precision}.so")
         ex.export_library(str(lib))
         run = load_vm(lib, THREADS)
