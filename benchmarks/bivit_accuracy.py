@@ -209,8 +209,10 @@ def main() -> None:
                    help="epochs for the fp32 model when no checkpoint is shipped (default: the zoo's)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     p.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on the shared 2-core machine a second thread mostly waits for a core)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bivit-bench-") as tmp:
         results = []
