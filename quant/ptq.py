@@ -25,7 +25,7 @@ from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
 from edgekit.quant.config import activation_scheme
-from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, _QuantWeight
+from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, QuantConv2d, _QuantWeight
 from edgekit.quant.observers import make_observer
 
 
@@ -106,7 +106,10 @@ def prepare(gm: fx.GraphModule, opts: PTQOptions) -> tuple[fx.GraphModule, qdq.P
     for i, name in enumerate(p.tensors):
         node = nodes[name]
         qname = f"act_quant_{i}"
-        obs = make_observer(opts.method, scheme, percentile=opts.percentile)
+        # probabilities (softmax outputs) keep their full [0, 1] range: clipping observers (MSE, percentile,
+        # entropy) would cut the few large attention weights that matter most
+        method = "minmax" if _is_softmax(node, gm) else opts.method
+        obs = make_observer(method, scheme, percentile=opts.percentile)
         gm.add_module(qname, ActFakeQuant(scheme, obs))
         with gm.graph.inserting_after(node):
             qn = gm.graph.call_module(qname, (node,))
@@ -115,6 +118,14 @@ def prepare(gm: fx.GraphModule, opts: PTQOptions) -> tuple[fx.GraphModule, qdq.P
     gm.graph.lint()
     gm.recompile()
     return gm, p
+
+
+def _is_softmax(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.Softmax)
+    if node.op == "call_method":
+        return node.target == "softmax"
+    return node.op == "call_function" and node.target in (torch.softmax, torch.nn.functional.softmax)
 
 
 def act_quants(gm: nn.Module) -> dict[str, ActFakeQuant]:
@@ -175,7 +186,8 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> d
         m.wmode = "fake" if mode == "float" else mode
         y_q = m(xin)
         m.wmode = mode
-        dims = [d for d in range(y_f.dim()) if d != (1 if y_f.dim() > 2 else y_f.dim() - 1)]
+        channel = 1 if isinstance(m, QuantConv2d) else y_f.dim() - 1  # conv: NCHW; linear: (..., C)
+        dims = [d for d in range(y_f.dim()) if d != channel]
         delta = (y_f - y_q).mean(dim=dims)
         m.bias.data += delta
         shifts[name] = float(delta.abs().max())
