@@ -112,7 +112,8 @@ def write_docs(doc: Path = DOC) -> None:
         "`edgekit zoo train NAME` (or `python -m edgekit.models._train NAME`).\n\n"
         + zoo_table()
         + "\n\nAll models fuse (`edgekit.fuse(model, 'deploy')`): RepConv / MobileOne / DilatedReparamBlock blocks "
-        "merge into single convs and every Conv->BN pair folds; `tests/test_zoo_*.py` checks deploy vs eval "
+        "merge into single convs and every Conv->BN pair whose conv output has no other user folds (InceptionNeXt's BN "
+        "after the channel concat stays; the fuse report says why); `tests/test_zoo_*.py` checks deploy vs eval "
         "outputs (1e-5 float32, 1e-10 float64) and tune vs eval forward and gradients (1e-10 float64) for each.\n"
         + OPS_DOC
     )
