@@ -69,6 +69,10 @@ def render(rows: list[dict], command: str, seconds: float | None) -> str:
     ]
     for m in models:
         lines.append(f"| {m} | " + " | ".join(_cell(by[(m, t, p)]) if (m, t, p) in by else "-" for t, p in cols) + " |")
+    random_w = sorted({r["model"] for r in rows if r.get("weights", "checkpoint") != "checkpoint"})
+    if random_w:
+        lines += ["", f"Weights: shipped digits checkpoints, except {', '.join(random_w)} (no checkpoint at the time of "
+                  "the run: random init with randomized BatchNorm statistics, so outputs depend on the input)."]
     reasons = sorted({f"{r['target']}: {r.get('reason') or r.get('skipped')}" for r in rows if r["status"] == "skipped" or (r["status"] == "passed" and not r.get("numeric"))})
     if reasons:
         lines += ["", "Not run numerically here:", ""] + [f"- {x}" for x in reasons]

@@ -77,7 +77,8 @@ def test_export_matrix(name, target, precision, tmp_path):
     from edgekit.exporters import export
     from edgekit.exporters.tensorrt import gpu_available
 
-    row = {"model": name, "target": target, "precision": precision}
+    row = {"model": name, "target": target, "precision": precision,
+           "weights": "checkpoint" if zoo.info(name).checkpoint.is_file() else "random init, BN randomized"}
     if target == "tensorrt":
         ok, why = gpu_available()
         if not ok:
