@@ -13,13 +13,22 @@ from edgekit.nn_utils import eval_mode
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of weights. A module that stores its weights packed in buffers (int8, 1-bit) reports its
+    logical count through a ``param_count()`` method, and its children are skipped."""
     seen: set[int] = set()
-    total = 0
-    for t in list(model.parameters()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel()
-    return total
+
+    def visit(mod: nn.Module) -> int:
+        fn = getattr(mod, "param_count", None)
+        if callable(fn) and mod is not model:
+            return int(fn())
+        total = 0
+        for t in mod.parameters(recurse=False):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel()
+        return total + sum(visit(child) for child in mod.children())
+
+    return visit(model)
 
 
 def storage_bytes(model: nn.Module) -> int:

@@ -148,6 +148,10 @@ class BinaryLinear(_Switchable):
             y = F.linear(xq, signs) * alpha
         return y + _f32(self.bias) if self.bias is not None else y
 
+    def param_count(self) -> int:
+        """Logical weights (frozen layers hold them packed in buffers, which are not parameters)."""
+        return self.out_features * self.in_features + (self.out_features if self.bias is not None else 0)
+
     def storage_bytes(self) -> int:
         """Deployed size: 1 bit per weight (rows padded to bytes) + float16 scales, bias and thresholds."""
         if not self.active and not self.frozen:

@@ -62,6 +62,10 @@ class IntModule(nn.Module):
     def storage_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.params().values())
 
+    def param_count(self) -> int:
+        """Stored values (integer weights, biases, multipliers), frozen into buffers or not."""
+        return sum(v.numel() for v in self.params().values())
+
     # computation ---------------------------------------------------------------------------------
     def kernel(self, *xs: Any, p: dict[str, Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
