@@ -35,24 +35,32 @@ def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(shape) if shape is not None else None
 
 
-def save_model(model: nn.Module, directory: Path, example: torch.Tensor) -> Path:
-    """Save ``model`` as a ``torch.export`` program (``model.pt2``): reloadable without pickle."""
+def save_model(model: nn.Module, directory: Path, example: torch.Tensor) -> dict[str, object]:
+    """Save ``model`` as a ``torch.export`` program (``model.pt2``): reloadable without pickle.
+
+    The batch dimension is exported dynamic where the graph allows it; some ops (PyTorch's fake-quantize
+    kernels, for one) only export with a static batch, and then the program takes batch 1. Returns
+    ``{"file", "dynamic_batch", "static_reason"}`` for the manifest.
+    """
     from edgekit.errors import EdgekitError
 
     model = eval_mode(model)
     path = Path(directory) / MODEL_FILE
     # A fresh batch-2 tensor: a dynamic batch needs a hint > 1, and a slice would save its whole storage.
     example = example[:1].clone()
+    info: dict[str, object] = {"file": path.name, "dynamic_batch": True, "static_reason": None}
     try:
         try:
             batch2 = example.expand(2, *example.shape[1:]).clone()
-            ep = torch.export.export(model, (batch2,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), strict=False)
-        except Exception:  # noqa: BLE001 - some graphs only export with a static batch
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            ep = torch.export.export(model, (batch2,), dynamic_shapes=({0: batch},), strict=False)
+        except Exception as dyn_exc:  # noqa: BLE001 - some graphs only export with a static batch
             ep = torch.export.export(model, (example,), strict=False)
+            info.update(dynamic_batch=False, static_reason=f"{type(dyn_exc).__name__}: {str(dyn_exc).splitlines()[0]}")
         torch.export.save(ep, str(path))
     except Exception as exc:  # noqa: BLE001
         raise EdgekitError(f"the model could not be saved with torch.export: {type(exc).__name__}: {exc}") from exc
-    return path
+    return info
 
 
 def _load_pt2(path: Path) -> nn.Module:

@@ -158,7 +158,7 @@ def _write(tmp: Path, model: nn.Module, example: torch.Tensor, loaded: LoadedMod
 
     from edgekit.metrics import layer_table
 
-    save_model(model, tmp, example)
+    saved = save_model(model, tmp, example)
     write_json_atomic(tmp / "report.json", report)
     # The per-layer table of the live model: a torch.export program no longer has its module structure.
     write_json_atomic(tmp / LAYERS_FILE, layer_table(model, example)[1])
@@ -167,6 +167,8 @@ def _write(tmp: Path, model: nn.Module, example: torch.Tensor, loaded: LoadedMod
         kind="compressed-model",
         model=loaded.name,
         model_file=MODEL_FILE,
+        dynamic_batch=saved["dynamic_batch"],
+        static_batch_reason=saved["static_reason"],
         source=loaded.source,
         input_shape=list(data.input_shape),
         num_classes=data.num_classes,

@@ -54,6 +54,6 @@ def test_pickle_refused_without_trust(tmp_path):
 def test_pt2_round_trip(tmp_path):
     m = models.create("convnet")
     x = torch.randn(3, 3, 32, 32)
-    save_model(m, tmp_path, x[:1])
+    assert save_model(m, tmp_path, x[:1])["dynamic_batch"] is True
     lm = load_model(str(tmp_path / "model.pt2"))
     torch.testing.assert_close(lm.model(x), m(x), rtol=1e-5, atol=1e-5)  # dynamic batch survives

@@ -43,8 +43,8 @@ def test_torch_export_roundtrip(setup, tmp_path):
     data, _, example, q, _ = setup
     from edgekit.loading import load_model, save_model
 
-    path = save_model(q, tmp_path, example)
-    loaded = load_model(str(path)).model
+    saved = save_model(q, tmp_path, example)
+    loaded = load_model(str(tmp_path / saved["file"])).model
     x = data.test.x[:1]
     assert torch.allclose(loaded(x), q(x), atol=1e-5)
 
