@@ -327,9 +327,7 @@ class AttentionHandler(Handler):
         lin = LinearHandler()
         lin.prune_out(m.qkv, self._qkv_rows(m, idx))
         lin.prune_in(m.proj, [h * m.head_dim + j for h in idx for j in range(m.head_dim)])
-        m.num_heads -= len(idx)
-        if type(m) is Attention:
-            m.__class__ = HeadPrunedAttention
+        m.num_heads -= len(idx)  # Attention's forward uses num_heads * head_dim as its inner width
 
     def zero_out(self, m: Attention, idx: Sequence[int]) -> None:
         LinearHandler().zero_out(m.proj, idx)
@@ -349,20 +347,3 @@ class AttentionHandler(Handler):
         if m.qkv.bias is not None:
             out.append((get(m.qkv.bias).reshape(3, h, hd).transpose(0, 1).reshape(h, -1), 0))
         return out
-
-class HeadPrunedAttention(Attention):
-    """Attention whose inner width (heads x head_dim) differs from the embedding width."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = self.softmax(self.matmul_qk(q, k.transpose(-2, -1)) * self.scale)
-        out = self.matmul_av(attn, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
-
-
-
-
-__all__ = ["Handler", "ConvHandler", "LinearHandler", "BatchNormHandler", "LayerNormHandler", "register_handler",
-           "find_handler", "handled_types"]

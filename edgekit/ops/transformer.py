@@ -79,13 +79,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = self.matmul_qk(q, k.transpose(-2, -1)) * self.scale
         attn = self.softmax(attn)
         out = self.matmul_av(attn, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        # the inner width (heads x head_dim) need not equal the input width (e.g. after pruning the residual)
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
 class Mlp(nn.Module):
