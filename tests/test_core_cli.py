@@ -98,3 +98,16 @@ def test_recipes_and_zoo_listing(cli):
     r = cli("zoo", "list", "--json")
     rows = {x["name"]: x for x in json.loads(r.stdout)}
     assert rows["convnet"]["checkpoint"] is True
+
+
+def test_int8_compress_then_export_defaults_to_int8(tmp_path, cli):
+    out = tmp_path / "q"
+    r = cli("compress", "--recipe", "int8", "--out", str(out), "--no-latency", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["size_bytes"]["after"] < 0.3 * rep["size_bytes"]["before"]  # int8 weights
+    assert rep["accuracy"]["after"] >= rep["accuracy"]["before"] - 0.005
+    r = cli("export", str(out), "--target", "onnx", "--out", str(tmp_path / "onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    exported = json.loads(r.stdout)
+    assert exported["manifest"]["precision"] == "int8" and exported["validation"]["passed"]

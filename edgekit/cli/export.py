@@ -35,7 +35,10 @@ def register(app: typer.Typer) -> None:
             None, help="Zoo name, module:factory, .pt2, .pt (+--arch), .onnx file or compress output dir."
         ),
         target: Optional[str] = typer.Option(None, "--target", "-t", help="onnx, openvino, coreml, tensorrt or tvm."),
-        precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16 or int8 (per target)."),
+        precision: Optional[str] = typer.Option(
+            None, "--precision", "-p",
+            help="fp32, fp16 or int8 (per target). Default: int8 for a compress output quantized to int8, else fp32.",
+        ),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Output dir (default edgekit-out/<model>-<target>-<precision>/)."),
         force: bool = FORCE_OPTION,
         option: List[str] = typer.Option([], "--option", "-O", help="Target option KEY=VALUE (repeatable), e.g. dynamic_batch=true, device=aarch64."),
@@ -63,8 +66,9 @@ def register(app: typer.Typer) -> None:
             if target is None:
                 raise UserInputError(f"--target is required; accepted: {', '.join(target_names())}")
             caps = capabilities(target)  # unknown target -> exit 2 before any work
-            if precision not in caps.precisions:
-                raise UserInputError(f"target {target!r} does not support precision {precision!r}; accepted: {', '.join(caps.precisions)}")
+            chosen = precision or _default_precision(model)
+            if chosen not in caps.precisions:
+                raise UserInputError(f"target {target!r} does not support precision {chosen!r}; accepted: {', '.join(caps.precisions)}")
             options = dict(_parse_option(o) for o in option)
             example = None
             if input_shape:
@@ -86,7 +90,7 @@ def register(app: typer.Typer) -> None:
                 from edgekit.models import DEFAULT_MODEL
 
                 spec = DEFAULT_MODEL
-            art = export(spec, target, precision, out=out, force=force, example_inputs=example, data=data, bisect=bisect, **options)
+            art = export(spec, target, chosen, out=out, force=force, example_inputs=example, data=data, bisect=bisect, **options)
             rep = art.report
             if json_:
                 emit_json({"out_dir": str(art.directory), "manifest": art.manifest, "validation": rep.to_dict()})
@@ -126,3 +130,17 @@ def _print_targets(as_json: bool) -> None:
         opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
         t.add_row(n, c.suffix, ", ".join(c.precisions), "yes" if c.needs_gpu else "no", c.source, c.runtime, opts)
     console().print(t)
+
+
+def _default_precision(model: str | None) -> str:
+    """int8 when MODEL is a compress output whose recipe quantized it to int8 (its graph carries QDQ);
+    fp32 otherwise. An explicit --precision always wins."""
+    from pathlib import Path
+
+    if model and Path(model).is_dir() and (Path(model) / "manifest.json").is_file():
+        from edgekit.artifacts import read_manifest
+
+        stages = read_manifest(Path(model)).get("recipe", {}).get("stages", [])
+        if any("quantize" in st for st in stages):
+            return "int8"
+    return "fp32"
