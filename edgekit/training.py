@@ -14,7 +14,7 @@ from torch import nn
 from edgekit.nn_utils import eval_mode, train_mode
 from edgekit.data import DataBundle, Split
 from edgekit.errors import UserInputError
-from edgekit.progress import task
+from edgekit.progress import task, track
 
 
 def seed_everything(seed: int) -> None:
@@ -30,7 +30,8 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     eval_mode(model)
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    starts = range(0, len(x), batch_size)
+    return torch.cat([model(x[i : i + batch_size]) for i in track(starts, "evaluating")])
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 128) -> float | None:

@@ -418,9 +418,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def calibrate(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> _Recorder:
+    from edgekit.progress import track
+
     rec = _Recorder(gm)
     with torch.no_grad():
-        for xb in batches:
+        for xb in track(batches, "calibrating (I-ViT)"):
             rec.run(xb)
     return rec
 
