@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ def _ort(proto_bytes: bytes, threads: int, profile: bool = False):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = profile
+    if profile:  # the profiler's JSON goes to a temp dir, not the working directory
+        opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ivit-ort-prof-")) / "ort")
     return ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
 
 
@@ -86,7 +91,9 @@ def main() -> None:
     name = sess.get_inputs()[0].name
     for _ in range(5):
         sess.run(None, {name: xn})
-    prof = json.load(open(sess.end_profiling()))
+    prof_path = Path(sess.end_profiling())
+    prof = json.loads(prof_path.read_text())
+    shutil.rmtree(prof_path.parent, ignore_errors=True)
     per_op: dict[str, float] = defaultdict(float)
     for ev in prof:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
