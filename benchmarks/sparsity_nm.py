@@ -34,7 +34,7 @@ def main() -> None:
         dense = zoo.create(name)
         acc0 = evaluate(dense, data.test)
         for n, m, method in SETTINGS:
-            cfg = cfg_cls(n=n, m=m, method=method, decay="exp", decay_rate=2e-3, final_epochs=1 if args.epochs > 1 else 0,
+            cfg = cfg_cls(n=n, m=m, method=method, decay="exp", decay_rate="auto", final_epochs=1 if args.epochs > 1 else 0,
                           finetune={"epochs": 0 if method == "oneshot" else args.epochs, "lr": 1e-3})
             ctx = StageContext(data, dense, (data.calib.x[:1],))
             _, rep = fn(dense, cfg, ctx)
@@ -44,7 +44,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     md = [f"## N:M sparsity\n\n`{command_line()}` on {machine_note()}.\n",
           f"Digits 3x32x32, {args.epochs} training epochs per method (oneshot: masks only, no training); MDGF "
-          "exponential decay c=2e-3 per step with the last epoch plain W*M; SDGF 'sparsify' frames 7:8 -> 4:8 -> 2:8 -> "
+          "exponential decay with c = 5 / (decay steps) (`decay_rate: auto`) and the last epoch plain W*M; SDGF 'sparsify' frames 7:8 -> 4:8 -> 2:8 -> "
           "1:8. Size: sparsified layers only, fp16 values + index metadata vs dense fp16.\n",
           markdown_table(["model", "N:M", "method", "dense acc", "sparse acc", "layers", "skipped", "dense KiB",
                           "compressed KiB", "size x"], rows)]

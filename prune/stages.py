@@ -48,7 +48,11 @@ class SparsifyConfig(StageConfig):
     method: Literal["srste", "mdgf", "sdgf", "oneshot"] = Field("srste", description="training rule: SR-STE, mask decay (MDGF), structure decay (SDGF), or one-shot masks")
     srste_lambda: float = Field(2e-4, ge=0, description="SR-STE: lambda of the (1 - M) * W gradient term")
     decay: Literal["linear", "exp"] = Field("exp", description="MDGF: alpha(t) = max(0, 1 - c t) or exp(-c t)")
-    decay_rate: float = Field(2e-4, gt=0, description="MDGF: c")
+    decay_rate: float | Literal["auto"] = Field(
+        "auto", description="MDGF: c. 'auto' scales it to the run: alpha falls to exp(-5) (exp) or 0 (linear) by the "
+        "start of the final plain phase. The paper's 1e-4..2e-4 suits runs of tens of thousands of steps; with a "
+        "short fine-tune such a c leaves alpha near 1 and the switch to W * M at the end collapses accuracy.")
+    
     sdgf_schedule: str | list[str] = Field("sparsify", description="SDGF: 'sparsify' (7:8 -> 4:8 -> 2:8 -> 1:8), 'fine' (8:64 -> ... -> 1:8) or a list of 'N:M'")
     dense_epochs: int = Field(0, ge=0, description="epochs trained dense before sparsity starts")
     final_epochs: int = Field(1, ge=0, description="MDGF: last epochs with the plain sparse step W * M")
@@ -123,8 +127,13 @@ def apply_sparsify(model, cfg: SparsifyConfig, ctx) -> tuple[Any, dict[str, Any]
 
         spe = math.ceil(len(ctx.data.train) / 64)
         total = (cfg.dense_epochs + epochs) * spe
+        final_steps = cfg.final_epochs * spe
+        rate = cfg.decay_rate
+        if rate == "auto":
+            decay_steps = max(1, total - cfg.dense_epochs * spe - final_steps)
+            rate = (5.0 if cfg.decay == "exp" else 1.0) / decay_steps
         sched = nm.Schedule(cfg.n, cfg.m, "masked" if cfg.method == "oneshot" else cfg.method, cfg.srste_lambda,
-                            cfg.decay, cfg.decay_rate, cfg.dense_epochs * spe, total, cfg.final_epochs * spe, frames)
+                            cfg.decay, rate, cfg.dense_epochs * spe, total, final_steps, frames)
         nm.attach(model, layers, sched)
 
         def hook(_m, step: int) -> None:
@@ -134,6 +143,7 @@ def apply_sparsify(model, cfg: SparsifyConfig, ctx) -> tuple[Any, dict[str, Any]
                      step_hook=hook, description=f"sparsify {cfg.n}:{cfg.m} ({cfg.method})")
         nm.finalize(model, layers, cfg.n, cfg.m)
         report["training"] = {"epochs": cfg.dense_epochs + epochs, "steps": hist["steps"], "seconds": hist["seconds"],
+                              "decay_rate": rate if cfg.method == "mdgf" else None,
                               "frames": [f"{a}:{b}" for a, b in frames] or None}
     mods = dict(model.named_modules())
     dense_b = sum(mods[n].weight.numel() * 2 for n in layers)
