@@ -32,10 +32,14 @@ def machine_note() -> str:
 
 
 def command_line() -> str:
+    """The command that produced a section, repository-relative (``python -m benchmarks.<name> ARGS``)."""
     argv = sys.argv[:]
-    if argv and argv[0].endswith(".py"):
-        return "python " + " ".join(argv)
-    return "python -m " + " ".join(["benchmarks." + Path(argv[0]).stem] + argv[1:]) if argv else ""
+    if not argv:
+        return ""
+    script = Path(argv[0])
+    if script.suffix == ".py" and script.resolve().parent == Path(__file__).resolve().parent:
+        return " ".join(["python -m benchmarks." + script.stem] + argv[1:])
+    return "python " + " ".join(argv)
 
 
 def write_section(key: str, markdown: str, doc: Path = DOC) -> None:
