@@ -26,5 +26,11 @@ test-fast: install
 docs: install
 	$(BIN)/python -m edgekit.docgen
 
+# Every benchmark, one after another (each rewrites its section of docs/benchmarks.md). Long: about an hour.
+BENCHMARKS := fusion_modes fusion_latency fusion_macps runtimes quant_vs_peers prune_structured sparsity_nm \
+              ivit_accuracy ivit_latency bivit_accuracy bivit_latency runner_overhead
+bench: install
+	for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b || exit 1; done
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info edgekit-out
