@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekit.models import register_model
+from edgekit.models._common import PooledNormHead
 from edgekit.ops import ConvBN, TransformerBlock
 from edgekit.ops.transformer import map_to_tokens, tokens_to_map
 
@@ -36,7 +37,7 @@ class AttentionStage(nn.Module):
         return tokens_to_map(self.blocks(map_to_tokens(x)), h, w)
 
 
-class Hybrid(nn.Module):
+class Hybrid(PooledNormHead):
     def __init__(self, dims, depths, kinds, stem_strides, head_dim: int = 32, num_classes: int = 10) -> None:
         super().__init__()
         stem, cin = [], 3
@@ -51,13 +52,7 @@ class Hybrid(nn.Module):
                 layers.extend(ConvBlock(d) for _ in range(n))
             else:
                 layers.append(AttentionStage(d, n, max(1, d // head_dim)))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x):
-        return self.head(self.norm(self.pool(self.features(x)).flatten(1)))
+        self._finish(layers, dims[-1], num_classes)
 
 
 @register_model("hybrid", description="Next-ViT-like hybrid: conv stages then attention stages", family="hybrid",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekit.models import register_model
+from edgekit.models._common import PooledNormHead
 from edgekit.ops import ConvBN, InceptionDWConv
 
 
@@ -22,7 +23,7 @@ class MetaNeXtBlock(nn.Module):
         return x + self.fc2(self.fc1(self.norm(self.token_mixer(x))))
 
 
-class InceptionNeXt(nn.Module):
+class InceptionNeXt(PooledNormHead):
     def __init__(self, dims, depths, band_kernel: int, stem_stride: int, num_classes: int = 10) -> None:
         super().__init__()
         layers = [ConvBN(3, dims[0], stem_stride, stem_stride)]
@@ -30,13 +31,7 @@ class InceptionNeXt(nn.Module):
             if i > 0:
                 layers.append(ConvBN(dims[i - 1], d, 2, 2, padding=0))
             layers.extend(MetaNeXtBlock(d, band_kernel) for _ in range(n))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x):
-        return self.head(self.norm(self.pool(self.features(x)).flatten(1)))
+        self._finish(layers, dims[-1], num_classes)
 
 
 @register_model("inceptionnext", description="InceptionNeXt (Inception depthwise token mixer)", family="cnn",

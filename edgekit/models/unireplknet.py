@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekit.models import register_model
+from edgekit.models._common import PooledNormHead
 from edgekit.ops import ConvBN, DilatedReparamBlock
 
 
@@ -23,7 +24,7 @@ class LKBlock(nn.Module):
         return x + self.fc2(self.fc1(self.norm(self.dwconv(x))))
 
 
-class UniRepLKNet(nn.Module):
+class UniRepLKNet(PooledNormHead):
     def __init__(self, dims, depths, kernel_size: int, stem_strides: tuple[int, ...], num_classes: int = 10) -> None:
         super().__init__()
         stem, cin = [], 3
@@ -36,13 +37,7 @@ class UniRepLKNet(nn.Module):
             if i > 0:
                 layers.append(ConvBN(dims[i - 1], d, 3, 2))
             layers.extend(LKBlock(d, kernel_size) for _ in range(n))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x):
-        return self.head(self.norm(self.pool(self.features(x)).flatten(1)))
+        self._finish(layers, dims[-1], num_classes)
 
 
 @register_model("unireplknet", description="UniRepLKNet (dilated large-kernel reparam blocks)", family="cnn",
