@@ -163,7 +163,7 @@ def runtimes_info() -> dict:
     out["tensorrt"] = {"available": bool(trt_py or trtexec), "version": trt_py, "trtexec": trtexec,
                        "runnable": False}
     tvm = _version("tvm", "apache-tvm")
-    out["tvm"] = {"available": tvm is not None, "version": tvm, "runnable": False}
+    out["tvm"] = {"available": tvm is not None, "version": tvm, "runnable": "tvm" in RUNNERS}
     cm = _version("coremltools") if sys.platform == "darwin" else None
     out["coreml"] = {"available": cm is not None, "version": cm, "runnable": False,
                      "note": None if sys.platform == "darwin" else "Core ML runs on macOS only"}
@@ -276,8 +276,33 @@ class OpenVinoRunner:
         return self.request.get_output_tensor(0).data.copy()
 
 
-RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
-DETECT_ONLY = ("tensorrt", "tvm", "coreml")
+class TvmRunner:
+    """A Relax VM executable (``model.so`` written by edgekit's TVM exporter), run on the host CPU."""
+
+    module = "tvm"
+
+    def __init__(self, model_path: str, threads: int, input_name: str | None, provider: str | None):
+        if threads > 0:  # TVM reads its thread count once, when its runtime starts
+            os.environ["TVM_NUM_THREADS"] = str(threads)
+        import numpy as np  # noqa: PLC0415
+        import tvm  # noqa: PLC0415
+        from tvm import relax  # noqa: PLC0415
+
+        self.version = tvm.__version__
+        self._np, self._tvm = np, tvm
+        self._fn = relax.VirtualMachine(tvm.runtime.load_module(model_path), tvm.cpu())["main"]
+        self.input_name = input_name or "input"
+        self.model_shape = None  # a compiled library does not expose it: the manifest's input_shape is used
+        self.detail = {"device": "cpu", "threads": threads or None}
+
+    def __call__(self, x):
+        out = self._fn(self._tvm.runtime.tensor(self._np.ascontiguousarray(x)))
+        out = out[0] if isinstance(out, (tuple, list)) or not hasattr(out, "numpy") else out
+        return out.numpy()
+
+
+RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner, "tvm": TvmRunner}
+DETECT_ONLY = ("tensorrt", "coreml")
 
 
 def make_runner(args):
@@ -310,6 +335,8 @@ def resolve_shape(args, runner) -> list:
     if args.input_shape:
         shape = [int(v) for v in args.input_shape.split(",")]
     else:
+        if runner.model_shape is None:
+            fail("bad_input", "the model file does not record its input shape: pass --input-shape", EXIT_BAD_INPUT)
         shape = list(runner.model_shape)
         if any(d is None for d in shape[1:]):
             fail("bad_input", f"model input shape {runner.model_shape} has dynamic dimensions other than the "
