@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def profile_cmd(
         artifact: str = typer.Argument(..., help="Exported artifact directory (manifest.json) or a bare .onnx/.xml file."),
         device: List[str] = typer.Option(["local"], "--device", "-d", help="Device name from the devices file; repeat to profile several boards concurrently."),
-        runtime: Optional[str] = typer.Option(None, "--runtime", help="onnxruntime | openvino (tensorrt, tvm, coreml are detected, not run). Default: the artifact target's runtime."),
+        runtime: Optional[str] = typer.Option(None, "--runtime", help="onnxruntime | openvino | tvm (tensorrt, coreml are detected, not run). Default: the artifact target's runtime."),
         batch: int = typer.Option(0, "--batch", help="Batch size (0 = the artifact's)."),
         threads: int = typer.Option(0, "--threads", help="Runtime threads (0 = runtime default)."),
         input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224; only for bare models with dynamic dimensions."),
