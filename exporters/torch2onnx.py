@@ -131,7 +131,8 @@ def to_onnx(
 
     The single graph input is named ``input`` and the output ``output``. ``exporter``: ``auto`` (TorchScript
     for eager modules, dynamo for graph modules, the other one if the first fails), ``torchscript`` or
-    ``dynamo``. Fake-quant ops become QuantizeLinear/DequantizeLinear. Returns ``path``.
+    ``dynamo``. Fake-quant ops become QuantizeLinear/DequantizeLinear. A model with a callable attribute
+    ``edgekit_onnx_export(model, example, path)`` is exported by it instead. Returns ``path``.
     """
     if opset < 17:
         raise UserInputError(f"opset {opset}: edgekit exports ONNX opset >= 17")
@@ -139,6 +140,9 @@ def to_onnx(
         raise UserInputError(f"exporter {exporter!r}: accepted: auto, torchscript, dynamo")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    own = getattr(model, "edgekit_onnx_export", None)
+    if callable(own):  # a stage that writes its own ONNX (I-ViT's integer graph) sets this on its model
+        return Path(own(model, example, path))
     if isinstance(model, nn.Module):
         model = safe_eval(model)
     if exporter == "auto":
