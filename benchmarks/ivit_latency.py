@@ -10,27 +10,19 @@ import argparse
 import io
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from edgekit.metrics import time_callable
 from benchmarks._report import command_line, machine_note, markdown_table, write_section
 
 
 def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return time_callable(lambda: fn(x), runs, warmup)["median"]
 
 
 def _ort(proto_bytes: bytes, threads: int, profile: bool = False):

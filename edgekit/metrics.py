@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -106,6 +106,22 @@ def summarize_ms(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(s), "p90": p90, "min": s[0], "runs": len(s)}
 
 
+def time_callable(fn: Callable[[], object], runs: int = 50, warmup: int = 10) -> dict[str, float]:
+    """Call ``fn`` ``warmup`` + ``runs`` times; median, p90 and min (ms) of the timed calls."""
+    if runs < 1 or warmup < 0:
+        from edgekit.errors import UserInputError
+
+        raise UserInputError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return summarize_ms(samples)
+
+
 @torch.inference_mode()
 def torch_latency(model: nn.Module, example: torch.Tensor, runs: int = 50, warmup: int = 10, threads: int | None = None) -> dict[str, float]:
     """Batch-as-given latency of eager PyTorch on the local CPU, in milliseconds."""
@@ -114,16 +130,9 @@ def torch_latency(model: nn.Module, example: torch.Tensor, runs: int = 50, warmu
         torch.set_num_threads(threads)
     try:
         eval_mode(model)
-        for _ in range(warmup):
-            model(example)
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(example)
-            samples.append((time.perf_counter() - t0) * 1e3)
+        return time_callable(lambda: model(example), runs, warmup)
     finally:
         torch.set_num_threads(prev)
-    return summarize_ms(samples)
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, runtime: str = "torch", runs: int = 50, warmup: int = 10, threads: int = 2) -> dict[str, Any]:

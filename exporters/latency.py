@@ -8,31 +8,17 @@ it) so the number is what a deployed artifact would see, not eager PyTorch.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
+
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgekit.errors import UserInputError
+from edgekit.metrics import time_callable  # noqa: F401 - re-exported for benchmarks
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tvm")
-
-
-def time_callable(fn: Callable[[], object], runs: int = 50, warmup: int = 10) -> dict:
-    """Run ``fn`` ``warmup`` + ``runs`` times; return median and p90 (ms) of the timed runs."""
-    if runs < 1 or warmup < 0:
-        raise UserInputError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")
-    for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = (time.perf_counter() - t0) * 1e3
-    return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)), "runs": runs}
 
 
 def ort_session(path: Path, threads: int):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import UserInputError
+from edgekit.metrics import count_macs as _count_macs
+from edgekit.metrics import count_params, torch_latency
 from edgekit.prune.graph import DependencyGraph, Group, Unit
 from edgekit.prune.handlers import find_handler
 from edgekit.prune.importance import IMPORTANCE
@@ -37,30 +38,12 @@ class Plan:
     per_group: list[dict[str, Any]]
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
-    """Multiply-accumulates of one forward (FLOPs / 2 from torch's FlopCounterMode)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*example_inputs)
-    return int(counter.get_total_flops() // 2)
+    return _count_macs(model, example_inputs[0])
 
 
 def torch_latency_ms(model: nn.Module, example_inputs: Sequence[torch.Tensor], runs: int = 20, warmup: int = 3) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(*example_inputs)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(*example_inputs)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return torch_latency(model, example_inputs[0], runs, warmup)["median"]
 
 
 def _accumulate_grads(graph: DependencyGraph, data, batches: int = 4, batch_size: int = 64) -> None:

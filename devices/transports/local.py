@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 
-from pathlib import Path
 from typing import Callable
 
 from edgekit.devices.artifact import Artifact, verify_files

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
 from torch import nn

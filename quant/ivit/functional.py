@@ -278,7 +278,6 @@ def int_layernorm(x_int: Any, scale: float, weight: Any, bias: Any, out_bits: in
     The input scale cancels (LayerNorm is scale invariant; eps is dropped). ``out_scale`` defaults to one
     that covers ``|gamma| * 3 + |beta|``."""
     _check_int(x_int, "int_layernorm")
-    xp = ops(x_int)
     c = int(x_int.shape[-1])
     w = np.asarray(weight, dtype=np.float64)
     b = np.asarray(bias, dtype=np.float64)
