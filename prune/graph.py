@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -852,4 +851,3 @@ def _reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[tuple[
 
 
 __all__ = ["DependencyGraph", "Group", "Unit", "trace", "BLOCK"]
-_ = math  # noqa: F401 (kept for callers doing size arithmetic)
