@@ -18,7 +18,7 @@ from edgekit.devices import read_artifact
 from edgekit.devices.artifact import ChecksumError
 from edgekit.devices.profile import ProfileOptions, check_device, profile
 from edgekit.devices.spec import SSHDevice
-from edgekit.devices.testing import make_onnx_artifact
+from edgekit.devices.testing import make_onnx_artifact, make_openvino_artifact
 from edgekit.devices.transports.base import BoardUnreachable, HostKeyError, RuntimeMissing
 
 SSHD = "/usr/sbin/sshd"
@@ -127,6 +127,14 @@ def test_profile_over_ssh_end_to_end(sshd, artifact, tmp_path):
     third = profile(artifact, dev, ProfileOptions(**FAST, validate=False))
     assert third["status"] == "ok" and third["push"]["cached"] is False
     assert hashlib.sha256((remote / "model.onnx").read_bytes()).hexdigest() == artifact.files["model.onnx"]
+
+
+def test_openvino_artifact_over_ssh(sshd, artifact, tmp_path):
+    ov_art = read_artifact(make_openvino_artifact(artifact.root, tmp_path / "ov"))
+    r = profile(ov_art, _device(sshd, tmp_path), ProfileOptions(**FAST))
+    assert r["status"] == "ok", r["error"]
+    assert r["runtime"]["name"] == "openvino" and r["samples"]["n"] >= 20
+    assert r["validation"]["status"] == "passed" and r["validation"]["max_abs"] < 1e-3
 
 
 def test_check_over_ssh(sshd, tmp_path):
