@@ -76,9 +76,9 @@ def _load_pt2(path: Path) -> nn.Module:
 
 
 def load_output_dir(path: Path) -> LoadedModel:
-    from edgekit.artifacts import read_manifest
+    from edgekit.artifacts import verify_manifest
 
-    manifest = read_manifest(path)
+    manifest = verify_manifest(path)  # every file must match its sha256: no half-written or altered model
     model_file = path / manifest.get("model_file", MODEL_FILE)
     if not model_file.is_file():
         raise UserInputError(f"{path}: no {model_file.name}; expected the output directory of `edgekit compress`")

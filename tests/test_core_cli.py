@@ -63,6 +63,12 @@ def test_compress_default_model_end_to_end(tmp_path, cli):
     assert info["params"] == report["params"]["after"] and info["macs"] == report["macs"]["after"]
     assert any(row["macs"] > 0 for row in info["layers"])
 
+    # an altered output file is refused (its sha256 no longer matches the manifest)
+    (out / "layers.json").write_text((out / "layers.json").read_text() + " ")
+    r = cli("inspect", str(out))
+    assert r.returncode == 2 and "layers.json" in r.stderr and "sha256" in r.stderr
+    (out / "layers.json").write_text((out / "layers.json").read_text()[:-1])
+
     # existing output refused without --force (exit 2), accepted with it
     r = cli("compress", "--recipe", "deploy", "--out", str(out), "--no-latency")
     assert r.returncode == 2 and "--force" in r.stderr
