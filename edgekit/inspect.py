@@ -30,7 +30,7 @@ def inspect_model(spec: str | None = None, arch: str | None = None, trust_pickle
     """Describe MODEL (anything ``load_model`` takes) or an exported artifact directory."""
     from edgekit.artifacts import read_manifest
     from edgekit.loading import load_model
-    from edgekit.metrics import count_params, layer_table, storage_bytes
+    from edgekit.metrics import count_macs, count_params, layer_table, storage_bytes
     from edgekit.pipeline import LAYERS_FILE
 
     path = Path(spec) if spec else None
@@ -49,13 +49,15 @@ def inspect_model(spec: str | None = None, arch: str | None = None, trust_pickle
     loaded = load_model(spec, arch=arch, trust_pickle=trust_pickle)
     shape = loaded.input_shape or (3, 32, 32)
     example = torch.randn(1, *shape)
+    saved_layers = path / LAYERS_FILE if path is not None and path.is_dir() else None
     try:
-        total, rows = layer_table(loaded.model, example)
+        if saved_layers is not None and saved_layers.is_file():
+            # a torch.export program has lost its module structure: compress saved the live model's table
+            total, rows = count_macs(loaded.model, example), json.loads(saved_layers.read_text())
+        else:
+            total, rows = layer_table(loaded.model, example)
     except Exception as exc:  # noqa: BLE001
         raise UserInputError(f"model {loaded.name} does not run on an input of shape {tuple(example.shape)}: {exc}") from None
-    saved_layers = path / LAYERS_FILE if path is not None and path.is_dir() else None
-    if saved_layers is not None and saved_layers.is_file():
-        rows = json.loads(saved_layers.read_text())  # written by compress from the live model
     info: dict[str, Any] = {
         "kind": "model",
         "model": loaded.name,

@@ -149,10 +149,9 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runtime: str = "tor
 @torch.no_grad()
 def fidelity(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Cosine similarity and max abs difference of the outputs (flattened over the batch)."""
-    a = eval_mode(reference)(x).double().flatten()
-    b = eval_mode(model)(x).double().flatten()
-    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-    out = {"cosine": cos, "max_abs": float((a - b).abs().max())}
-    if reference(x).dim() == 2:
-        out["top1_agreement"] = float((reference(x).argmax(1) == model(x).argmax(1)).float().mean())
+    ya, yb = eval_mode(reference)(x), eval_mode(model)(x)
+    a, b = ya.double().flatten(), yb.double().flatten()
+    out = {"cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)), "max_abs": float((a - b).abs().max())}
+    if ya.dim() == 2:
+        out["top1_agreement"] = float((ya.argmax(1) == yb.argmax(1)).float().mean())
     return out
