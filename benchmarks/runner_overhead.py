@@ -54,7 +54,7 @@ def main() -> None:
     from edgekit.devices import read_artifact
     from edgekit.devices.profile import ProfileOptions, profile
     from edgekit.devices.spec import LocalDevice
-    from edgekit.devices.testing import make_onnx_artifact
+    from tests.device_artifacts import make_onnx_artifact
 
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: build a small ONNX artifact that follows the artifact contract."""
+"""Test and benchmark helpers, kept out of the wheel: small ONNX and OpenVINO artifacts (artifact contract)."""
 
 from __future__ import annotations
 

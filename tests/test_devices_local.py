@@ -16,7 +16,7 @@ from edgekit.devices.artifact import ChecksumError, verify_files
 from edgekit.devices.profile import ProfileOptions, check_device, profile
 from edgekit.devices.remote.runner import median_ci, percentile, summarize
 from edgekit.devices.spec import LocalDevice, add_device, get_device, load_devices
-from edgekit.devices.testing import make_onnx_artifact, make_openvino_artifact
+from tests.device_artifacts import make_onnx_artifact, make_openvino_artifact
 from edgekit.errors import UserInputError
 
 FAST = dict(budget_s=0.5, warmup_s=0.05, warmup_runs=3, idle_s=0.0, min_runs=20)

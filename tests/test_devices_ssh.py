@@ -18,7 +18,7 @@ from edgekit.devices import read_artifact
 from edgekit.devices.artifact import ChecksumError
 from edgekit.devices.profile import ProfileOptions, check_device, profile
 from edgekit.devices.spec import SSHDevice
-from edgekit.devices.testing import make_onnx_artifact, make_openvino_artifact
+from tests.device_artifacts import make_onnx_artifact, make_openvino_artifact
 from edgekit.devices.transports.base import BoardUnreachable, HostKeyError, RuntimeMissing
 
 SSHD = "/usr/sbin/sshd"
