@@ -1,7 +1,10 @@
 """Atomic outputs: directories and files are written under a temporary name and renamed into place.
 
-An existing output is refused unless ``force``; an interrupted run (Ctrl-C, crash) leaves only a hidden
-``.<name>.tmp-*`` directory, never something that looks complete. The manifest is written last.
+An existing output is refused unless ``force``, and ``force`` only ever replaces an earlier edgekit output
+(a directory with an edgekit ``manifest.json``): a file, a symlink, the working directory or any other
+directory is refused and left untouched. An interrupted run (Ctrl-C, SIGTERM, crash) leaves nothing behind
+but, at worst after SIGKILL, a hidden ``.<name>.tmp-<pid>-*`` directory that the next run removes. The
+manifest is written last; its schema is :class:`Manifest` (see docs/security.md for what its sha256 do).
 """
 
 from __future__ import annotations
@@ -10,15 +13,64 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekit.errors import UserInputError
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_FILES = 10_000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Manifest(BaseModel):
+    """The schema every edgekit ``manifest.json`` satisfies (extra, kind-specific fields are allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+    edgekit_manifest: int = Field(..., ge=1, le=1, description="Manifest format version (1).")
+    kind: Optional[str] = None
+    target: Optional[str] = None
+    model: Optional[str] = None
+    model_file: Optional[str] = None
+    input_shape: Optional[list[int]] = Field(None, max_length=8)
+    files: dict[str, str] = Field(..., max_length=MAX_FILES, description="Relative path -> sha256 of every file.")
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: dict[str, str]) -> dict[str, str]:
+        for rel, digest in v.items():
+            _check_relpath(rel)
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise ValueError(f"files[{rel!r}]: not a sha256 hex digest")
+        return v
+
+    @field_validator("model_file")
+    @classmethod
+    def _model_file(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_relpath(v)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and any(d <= 0 or d > 1 << 20 for d in v):
+            raise ValueError("sizes must be between 1 and 1048576")
+        return v
+
+
+def _check_relpath(rel: str) -> str:
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or "\0" in rel or rel.startswith("~"):
+        raise ValueError(f"{rel!r} is not a plain relative path inside the output")
+    return rel
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -57,34 +109,136 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def check_writable(out: Path, force: bool) -> None:
+def is_edgekit_output(out: Path) -> bool:
+    """True for a real directory (not a symlink) holding an edgekit ``manifest.json``."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UserInputError(f"output {out} already exists; pass --force to overwrite it")
+    m = out / MANIFEST
+    if out.is_symlink() or not out.is_dir() or m.is_symlink() or not m.is_file():
+        return False
+    try:
+        with open(m, "rb") as fh:
+            head = fh.read(MAX_MANIFEST_BYTES + 1)
+        data = json.loads(head) if len(head) <= MAX_MANIFEST_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "edgekit_manifest" in data
+
+
+def check_writable(out: Path, force: bool) -> None:
+    """Refuse, before any work, an output that exists (unless ``force`` and it is an edgekit output) or whose
+    directory cannot be written."""
+    out = Path(os.path.abspath(out))
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents or not out.name:
+        raise UserInputError(f"output {out}: is the working directory or one of its parents; choose a new directory")
+    if out.is_symlink() or out.exists():
+        if not force:
+            raise UserInputError(f"output {out} already exists; pass --force to overwrite it")
+        if not is_edgekit_output(out):
+            what = "a symlink" if out.is_symlink() else ("a directory" if out.is_dir() else "a file")
+            raise UserInputError(
+                f"output {out} is {what} that is not an edgekit output (no edgekit {MANIFEST}); --force only "
+                "replaces an earlier edgekit output, so nothing was touched; choose another --out"
+            )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        probe = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.probe-")
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserInputError(f"output {out}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 
 
 @contextmanager
-def atomic_output_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``out`` (refused if it exists without force)."""
-    out = Path(out)
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a rename-and-clean-up sequence runs; they are delivered right after it."""
+    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if can:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        if can:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.old-<pid>`` siblings left by a killed run (its pid is gone)."""
+    for p in out.parent.glob(f".{glob_escape(out.name)}.*-*"):
+        m = re.fullmatch(re.escape(f".{out.name}.") + r"(?:tmp|old)-(\d+)(?:-.*)?", p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@contextmanager
+def atomic_output_dir(out: Path, force: bool = False, kind: str = "output") -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``out`` (see the module docstring).
+
+    If the body wrote no manifest, one is written (``kind``), so every edgekit output can be recognised.
+    """
+    out = Path(os.path.abspath(out))
     check_writable(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    except OSError as exc:
+        raise UserInputError(f"output {out}: cannot create it ({exc.strerror or exc})") from None
     try:
         yield tmp
+        if not (tmp / MANIFEST).is_file():
+            write_manifest(tmp, kind=kind)
         _default_modes(tmp)
-        if out.exists():
-            if not force:
-                raise UserInputError(f"output {out} appeared during the run; pass --force to overwrite it")
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        with signals_deferred():
+            _replace(tmp, out, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace(tmp: Path, out: Path, force: bool) -> None:
+    if out.is_symlink() or out.exists():
+        if not force:
+            raise UserInputError(f"output {out} appeared during the run; pass --force to overwrite it")
+        if not is_edgekit_output(out):
+            raise UserInputError(f"output {out} appeared during the run and is not an edgekit output; nothing was touched")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.replace(tmp, out)
+    except OSError as exc:  # ENOTEMPTY/EEXIST: another run won the race
+        raise UserInputError(f"output {out} appeared during the run ({exc.strerror}); nothing was replaced") from None
 
 
 def _umask() -> int:
@@ -127,20 +281,38 @@ def write_manifest(directory: Path, **fields: Any) -> dict[str, Any]:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and validate ``manifest.json`` against :class:`Manifest` (bounded: size, nesting)."""
+    from edgekit.limits import safe_json_file
+
     path = Path(directory) / MANIFEST
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise UserInputError(f"{directory}: no {MANIFEST}; not a complete edgekit artifact (an interrupted run?)")
+    data = safe_json_file(path, "manifest", MAX_MANIFEST_BYTES)
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: corrupt manifest: a {type(data).__name__}, expected a JSON object")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path}: corrupt manifest ({exc})") from None
+        Manifest.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "(top)"
+        raise UserInputError(f"{path}: corrupt manifest: field {loc!r}: {e['msg']}") from None
+    return data
 
 
 def verify_manifest(directory: Path) -> dict[str, Any]:
-    """Check every file against its recorded sha256; raise naming the first mismatch."""
+    """Check every listed file against its recorded sha256 (regular files inside ``directory`` only); raise
+    naming the first mismatch. ``model_file``, when present, must be one of the listed files."""
+    directory = Path(directory)
     manifest = read_manifest(directory)
-    for rel, digest in manifest.get("files", {}).items():
-        p = Path(directory) / rel
+    files = manifest["files"]
+    model_file = manifest.get("model_file")
+    if model_file is not None and model_file not in files:
+        raise UserInputError(f"{directory}: model_file {model_file!r} is not listed with a sha256 in the manifest")
+    root = directory.resolve()
+    for rel, digest in files.items():
+        p = directory / rel
+        if p.is_symlink() or (p.exists() and root not in p.resolve().parents):
+            raise UserInputError(f"{directory}: file {rel} listed in the manifest is a symlink or leaves the output; refused")
         if not p.is_file():
             raise UserInputError(f"{directory}: file {rel} listed in the manifest is missing")
         if sha256_file(p) != digest:

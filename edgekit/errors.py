@@ -28,3 +28,12 @@ class NotImplementedStageError(EdgekitError, NotImplementedError):
     """A stage, target or transport that is declared but not implemented yet. It never pretends to work."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a command: outputs are cleaned up like for Ctrl-C; exit code 128 + signal."""
+
+    def __init__(self, signum: int = 2) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import UserInputError
+from edgekit.limits import load_yaml, read_text, yaml_error_message
 from edgekit.stages import StageConfig, discover, get_stage
 
 RECIPE_VERSION = 1
@@ -98,14 +99,14 @@ def resolve_path(name_or_path: str | Path) -> Path:
 
 
 class _Lines:
-    """Maps a path of keys/indices in a YAML document to the line it is on (1-based)."""
+    """Maps a path of keys/indices in a YAML document to the line it is on (1-based).
 
-    def __init__(self, text: str) -> None:
+    Built from the node that :func:`edgekit.limits.load_yaml` composed and bounded, so aliases cannot make
+    this walk grow past the expanded-size budget.
+    """
+
+    def __init__(self, node: yaml.Node | None) -> None:
         self.lines: dict[tuple, int] = {}
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            node = None
         if node is not None:
             self._walk(node, ())
 
@@ -113,7 +114,7 @@ class _Lines:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                key = k.value
+                key = k.value if isinstance(k, yaml.ScalarNode) else repr(k.value)
                 self.lines[path + (key,)] = k.start_mark.line + 1
                 self._walk(v, path + (key,))
                 self.lines[path + (key,)] = k.start_mark.line + 1
@@ -129,27 +130,18 @@ class _Lines:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], _Lines]:
+    text = read_text(path, "recipe")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserInputError(f"cannot read recipe {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        data, node = load_yaml(text, str(path))  # bounded: size, nesting, expanded aliases
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and cmark is not None:
-            problem += f" ({context} that starts at line {cmark.line + 1})"
-        raise UserInputError(f"{where}: invalid YAML: {problem}") from None
-    lines = _Lines(text)
+        raise UserInputError(yaml_error_message(exc, str(path))) from None
+    lines = _Lines(node)
     if not isinstance(data, dict):
         raise UserInputError(f"{path}:1: a recipe is a mapping with fields {', '.join(_TOP_FIELDS)}")
     unknown = [k for k in data if k not in _TOP_FIELDS]
     if unknown:
         raise UserInputError(
-            f"{path}:{lines.line((unknown[0],))}: unknown field {unknown[0]!r}; accepted: {', '.join(_TOP_FIELDS)}"
+            f"{path}:{lines.line((unknown[0],))}: unknown field {unknown[0]!r}; accepted: {', '.join(map(str, _TOP_FIELDS))}"
         )
     version = data.get("version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
@@ -157,6 +149,11 @@ def _read(path: Path) -> tuple[dict[str, Any], _Lines]:
             f"{path}:{lines.line(('version',))}: field 'version': recipe version {version!r} is not supported; "
             f"accepted: {RECIPE_VERSION}"
         )
+    for key in ("name", "description", "base"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise UserInputError(f"{path}:{lines.line((key,))}: field {key!r} must be a string")
+    if data.get("measure") is not None and not isinstance(data["measure"], dict):
+        raise UserInputError(f"{path}:{lines.line(('measure',))}: field 'measure' must be a mapping")
     return data, lines
 
 
@@ -170,6 +167,31 @@ class _RawStage:
     path: Path
     lines: _Lines
     index: int
+    set_by: dict[tuple, str] = field(default_factory=dict)  # option path -> the --set item that wrote it
+
+
+# Pipeline phases: a stage of a later phase must not run before one of an earlier phase (pruning or
+# sparsifying an already quantized model prunes nothing). Composition inserts appended stages by phase.
+PHASES = {"fuse": 0, "prune": 1, "sparsify": 1, "quantize": 2, "ivit": 2, "binarize": 2}
+
+
+def _where(st: _RawStage) -> str:
+    return f"{st.path}:{st.lines.line(('stages', st.index))}"
+
+
+def _check_order(stages: list[_RawStage]) -> None:
+    latest: _RawStage | None = None
+    for st in stages:
+        phase = PHASES.get(st.name)
+        if phase is None:
+            continue
+        if latest is not None and phase < PHASES[latest.name]:
+            raise UserInputError(
+                f"{_where(st)}: stage {st.name!r} comes after stage {latest.name!r} ({_where(latest)}); "
+                f"{st.name} must run before {latest.name} (order: fuse, prune/sparsify, quantize/ivit/binarize)"
+            )
+        if latest is None or phase >= PHASES[latest.name]:
+            latest = st
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -183,15 +205,25 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _merge_stages(base: list[_RawStage], child: list[_RawStage]) -> list[_RawStage]:
-    """The k-th child stage of a name merges into the k-th base stage of that name; the rest append."""
+    """The k-th child stage of a name merges into the k-th base stage of that name; the rest are added after
+    the base stages of earlier or equal phase (see ``PHASES``): ``-r int8 -r prune-30`` prunes before it
+    quantizes. Stages of one file keep that file's order."""
     out = list(base)
+    from_base = {id(b) for b in base}
     used: set[int] = set()
     for st in child:
         same = [i for i, b in enumerate(base) if b.name == st.name and i not in used]
         if same:
             i = same[0]
             used.add(i)
-            out[i] = _RawStage(st.name, _deep_merge(out[i].options, st.options), st.path, st.lines, st.index)
+            j = out.index(base[i]) if base[i] in out else i
+            out[j] = _RawStage(st.name, _deep_merge(out[j].options, st.options), st.path, st.lines, st.index)
+            from_base.add(id(out[j]))
+            continue
+        phase = PHASES.get(st.name)
+        later = [j for j, b in enumerate(out) if id(b) in from_base and phase is not None and PHASES.get(b.name, -1) > phase]
+        if later:
+            out.insert(later[0], st)
         else:
             out.append(st)
     return out
@@ -261,17 +293,20 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _apply_set(stages: list[_RawStage], measure: dict, item: str) -> None:
+def _apply_set(stages: list[_RawStage], measure: dict, item: str, measure_set: dict[tuple, str]) -> None:
     parts, value = _parse_set(item)
     head, rest = parts[0], parts[1:]
     if head == "measure":
         targets = [measure]
+        measure_set[tuple(rest)] = item
     else:
         matches = [s for s in stages if s.name == head]
         if not matches:
             names = ", ".join(dict.fromkeys(s.name for s in stages)) or "(none)"
             raise UserInputError(f"--set {item!r}: the recipe has no stage {head!r}; its stages: {names}, or 'measure'")
         targets = [s.options for s in matches]
+        for s in matches:
+            s.set_by[tuple(rest)] = item
     for opts in targets:
         node = opts
         for p in rest[:-1]:
@@ -279,6 +314,15 @@ def _apply_set(stages: list[_RawStage], measure: dict, item: str) -> None:
                 node[p] = {}
             node = node[p]
         node[rest[-1]] = value
+
+
+def _set_item(set_by: dict[tuple, str], loc: Sequence) -> str | None:
+    """The --set item that wrote the option at ``loc`` (or a parent of it), if any."""
+    loc = tuple(str(x) for x in loc)
+    for path, item in set_by.items():
+        if loc[: len(path)] == path or path[: len(loc)] == loc:
+            return item
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -289,6 +333,7 @@ def _format_validation(err: ValidationError, st: _RawStage, cfg_cls: type[StageC
     loc = [x for x in e["loc"]]
     field_path = ".".join(str(x) for x in loc) or "(options)"
     line = st.lines.line(("stages", st.index, st.name, *loc))
+    by_set = _set_item(st.set_by, loc)
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         model: Any = cfg_cls
@@ -302,6 +347,8 @@ def _format_validation(err: ValidationError, st: _RawStage, cfg_cls: type[StageC
         msg = f"unknown field; accepted: {', '.join(fields)}" if fields else "unknown field"
     elif "input" in e and e["type"] not in ("missing",):
         msg = f"{msg} (got {e['input']!r})"
+    if by_set is not None:
+        return f"--set {by_set!r}: stage {st.name!r} field {field_path!r}: {msg}"
     return f"{st.path}:{line}: stage {st.name!r} field {field_path!r}: {msg}"
 
 
@@ -322,13 +369,15 @@ def load_recipe(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
         if top.get("description"):
             descriptions.append(str(top["description"]))
         sources += src
+    measure_set: dict[tuple, str] = {}
     for item in overrides:
-        _apply_set(stages, measure, item)
+        _apply_set(stages, measure, item, measure_set)
+    _check_order(stages)
 
     registry = discover()
     out: list[RecipeStage] = []
     for st in stages:
-        where = f"{st.path}:{st.lines.line(('stages', st.index))}"
+        where = _where(st)
         if st.name not in registry:
             raise UserInputError(f"{where}: unknown stage {st.name!r}; accepted: {', '.join(registry.names())}")
         _, cfg_cls = get_stage(st.name)
@@ -341,5 +390,9 @@ def load_recipe(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
         measure_cfg = MeasureConfig.model_validate(measure)
     except ValidationError as err:
         e = err.errors()[0]
-        raise UserInputError(f"recipe field 'measure.{'.'.join(map(str, e['loc']))}': {e['msg']}") from None
+        field_path = ".".join(map(str, e["loc"]))
+        by_set = _set_item(measure_set, e["loc"])
+        where = f"--set {by_set!r}: field" if by_set else "recipe field"
+        got = f" (got {e['input']!r})" if "input" in e and e["type"] != "missing" else ""
+        raise UserInputError(f"{where} 'measure.{field_path}': {e['msg']}{got}") from None
     return Recipe("+".join(names), " ".join(descriptions), out, measure_cfg, sources)
