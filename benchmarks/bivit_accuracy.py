@@ -109,13 +109,13 @@ def run_model(name: str, epochs: int, lr: float, batch_size: int, seed: int, int
         t0 = time.perf_counter()
         label8 = "int8 (PTQ, recipe int8)"
         try:
-            acc8 = compress(copy.deepcopy(fp), "int8", data, latency=False, seed=seed).report["accuracy"]["after"]
+            acc8 = compress(copy.deepcopy(fp), "int8", data, latency=False, seed=seed).report.accuracy.after
         except Exception as exc:  # noqa: BLE001 - report the failure, then try without bias correction
             first = f"{type(exc).__name__}: {str(exc)[:60]}"
             label8 = f"int8 (PTQ, bias correction off; recipe int8 failed: {first})"
             try:
                 acc8 = compress(copy.deepcopy(fp), "int8", data, overrides=["quantize.bias_correction=false"],
-                                latency=False, seed=seed).report["accuracy"]["after"]
+                                latency=False, seed=seed).report.accuracy.after
             except Exception as exc2:  # noqa: BLE001
                 acc8 = f"failed: {type(exc2).__name__}: {str(exc2)[:80]}"
         out["rows"].append({"precision": label8, "softmax_aware": "-", "cross_layer": "-", "acc": acc8,

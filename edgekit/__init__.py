@@ -4,7 +4,7 @@ The package imports nothing heavy at import time; the API below loads on first u
 
     >>> import edgekit
     >>> result = edgekit.compress("convnet", recipe="int8")
-    >>> result.report["accuracy"], result.model
+    >>> result.report.accuracy, result.info, result.model
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _LAZY = {
     "load_model": ("edgekit.loading", "load_model"),
     "fuse": ("edgekit.fusion", "fuse"),
     "export": ("edgekit.exporters", "export"),
-    "inspect": ("edgekit.inspect", "inspect_model"),
+    "inspect": ("edgekit.inspection", "inspect_model"),
 }
 
 __all__ = ["__version__", *_LAZY]

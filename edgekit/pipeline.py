@@ -2,8 +2,11 @@
 
     >>> import edgekit
     >>> result = edgekit.compress("convnet", "int8")
-    >>> result.report["accuracy"]
-    {'before': 0.997, 'after': 0.994}
+    >>> result.report.accuracy
+    BeforeAfter(before=0.997, after=0.994)
+
+The model's metadata travels beside it in a :class:`~edgekit.records.ModelInfo` (``result.info``), the report
+is a typed :class:`~edgekit.records.CompressReport` (``report.json`` is its ``to_dict()``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edgekit import __version__
 from edgekit.data import DataBundle, check_fits, load_data
 from edgekit.errors import UserInputError
 from edgekit.loading import LoadedModel, load_model, save_model
+from edgekit.records import BeforeAfter, CompressReport, ModelInfo, StageReport
 from edgekit.metrics import count_macs, count_params, fidelity, measure_latency, storage_bytes
 from edgekit.progress import task
 from edgekit.recipe import Recipe, load_recipe
@@ -32,8 +36,9 @@ from edgekit.training import evaluate
 @dataclass
 class CompressResult:
     model: nn.Module
-    report: dict[str, Any]
+    report: CompressReport
     recipe: Recipe
+    info: ModelInfo
     out_dir: Path | None = None
 
 
@@ -86,13 +91,17 @@ def compress(
     seed: int = 0,
     arch: str | None = None,
     trust_pickle: bool = False,
+    info: ModelInfo | None = None,
 ) -> CompressResult:
-    """Run ``recipe`` on ``model`` with ``data``; write the result to ``out`` if given (atomically)."""
+    """Run ``recipe`` on ``model`` with ``data``; write the result to ``out`` if given (atomically).
+
+    ``model``: an ``nn.Module`` (described by ``info`` when given), a :class:`LoadedModel` or a MODEL spec.
+    """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     loaded = model if isinstance(model, LoadedModel) else None
     if loaded is None:
         if isinstance(model, nn.Module):
-            loaded = LoadedModel(eval_mode(model), getattr(model, "edgekit_name", type(model).__name__), getattr(model, "edgekit_input_shape", None), "python")
+            loaded = LoadedModel(eval_mode(model), info or ModelInfo(name=type(model).__name__))
         else:
             loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if not isinstance(data, DataBundle):
@@ -125,41 +134,62 @@ def compress(
     else:
         model_ = _run_stages(model_, recipe, ctx, stage_reports)
         report = _report(loaded, recipe, data, reference, model_, example, before, stage_reports, latency)
-    model_.edgekit_name = loaded.name
-    model_.edgekit_input_shape = tuple(data.input_shape)
-    return CompressResult(model_, report, recipe, out_path)
+    return CompressResult(model_, report, recipe, _info_after(loaded.info, data), out_path)
 
 
-def _run_stages(model: nn.Module, recipe: Recipe, ctx: StageContext, reports: list) -> nn.Module:
+def _info_after(info: ModelInfo, data: DataBundle) -> ModelInfo:
+    return info.replace(input_shape=tuple(data.input_shape), num_classes=data.num_classes or info.num_classes)
+
+
+def _run_stages(model: nn.Module, recipe: Recipe, ctx: StageContext, reports: list[StageReport]) -> nn.Module:
     for i, st in enumerate(recipe.stages, 1):
         fn, _ = get_stage(st.name)
         t0 = time.perf_counter()
         with task(f"stage {i}/{len(recipe.stages)}: {st.name}"):
             model, rep = fn(model, st.config, ctx)
-        reports.append({"name": st.name, "seconds": round(time.perf_counter() - t0, 3), "report": rep})
+        reports.append(StageReport(st.name, round(time.perf_counter() - t0, 3), rep))
         eval_mode(model)
     return model
 
 
-def _report(loaded, recipe, data, reference, model, example, before, stage_reports, latency) -> dict[str, Any]:
+def _report(loaded: LoadedModel, recipe: Recipe, data: DataBundle, reference: nn.Module, model: nn.Module,
+            example: torch.Tensor, before: dict[str, Any], stage_reports: list[StageReport], latency: bool) -> CompressReport:
     after = _figures(model, data, example, recipe, latency)
     n = min(recipe.measure.fidelity_samples, len(data.test))
-    report: dict[str, Any] = {"model": loaded.name, "recipe": recipe.name, "data": data.name}
-    for key in ("params", "size_bytes", "macs", "accuracy", "latency_ms"):
-        report[key] = {"before": before[key], "after": after[key]}
-    report["fidelity"] = fidelity(reference, model, data.test.x[:n])
-    report["stages"] = stage_reports
-    return report
+    figures = {k: BeforeAfter(before[k], after[k]) for k in CompressReport.FIGURES}
+    return CompressReport(
+        model=loaded.name, recipe=recipe.name, data=data.name, **figures,
+        fidelity=fidelity(reference, model, data.test.x[:n]), stages=stage_reports,
+        model_info=_info_after(loaded.info, data), notes=_notes(figures, recipe),
+    )
 
 
-def _write(tmp: Path, model: nn.Module, example: torch.Tensor, loaded: LoadedModel, recipe: Recipe, report: dict, data: DataBundle) -> None:
+def _notes(figures: dict[str, Any], recipe: Recipe) -> list[str]:
+    """Plain-words caveats printed next to the figures (e.g. a compressed model slower than the original)."""
+    notes = []
+    lat = figures.get("latency_ms")
+    if lat.before and lat.after and lat.after["median"] > lat.before["median"] * 1.05:
+        notes.append(
+            f"the compressed model is slower than the original on {recipe.measure.latency_runtime} "
+            f"(median {lat.after['median']:.3g} ms vs {lat.before['median']:.3g} ms); "
+            "`edgekit inspect OUT --timing` times each layer"
+        )
+    return notes
+
+
+def _write(tmp: Path, model: nn.Module, example: torch.Tensor, loaded: LoadedModel, recipe: Recipe, report: CompressReport, data: DataBundle) -> None:
     from edgekit.artifacts import write_json_atomic, write_manifest
     from edgekit.loading import MODEL_FILE
 
     from edgekit.metrics import layer_table
 
     saved = save_model(model, tmp, example)
-    write_json_atomic(tmp / "report.json", report)
+    # A model that is also a program edgekit can rebuild (the I-ViT integer model) saves it beside model.pt2,
+    # so that exporters get the program and not only its torch.export trace (see loading.PROGRAM_KINDS).
+    save_program = getattr(type(model), "save_program", None)
+    program = save_program(model, tmp) if callable(save_program) else None
+    report.artifact_bytes = (tmp / MODEL_FILE).stat().st_size
+    write_json_atomic(tmp / "report.json", report.to_dict())
     # The per-layer table of the live model: a torch.export program no longer has its module structure.
     write_json_atomic(tmp / LAYERS_FILE, layer_table(model, example)[1])
     write_manifest(
@@ -169,6 +199,7 @@ def _write(tmp: Path, model: nn.Module, example: torch.Tensor, loaded: LoadedMod
         model_file=MODEL_FILE,
         dynamic_batch=saved["dynamic_batch"],
         static_batch_reason=saved["static_reason"],
+        program=program,
         source=loaded.source,
         input_shape=list(data.input_shape),
         num_classes=data.num_classes,

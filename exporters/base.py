@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
+from edgekit.exporters.runtimes import contract_for
 from edgekit.exporters.torch2onnx import safe_eval
 from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, tolerance
 from edgekit.registry import Registry
 
-TARGET_MODULES = ("onnx", "openvino", "coreml", "tensorrt", "tvm")
 REFERENCE_FILE = "reference.npz"
 VALIDATION_FILE = "validation.json"
 N_REFERENCE = 8  # inputs stored in reference.npz
@@ -63,6 +63,10 @@ class Exporter:
             raise UserInputError(f"target {self.name!r}: unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
         return {**self.caps.options, **options}
 
+    def preflight(self, source: "ExportSource", precision: str, options: dict[str, Any]) -> None:
+        """Refuse, before any work, a model this target cannot take (a UserInputError naming the reason and
+        the nearest recipe or target that works). Default: accept."""
+
     def build(self, ctx: "ExportContext") -> dict[str, Any]:  # pragma: no cover - abstract
         """Write the artifact's files into ``ctx.out``; return manifest fields (at least ``model_file``)."""
         raise NotImplementedError
@@ -77,6 +81,19 @@ class Exporter:
 
 
 TARGETS: Registry[type[Exporter]] = Registry("export target")
+# Built-in targets: name -> the module that registers it, imported only when that target is asked for
+# (``--help`` and ``--target onnx`` never import coremltools or tvm). A plugin target is one module calling
+# :func:`register_target` (or :func:`declare_target` with its module path for lazy loading).
+_DECLARED: dict[str, str] = {}
+
+
+def declare_target(name: str, module: str) -> None:
+    """Make target ``name`` known; ``module`` (which calls :func:`register_target`) is imported on first use."""
+    _DECLARED.setdefault(name, module)
+
+
+for _name in ("onnx", "openvino", "coreml", "tensorrt", "tvm"):
+    declare_target(_name, f"edgekit.exporters.{_name}")
 
 
 def register_target(name: str, caps: Capabilities):
@@ -88,24 +105,37 @@ def register_target(name: str, caps: Capabilities):
     return decorator
 
 
-def _load_targets() -> None:
-    for mod in TARGET_MODULES:
-        importlib.import_module(f"edgekit.exporters.{mod}")
+def unregister_target(name: str) -> None:
+    """Forget a target (for tests that register a plugin from a temporary module)."""
+    _DECLARED.pop(name, None)
+    if hasattr(TARGETS, "unregister"):
+        if name in TARGETS:
+            TARGETS.unregister(name)
+    else:  # pragma: no cover - registries without unregister
+        TARGETS._items.pop(name, None)  # noqa: SLF001
+        TARGETS._meta.pop(name, None)  # noqa: SLF001
+
+
+def _target_class(target: str) -> type[Exporter]:
+    if target not in TARGETS and target in _DECLARED:
+        importlib.import_module(_DECLARED[target])
+    if target not in TARGETS:
+        accepted = ", ".join(target_names())
+        raise UserInputError(f"unknown export target {target!r}; accepted: {accepted}")
+    return TARGETS.get(target)
 
 
 def target_names() -> list[str]:
-    _load_targets()
-    return TARGETS.names()
+    """Every known target (declared or registered), without importing any target module."""
+    return sorted(set(_DECLARED) | set(TARGETS.names()))
 
 
 def capabilities(target: str) -> Capabilities:
-    _load_targets()
-    return TARGETS.get(target).caps
+    return _target_class(target).caps
 
 
 def get_exporter(target: str) -> Exporter:
-    _load_targets()
-    return TARGETS.get(target)()
+    return _target_class(target)()
 
 
 @dataclass
@@ -127,6 +157,46 @@ class ExportContext:
 
 
 @dataclass
+class ExportSource:
+    """What the target's :meth:`Exporter.preflight` sees: the module, its name and, for a compress output,
+    the recipe that made it (name and stage configs as written in its manifest)."""
+
+    model: nn.Module
+    name: str
+    recipe: str | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None  # the compress output directory, when the model came from one
+
+    def stage(self, kind: str) -> dict[str, Any] | None:
+        """The config of the first stage ``kind`` (``quantize``, ``sparsify``, ...) of the recipe, if any."""
+        for st in self.stages:
+            if isinstance(st, dict) and kind in st:
+                return st[kind] or {}
+        return None
+
+    def compress_command(self, recipe: str) -> str:
+        return f"edgekit compress {self.name} --recipe {recipe}"
+
+
+def _compress_recipe(model_or_path: Any) -> tuple[str | None, list[dict[str, Any]], Path | None]:
+    """Recipe name and stages of a compress output directory (from its manifest), else (None, [], None)."""
+    if not isinstance(model_or_path, (str, Path)) or not Path(model_or_path).is_dir():
+        return None, [], None
+    import json
+
+    try:
+        manifest = json.loads((Path(model_or_path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None, [], None
+    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
+    if not isinstance(recipe, dict):
+        return None, [], None
+    stages = recipe.get("stages") if isinstance(recipe.get("stages"), list) else []
+    name = recipe.get("name") if isinstance(recipe.get("name"), str) else None
+    return name, stages, Path(model_or_path)
+
+
+@dataclass
 class Artifact:
     directory: Path
     files: dict[str, str]
@@ -142,17 +212,21 @@ class Artifact:
         return self.directory / self.manifest["model_file"]
 
 
-def _resolve_model(model_or_path: Any) -> tuple[nn.Module, str, tuple[int, ...] | None]:
+def _resolve_model(model_or_path: Any, info: Any = None) -> tuple[nn.Module, str, tuple[int, ...] | None]:
+    """The module to export, its name and one sample's input shape (from ``info``, a ModelInfo, when given)."""
+    described = getattr(model_or_path, "info", None)  # a LoadedModel or CompressResult: a module and its ModelInfo
+    if isinstance(getattr(model_or_path, "model", None), nn.Module) and described is not None:
+        model_or_path, info = model_or_path.model, info or described
     if isinstance(model_or_path, nn.Module):
         m = model_or_path
-        shape = getattr(m, "edgekit_input_shape", None)
-        name = getattr(m, "edgekit_name", None) or type(m).__name__.lower()
+        shape = info.input_shape if info is not None else None
+        name = info.name if info is not None else type(m).__name__.lower()
         return safe_eval(m), str(name), tuple(shape) if shape else None
     if isinstance(model_or_path, (str, Path)) and str(model_or_path).endswith(".onnx"):
         from edgekit.exporters.onnx import OnnxModel
 
         m = OnnxModel(Path(model_or_path))
-        return m, m.edgekit_name, m.edgekit_input_shape
+        return m, m.path.stem, m.input_shape
     if isinstance(model_or_path, (str, Path)):
         from edgekit.loading import load_model
 
@@ -189,8 +263,10 @@ def _forward(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return y.detach().float().numpy()
 
 
-def default_out(name: str, target: str, precision: str) -> Path:
-    return Path("edgekit-out") / f"{name}-{target}-{precision}"
+def default_out(name: str, target: str, precision: str, recipe: str | None = None) -> Path:
+    """``edgekit-out/<model>-<recipe>-<target>-<precision>`` (no recipe part for a model no recipe made)."""
+    parts = [name.replace(":", "_").replace("/", "_"), *( [recipe] if recipe else []), target, precision]
+    return Path("edgekit-out") / "-".join(parts)
 
 
 def export(
@@ -203,11 +279,13 @@ def export(
     data: Any = None,
     bisect: bool = False,
     validation_samples: int = N_TOP1,
+    info: Any = None,
     **options: Any,
 ) -> Artifact:
     """Export a model to ``target`` at ``precision``, validate it against PyTorch; return the :class:`Artifact`.
 
-    ``model_or_path``: an ``nn.Module`` or any MODEL spec :func:`edgekit.loading.load_model` accepts.
+    ``model_or_path``: an ``nn.Module`` (described by ``info``, an :class:`edgekit.records.ModelInfo`), a
+    ``LoadedModel`` / ``CompressResult`` (module and info), or any MODEL spec :func:`edgekit.loading.load_model` accepts.
     ``data``: a DataBundle or data spec for reference inputs and top-1 agreement (default: the built-in digits
     at the model's input shape). ``options``: target-specific, see ``capabilities(target).options``.
     ``validation_samples``: data samples for the top-1 agreement of classifiers. ``bisect``: on a numeric
@@ -219,9 +297,12 @@ def export(
     exporter = get_exporter(target)
     opts = exporter.check_options(precision, options)  # precision and options, before any work
     tolerance(precision)
-    model, name, shape = _resolve_model(model_or_path)
-    if example_inputs is None and shape is None and data is None:
-        raise UserInputError(f"model {name}: input shape unknown; pass example_inputs (or --input-shape CxHxW)")
+    model, name, shape = _resolve_model(model_or_path, info)
+    recipe, stages, src_dir = _compress_recipe(model_or_path)
+    exporter.preflight(ExportSource(model, name, recipe, stages, src_dir), precision, opts)
+    guessed = example_inputs is None and shape is None and data is None
+    if guessed:  # nothing describes the input: the built-in data (digits, 3x32x32), said so if it does not fit
+        data = "digits"
     if example_inputs is not None:
         x0 = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
         shape = tuple(x0.shape[1:]) if isinstance(x0, torch.Tensor) else shape
@@ -230,11 +311,13 @@ def export(
     try:
         _forward(model, example)
     except Exception as exc:  # noqa: BLE001 - a wrong input shape shows up here
+        why = " (the built-in digits data, used because nothing gave the input shape: pass example_inputs, " \
+              "info=ModelInfo(...) or --input-shape CxHxW)" if guessed else ""
         raise UserInputError(
-            f"model {name} does not accept an input of shape {tuple(example.shape)} "
+            f"model {name} does not accept an input of shape {tuple(example.shape)}{why} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
-    out = Path(out) if out is not None else default_out(name, target, precision)
+    out = Path(out) if out is not None else default_out(name, target, precision, recipe)
     check_writable(out, force)
 
     inputs = (bundle.test.x[:N_REFERENCE] if bundle is not None else example).float().contiguous()
@@ -266,6 +349,8 @@ def export(
             "precision": precision,
             "dynamic_batch": bool(opts.get("dynamic_batch", False)),
             "options": opts,
+            "recipe": recipe,
+            "validation_contract": contract_for(precision).to_dict(),
             "export_seconds": round(export_s, 3),
             **ctx.extra_manifest,
             **fields,
@@ -276,7 +361,8 @@ def export(
 
             report.extra["bisect"] = bisect_artifact(exporter, tmp, manifest, model, inputs[:1])
         write_json_atomic(tmp / VALIDATION_FILE, report.to_dict())
-        manifest["validation"] = {"passed": report.passed, "numeric": report.numeric, "worst_output": report.worst_output}
+        manifest["validation"] = {"passed": report.passed, "numeric": report.numeric, "state": report.state,
+                                  "worst_output": report.worst_output}
         manifest["validate_seconds"] = round(time.perf_counter() - t0 - export_s, 3)
         written = write_manifest(tmp, **manifest)
     return Artifact(out, written["files"], written, report)
@@ -286,11 +372,12 @@ def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bun
     checks = exporter.checks(directory, manifest)
     run = exporter.runner(directory, manifest)
     if isinstance(run, str):
-        return checks_only(exporter.name, manifest["precision"], checks, run)
+        return checks_only(exporter.name, manifest["precision"], checks + integer_checks(manifest), run)
     try:
         got = np.stack([np.asarray(run(inputs[i : i + 1].numpy()))[0] for i in range(len(inputs))])
     except Exception as exc:  # noqa: BLE001
         raise EdgekitError(f"{exporter.name}: the exported artifact failed to run: {type(exc).__name__}: {exc}") from exc
+    checks = checks + integer_checks(manifest, got, ref_outputs)
     top1 = None
     num_classes = getattr(bundle, "num_classes", None) if bundle is not None and bundle.labeled else None
     if is_classifier(ref_outputs, num_classes):
@@ -302,7 +389,25 @@ def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bun
             ref = np.concatenate([_forward(model, xs[i : i + 1]) for i in range(len(xs))])
         top1 = (act, ref)
     report = judge(exporter.name, manifest["precision"], {"output": (got, ref_outputs)}, manifest.get("runtime", {}).get("name", exporter.caps.runtime), top1, checks)
+    report.extra["contract"] = contract_for(manifest["precision"]).to_dict()
     return report
+
+
+def integer_checks(manifest: dict[str, Any], got: np.ndarray | None = None, ref: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """An integer-only graph (manifest ``integer_only``, e.g. I-ViT): the float-op checker's verdict (no float
+    tensor between the input quantizer and the output dequantizer) and, where it ran, outputs bit-identical to
+    the fake-integer PyTorch model."""
+    io = manifest.get("integer_only")
+    if not io:
+        return []
+    n = int(io.get("float_tensors", -1))
+    out = [{"name": "integer_only", "passed": n == 0,
+            "detail": "no float tensor inside the integer region" if n == 0 else f"{n} float tensor(s) inside: {io.get('first')}"}]
+    if got is not None and ref is not None:
+        same = got.shape == ref.shape and bool(np.array_equal(got, ref))
+        diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.shape == ref.shape else float("inf")
+        out.append({"name": "bit_exact", "passed": same, "detail": f"max |artifact - PyTorch| = {diff:g} over {len(ref)} inputs"})
+    return out
 
 
 def validate(artifact: Artifact | str | Path, reference_model: nn.Module, inputs: torch.Tensor, data: Any = None) -> ValidationReport:

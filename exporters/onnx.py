@@ -14,6 +14,8 @@ Validated with ONNX Runtime's CPU execution provider.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
+from edgekit.records import OnnxWriter
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
 from edgekit.exporters.torch2onnx import (  # noqa: F401  (public helpers)
     DEFAULT_OPSET,
@@ -85,16 +88,26 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray) -> d
             x = next(self._it, None)
             return None if x is None else {"input": x}
 
-    import logging
-
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT prints advice via root
-    q.quantize_static(
-        str(fp32_path), str(out_path), _Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-        activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )
+    with _root_log_level_at_least(logging.ERROR):  # ORT prints advice through the root logger
+        q.quantize_static(
+            str(fp32_path), str(out_path), _Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
     return {"int8_source": "onnxruntime.quantization.quantize_static (QDQ, symmetric int8, per-channel weights)",
             "calibration_samples": int(len(calib))}
+
+
+@contextlib.contextmanager
+def _root_log_level_at_least(level: int):
+    """Raise the root logger's level for the duration of one call, then restore it (never process-wide)."""
+    root = logging.getLogger()
+    prev = root.level
+    root.setLevel(max(prev, level))
+    try:
+        yield
+    finally:
+        root.setLevel(prev)
 
 
 class OnnxModel(nn.Module):
@@ -106,8 +119,7 @@ class OnnxModel(nn.Module):
         model = load_checked(self.path)
         dims = model.graph.input[0].type.tensor_type.shape.dim
         shape = tuple(d.dim_value for d in dims[1:])
-        self.edgekit_input_shape = shape if shape and all(s > 0 for s in shape) else None
-        self.edgekit_name = self.path.stem
+        self.input_shape = shape if shape and all(s > 0 for s in shape) else None
         self._run = None
 
     def forward(self, x):
@@ -125,6 +137,8 @@ def write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
     info: dict[str, Any] = {"opset": max(opset, 17)}
     if isinstance(ctx.model, OnnxModel):
         return _from_onnx_file(ctx, path, precision, info)
+    if isinstance(ctx.model, OnnxWriter) and getattr(type(ctx.model), "integer_only", False):
+        return _integer_only(ctx, path, precision, info)
     if precision == "fp16":
         to_onnx_fp16(ctx.model, ctx.example, path, opset=opset, dynamic_batch=dyn, exporter=exporter)
     else:
@@ -150,6 +164,26 @@ def write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
         if n == 0:
             raise EdgekitError("int8 ONNX export produced no QuantizeLinear/DequantizeLinear nodes")
         info["qdq_nodes"] = n
+    ctx.extra_manifest.update(info)
+    return path
+
+
+def _integer_only(ctx: ExportContext, path: Path, precision: str, info: dict[str, Any]) -> Path:
+    """A model that writes its own integer-only graph (I-ViT): its arithmetic is fixed by the model, so fp32
+    and int8 name the same graph and fp16 has none. The float-op checker runs on the written file; its verdict
+    goes into the manifest (``integer_only``) and from there into validation.json (exporters.base)."""
+    from edgekit.quant.ivit.checker import float_tensors
+
+    if precision == "fp16":
+        raise UserInputError(f"model {ctx.name} is integer-only: it has no fp16 graph; export it at fp32 or int8 (the same integer graph)")
+    ctx.model.write_onnx(path, ctx.example, int(info["opset"]))
+    model = load_checked(path)
+    bad = float_tensors(model)
+    info.update(
+        opset=max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=17),
+        integer_only={"float_tensors": len(bad), "first": bad[:5], "nodes": len(model.graph.node)},
+        cleanup={"tool": "onnxslim", "applied": False, "reason": "the integer-only graph is written folded"},
+    )
     ctx.extra_manifest.update(info)
     return path
 
@@ -210,7 +244,7 @@ def _rename_io(model) -> dict[str, str]:
 
 
 def ort_runner(path: Path, threads: int = 1):
-    from edgekit.exporters.latency import ort_session
+    from edgekit.exporters.runtimes import ort_session
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name

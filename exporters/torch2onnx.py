@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekit.records import OnnxWriter
 from edgekit.errors import EdgekitError, UserInputError
 
 INPUT_NAME = "input"
@@ -131,8 +132,8 @@ def to_onnx(
 
     The single graph input is named ``input`` and the output ``output``. ``exporter``: ``auto`` (TorchScript
     for eager modules, dynamo for graph modules, the other one if the first fails), ``torchscript`` or
-    ``dynamo``. Fake-quant ops become QuantizeLinear/DequantizeLinear. A model with a callable attribute
-    ``edgekit_onnx_export(model, example, path)`` is exported by it instead. Returns ``path``.
+    ``dynamo``. Fake-quant ops become QuantizeLinear/DequantizeLinear. A model whose class implements
+    :class:`edgekit.records.OnnxWriter` (``write_onnx(path, example, opset)``) writes its own graph. Returns ``path``.
     """
     if opset < 17:
         raise UserInputError(f"opset {opset}: edgekit exports ONNX opset >= 17")
@@ -140,9 +141,8 @@ def to_onnx(
         raise UserInputError(f"exporter {exporter!r}: accepted: auto, torchscript, dynamo")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    own = getattr(model, "edgekit_onnx_export", None)
-    if callable(own):  # a stage that writes its own ONNX (I-ViT's integer graph) sets this on its model
-        return Path(own(model, example, path))
+    if isinstance(model, OnnxWriter):  # a model class that writes its own ONNX (I-ViT's integer graph)
+        return Path(model.write_onnx(path, example, opset))
     if isinstance(model, nn.Module):
         model = safe_eval(model)
     if exporter == "auto":

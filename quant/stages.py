@@ -123,8 +123,6 @@ def apply(model, cfg: QuantizeConfig, ctx: StageContext):
     report.update(extra)
     if report.get("float_ops"):
         report["note"] = "ops listed in float_ops are not quantized and run in float"
-    gm.edgekit_input_shape = getattr(model, "edgekit_input_shape", None)
-    gm.edgekit_name = getattr(model, "edgekit_name", None)
     return gm, report
 
 

@@ -205,12 +205,11 @@ def test_compress_pipeline_writes_packed_artifact_that_reloads(tmp_path):
     from edgekit.pipeline import compress
 
     model = tiny_vit()
-    model.edgekit_input_shape = (3, 16, 16)
     out = tmp_path / "out"
     res = compress(model, "bivit-w1a1", tiny_data(), overrides=["binarize.epochs=1"], out=out, latency=False)
     assert (out / "packed_weights.npz").is_file() and (out / "model.pt2").is_file()
     report = res.report
-    assert report["size_bytes"]["after"] < report["size_bytes"]["before"] / 4
+    assert report.size_bytes.after < report.size_bytes.before / 4
     x = torch.randn(3, 3, 16, 16)
     reloaded = load_model(str(out)).model
     with torch.no_grad():

@@ -45,7 +45,7 @@ def test_finetune_and_evaluate_stages(digits):
         p.write_text("name: ft\nstages:\n  - evaluate: {}\n  - finetune: {lr: 0.003}\n  - evaluate: {split: calib}\n")
         rec = load_recipe(p, recipe_overrides)
     res = edgekit.compress(model, rec, digits, latency=False)
-    first, ft, last = (s["report"] for s in res.report["stages"])
+    first, ft, last = (s.report for s in res.report.stages)
     assert first["accuracy"] < 0.5  # untrained
     assert ft["accuracy"] > first["accuracy"] + 0.3 and last["split"] == "calib"
-    assert res.report["accuracy"]["after"] == ft["accuracy"]
+    assert res.report.accuracy.after == ft["accuracy"]

@@ -18,7 +18,6 @@ def test_profile_tvm_artifact(tmp_path):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
-    model.edgekit_input_shape = (3, 16, 16)
     art = export(model, "tvm", "fp32", out=tmp_path / "tvm", example_inputs=torch.randn(1, 3, 16, 16), validation_samples=8)
     assert art.report.passed
     r = profile(read_artifact(tmp_path / "tvm"), LocalDevice(name="local"),

@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from edgekit.records import ModelInfo
+
 from edgekit.errors import EdgekitError, UserInputError
+
+
+FQNET = ModelInfo(name="fqnet", input_shape=(3, 32, 32))
 
 
 class FQNet(nn.Module):
@@ -24,8 +29,6 @@ class FQNet(nn.Module):
         w = self.conv.weight.detach()
         self.register_buffer("w_scale", w.abs().amax(dim=(1, 2, 3)) / 127)
         self.register_buffer("w_zp", torch.zeros(8, dtype=torch.int32))
-        self.edgekit_input_shape = (3, 32, 32)
-        self.edgekit_name = "fqnet"
 
     def forward(self, x):
         x = torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127)
@@ -170,7 +173,7 @@ def test_fake_quant_becomes_qdq(tmp_path, exporter):
 def test_int8_export_carries_qdq_through(tmp_path):
     from edgekit.exporters import export
 
-    art = export(FQNet().eval(), "onnx", "int8", out=tmp_path / "a", validation_samples=64)
+    art = export(FQNet().eval(), "onnx", "int8", out=tmp_path / "a", validation_samples=64, info=FQNET)
     assert art.manifest["int8_source"].startswith("fake-quant ops")
     assert art.manifest["qdq_nodes"] >= 6 and art.report.passed, art.report.summary()
     assert art.report.top1_agreement >= 0.99

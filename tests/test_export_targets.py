@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import UserInputError
+from edgekit.records import ModelInfo
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,6 @@ class Overflow(nn.Module):
         with torch.no_grad():
             self.boost.weight.mul_(3e5)
         self.head = nn.Linear(8, 10)
-        self.edgekit_input_shape = (3, 32, 32)
 
     def forward(self, x):
         y = torch.relu(self.stem(x))
@@ -197,7 +197,8 @@ def test_bisect_names_first_drifting_layer(tmp_path, target):
     from edgekit.exporters import export
 
     model = Overflow().eval()
-    art = export(model, target, "fp16", out=tmp_path / "a", bisect=True, validation_samples=8)
+    art = export(model, target, "fp16", out=tmp_path / "a", bisect=True, validation_samples=8,
+                 info=ModelInfo(name="overflow", input_shape=(3, 32, 32)))
     bis = art.report.extra["bisect"]
     assert bis["supported"]
     if target == "onnx":  # the fp16 graph computes in fp16 and overflows

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             None, "--precision", "-p",
             help="fp32, fp16 or int8 (per target). Default: int8 for a compress output quantized to int8, else fp32.",
         ),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Output dir (default edgekit-out/<model>-<target>-<precision>/)."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="Output dir (default edgekit-out/<model>-<recipe>-<target>-<precision>/; no <recipe> for a model no recipe made)."),
         force: bool = FORCE_OPTION,
         option: List[str] = typer.Option([], "--option", "-O", help="Target option KEY=VALUE (repeatable), e.g. dynamic_batch=true, device=aarch64."),
         data: Optional[str] = typer.Option(None, "--data", help="Reference/validation data: digits (default), random:CxHxW, .npz or folder."),
@@ -65,10 +65,8 @@ def register(app: typer.Typer) -> None:
                 return
             if target is None:
                 raise UserInputError(f"--target is required; accepted: {', '.join(target_names())}")
-            caps = capabilities(target)  # unknown target -> exit 2 before any work
-            chosen = precision or _default_precision(model)
-            if chosen not in caps.precisions:
-                raise UserInputError(f"target {target!r} does not support precision {chosen!r}; accepted: {', '.join(caps.precisions)}")
+            capabilities(target)  # unknown target -> exit 2 before any work; precision and options: export() checks
+            chosen = precision or default_precision_of(model)
             options = dict(_parse_option(o) for o in option)
             example = None
             if input_shape:
@@ -81,11 +79,7 @@ def register(app: typer.Typer) -> None:
             if model and (arch or trust_pickle):
                 from edgekit.loading import load_model
 
-                loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
-                spec = loaded.model
-                spec.edgekit_name = loaded.name
-                if loaded.input_shape:
-                    spec.edgekit_input_shape = loaded.input_shape
+                spec = load_model(model, arch=arch, trust_pickle=trust_pickle)  # a LoadedModel: module + ModelInfo
             if spec is None:
                 from edgekit.models import DEFAULT_MODEL
 
@@ -98,8 +92,8 @@ def register(app: typer.Typer) -> None:
                 con = console()
                 con.print(f"wrote [bold]{art.directory}[/] ({art.manifest['model_file']}, {art.manifest['export_seconds']} s)")
                 if art.manifest.get("engine_built") is False:
-                    con.print(f"[yellow]no TensorRT engine was built[/]: {art.manifest.get('engine_not_built_reason')}; "
-                              f"build it with: {art.manifest['trtexec_command']}", highlight=False)
+                    con.print(f"no TensorRT engine was built: {art.manifest.get('engine_not_built_reason')}; "
+                              f"build it with: {art.manifest['trtexec_command']}", highlight=False, markup=False)
                 con.print(rep.summary(), highlight=False, markup=False)
                 bis = rep.extra.get("bisect")
                 if bis:
@@ -132,7 +126,7 @@ def _print_targets(as_json: bool) -> None:
     console().print(t)
 
 
-def _default_precision(model: str | None) -> str:
+def default_precision_of(model) -> str:
     """int8 when MODEL is a compress output whose recipe quantized it to int8 (its graph carries QDQ);
     fp32 otherwise. An explicit --precision always wins."""
     from pathlib import Path
@@ -141,6 +135,6 @@ def _default_precision(model: str | None) -> str:
         from edgekit.artifacts import read_manifest
 
         stages = read_manifest(Path(model)).get("recipe", {}).get("stages", [])
-        if any("quantize" in st for st in stages):
+        if any(isinstance(st, dict) and "quantize" in st for st in stages):
             return "int8"
     return "fp32"

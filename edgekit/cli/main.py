@@ -12,7 +12,7 @@ import typer
 from edgekit.cli import devices as devices_cli
 from edgekit.cli import export as export_cli
 from edgekit.cli import profile as profile_cli
-from edgekit.cli._common import FORCE_OPTION, JSON_OPTION, console, emit_json, fmt_num, run
+from edgekit.cli._common import FORCE_OPTION, JSON_OPTION, console, emit_json, esc, fmt_num, run, set_verbose
 
 app = typer.Typer(
     name="edgekit",
@@ -24,6 +24,16 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="List and show recipes.\n\nExample: edgekit recipes show int8", no_args_is_help=True)
 zoo_app = typer.Typer(help="The model zoo.\n\nExample: edgekit zoo train convnet", no_args_is_help=True)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug-level logging; print where the debug log is."),
+) -> None:
+    """Fuse, prune, quantize, export and profile PyTorch models for edge inference."""
+    set_verbose(verbose)
+
+
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(zoo_app, name="zoo")
 
@@ -60,10 +70,10 @@ def compress(
         out_dir = Path(out) if out else default_out_dir(loaded.name, rec)
         result = do_compress(loaded, rec, data, out=out_dir, force=force, latency=not no_latency, seed=seed)
         if json_:
-            emit_json({**result.report, "out_dir": str(out_dir)})
+            emit_json({**result.report.to_dict(), "out_dir": str(out_dir)})
         else:
-            print_report(result.report)
-            console().print(f"wrote [bold]{out_dir}[/]")
+            print_report(result.report.to_dict())
+            console().print(f"wrote [bold]{esc(out_dir)}[/]")
 
     run(body)
 
@@ -98,6 +108,8 @@ def print_report(report: dict) -> None:
     console().print(t)
     stages = ", ".join(f"{s['name']} ({s['seconds']:.1f}s)" for s in report["stages"])
     console().print(f"stages: {stages}")
+    for note in report.get("notes", []):
+        console().print(f"note: {note}", highlight=False, markup=False)
 
 
 @recipes_app.command("list")
@@ -210,7 +222,7 @@ def inspect(
     """
 
     def body():
-        from edgekit.inspect import inspect_model
+        from edgekit.inspection import inspect_model
 
         info = inspect_model(model, arch=arch, trust_pickle=trust_pickle, timing=timing)
         if json_:
@@ -244,13 +256,32 @@ profile_cli.register(app)
 devices_cli.register(app)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv``; return the exit code. Usage errors are one line too (no help panel)."""
+    try:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer >= 0.2x vendors click
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        rv = app(args=argv, prog_name="edgekit", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+        return 2
+    except ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
 def main() -> None:
     import warnings
 
     # torch's own deprecation noise when copying torch.export modules; not actionable for users.
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
-    app()
-
-
-if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

@@ -5,7 +5,8 @@
 1. (``deploy``) replaces every block that has a ``to_deploy()`` method by its deploy form (RepConv,
    MobileOne, DilatedReparamBlock, ConvBN, ... -- the pass knows no block by name), and sets every remaining
    :class:`~edgekit.ops.convbn.ConvBN` to the requested mode (``tune`` / ``eval``);
-2. traces the model (torch.fx; torch.export with example inputs when fx cannot trace it) and finds
+2. captures the graph (:func:`edgekit.capture.capture`: torch.fx as a fast path, torch.export on the example
+   inputs when fx cannot trace the model; ATen ops are mapped to the user's modules by ``nn_module_stack``), finds
    Conv->BN, ConvTranspose->BN and Linear->BatchNorm1d pairs whose producer output has no other user, and
    whose modules are each called once;
 3. ``deploy``: folds each pair, W_f = W * gamma / sigma, b_f = beta + (b - mu) * gamma / sigma,
@@ -26,8 +27,10 @@ from typing import Any, Sequence
 import torch
 from torch import fx, nn
 
+from edgekit.capture import FX, Capture, capture
 from edgekit.errors import UserInputError
 from edgekit.ops.convbn import MODES, ConvBN, folded_weight_bias
+from edgekit.outputs import rewrap, unwrap
 
 FUSE_MODES = ("deploy", "tune", "eval")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -89,22 +92,20 @@ class _Tracer(fx.Tracer):
         return isinstance(m, ConvBN) or callable(getattr(m, "to_deploy", None)) or super().is_leaf_module(m, qualname)
 
 
-def _pairs_fx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> list[Pair]:
-    graph = _Tracer().trace(model)
+def _pairs_fx(cap: Capture, model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> list[Pair]:
+    gm = cap.graph_module
     modules = dict(model.named_modules())
     if example_inputs is not None:
-        gm = fx.GraphModule(model, graph)
         from torch.fx.passes.shape_prop import ShapeProp
 
         with torch.no_grad():
             ShapeProp(gm).propagate(*example_inputs)
-        graph = gm.graph
     calls: dict[str, int] = {}
-    for node in graph.nodes:
+    for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
-    for node in graph.nodes:
+    for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
             continue
         src = node.args[0] if node.args else None
@@ -121,36 +122,37 @@ def _pairs_fx(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -
     return pairs
 
 
-def _pairs_export(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[Pair]:
-    ep = torch.export.export(model, tuple(example_inputs), strict=False)
+_PRODUCER_OPS = {torch.ops.aten.conv1d, torch.ops.aten.conv2d, torch.ops.aten.conv3d, torch.ops.aten.convolution,
+                 torch.ops.aten.linear, torch.ops.aten.conv_transpose1d, torch.ops.aten.conv_transpose2d,
+                 torch.ops.aten.conv_transpose3d}
+_BN_OPS = {torch.ops.aten.batch_norm, torch.ops.aten._native_batch_norm_legit_no_training,
+           torch.ops.aten._native_batch_norm_legit, torch.ops.aten.native_batch_norm}
+
+
+def _packet(node: fx.Node) -> object:
+    return getattr(node.target, "overloadpacket", node.target)
+
+
+def _pairs_export(cap: Capture, model: nn.Module) -> list[Pair]:
+    """Pairs on an ATen graph: each conv/linear/BN op is mapped to the user's module by ``nn_module_stack``."""
     modules = dict(model.named_modules())
-
-    def owner(node: fx.Node) -> str | None:
-        stack = node.meta.get("nn_module_stack") or {}
-        return list(stack.values())[-1][0] if stack else None
-
-    producer_ops = {"conv1d", "conv2d", "conv3d", "convolution", "linear", "conv_transpose1d", "conv_transpose2d",
-                    "conv_transpose3d"}
-    bn_ops = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm"}
     calls: dict[str, int] = {}
-    nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
+    nodes = [n for n in cap.graph_module.graph.nodes if n.op == "call_function"]
     for n in nodes:
-        op = getattr(n.target, "__name__", str(n.target)).split(".")[0]
-        if op in producer_ops or op in bn_ops:
-            calls[owner(n) or ""] = calls.get(owner(n) or "", 0) + 1
+        if _packet(n) in _PRODUCER_OPS or _packet(n) in _BN_OPS:
+            owner = cap.module_path(n) or ""
+            calls[owner] = calls.get(owner, 0) + 1
     pairs = []
     for n in nodes:
-        op = getattr(n.target, "__name__", str(n.target)).split(".")[0]
-        name = owner(n)
-        if op not in bn_ops or name is None or not isinstance(modules.get(name), _BN):
+        name = cap.module_path(n)
+        if _packet(n) not in _BN_OPS or name is None or not isinstance(modules.get(name), _BN):
             continue
         src = n.args[0]
-        src_op = getattr(src.target, "__name__", "").split(".")[0] if isinstance(src, fx.Node) else ""
-        if src_op not in producer_ops or owner(src) is None:
+        if not (isinstance(src, fx.Node) and _packet(src) in _PRODUCER_OPS and cap.module_path(src) is not None):
             pairs.append(Pair(name, None, "input is not the output of a conv/linear module"))
             continue
         val = src.meta.get("val")
-        pairs.append(_check(name, owner(src), modules, calls, len(src.users), val.dim() if val is not None else None))
+        pairs.append(_check(name, cap.module_path(src), modules, calls, len(src.users), val.dim() if val is not None else None))
     return pairs
 
 
@@ -171,32 +173,16 @@ def _check(bn: str, layer: str, modules: dict[str, nn.Module], calls: dict[str, 
     return Pair(bn, layer, out_dims=out_dims)
 
 
-def find_bn_pairs(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[list[Pair], str]:
-    """(pairs, tracer): every BatchNorm called in ``model`` with its foldable producer or the reason it has none."""
-    try:
-        return _pairs_fx(model, example_inputs), "torch.fx"
-    except Exception as fx_error:  # noqa: BLE001 - fx fails on data-dependent Python; try torch.export
-        if example_inputs is None:
-            raise UserInputError(
-                f"fuse: torch.fx cannot trace {type(model).__name__} ({type(fx_error).__name__}: {fx_error}); "
-                "pass example inputs so that torch.export can be used"
-            ) from None
-        try:
-            return _pairs_export(model, example_inputs), "torch.export"
-        except Exception as export_error:  # noqa: BLE001
-            raise UserInputError(
-                f"fuse: cannot trace {type(model).__name__}: torch.fx: {fx_error}; torch.export: {export_error}"
-            ) from None
+def find_bn_pairs(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[list[Pair], Capture]:
+    """(pairs, capture): every BatchNorm called in ``model`` with its foldable producer or the reason it has none.
 
-
-def _example_for(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
-    if example_inputs is not None:
-        return tuple(example_inputs)
-    shape = getattr(model, "edgekit_input_shape", None)
-    if shape is not None:
-        p = next(iter(model.parameters()), None)
-        return (torch.randn(2, *shape, dtype=p.dtype if p is not None else torch.float32),)
-    return None
+    The graph comes from :func:`edgekit.capture.capture` (torch.fx when it can trace the model, else
+    torch.export on ``example_inputs``); module names are those of the user's model (``unwrap``-ed).
+    """
+    cap = capture(model, example_inputs, tracer=_Tracer(), what="fuse")
+    inner, _ = unwrap(model)
+    pairs = _pairs_fx(cap, inner, example_inputs) if cap.method == FX else _pairs_export(cap, inner)
+    return pairs, cap
 
 
 def fuse(model: nn.Module, mode: str = "deploy",
@@ -218,7 +204,9 @@ def fuse(model: nn.Module, mode: str = "deploy",
             _replace_deploy_blocks(model, "", merged)
     else:
         switched = set_convbn_mode(model, mode)
-    pairs, tracer = find_bn_pairs(model, _example_for(model, example_inputs))
+    inner, output_path = unwrap(model)  # fold inside the user's model; the output wrapper is put back after
+    pairs, cap = find_bn_pairs(model, example_inputs)
+    model = inner
     folded: list[dict[str, str]] = []
     left: list[dict[str, str]] = []
     for pair in pairs:
@@ -243,7 +231,8 @@ def fuse(model: nn.Module, mode: str = "deploy",
     left += [{"layer": n, "reason": "not called in the traced forward"} for n in remaining if n not in seen]
     report = {
         "mode": mode,
-        "tracer": tracer,
+        "tracer": cap.method,
+        "capture": cap.summary(),
         "merged": merged,
         "folded": folded,
         "convbn_mode_set": switched,
@@ -251,4 +240,4 @@ def fuse(model: nn.Module, mode: str = "deploy",
         "summary": f"{len(merged)} blocks reparameterized, {len(folded)} BN {'folded' if mode == 'deploy' else 'wrapped'}"
         f", {len(left)} BN left",
     }
-    return model, report
+    return rewrap(model, output_path), report

@@ -26,7 +26,9 @@ DEFAULT_MODEL = "convnet"
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ZooEntry:
+    """A zoo model's registration: factory, family and training settings (not the per-model ModelInfo record)."""
+
     name: str
     factory: Callable[..., Any]
     description: str = ""
@@ -41,7 +43,7 @@ class ModelInfo:
         return CHECKPOINTS / f"{self.name}.pt"
 
 
-MODELS: Registry[ModelInfo] = Registry("zoo model")
+MODELS: Registry[ZooEntry] = Registry("zoo model")
 _loaded = False
 
 
@@ -49,7 +51,7 @@ def register_model(name: str, description: str = "", family: str = "cnn", **trai
     """Register ``factory(size="digits"|"224", num_classes=10) -> nn.Module`` as zoo model ``name``."""
 
     def decorator(factory):
-        MODELS.add(name, ModelInfo(name, factory, description, family, dict(train)))
+        MODELS.add(name, ZooEntry(name, factory, description, family, dict(train)))
         return factory
 
     return decorator
@@ -69,7 +71,7 @@ def names(pattern: str = "*") -> list[str]:
     return MODELS.names(pattern)
 
 
-def info(name: str) -> ModelInfo:
+def info(name: str) -> ZooEntry:
     _load_families()
     return MODELS.get(name)
 
@@ -82,8 +84,6 @@ def create(name: str, pretrained: bool = True, size: str = "digits", num_classes
         raise UserInputError(f"unknown size {size!r} for zoo model {name!r}; accepted: {', '.join(SIZES)}")
     meta = info(name)
     model = meta.factory(size=size, num_classes=num_classes)
-    model.edgekit_name = name
-    model.edgekit_input_shape = SIZES[size]
     if pretrained and size == "digits" and num_classes == 10:
         if not meta.checkpoint.is_file():
             raise UserInputError(
@@ -93,6 +93,15 @@ def create(name: str, pretrained: bool = True, size: str = "digits", num_classes
         state = torch.load(meta.checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     return model.eval()
+
+
+def load(name: str, pretrained: bool = True, size: str = "digits", num_classes: int = 10):
+    """:func:`create` plus the model's :class:`~edgekit.records.ModelInfo` (an ``edgekit.loading.LoadedModel``)."""
+    from edgekit.loading import LoadedModel
+    from edgekit.records import ModelInfo
+
+    model = create(name, pretrained=pretrained, size=size, num_classes=num_classes)
+    return LoadedModel(model, ModelInfo(name=name, input_shape=SIZES[size], num_classes=num_classes, source=f"zoo:{name}"))
 
 
 def train_zoo(name: str, epochs: int | None = None, seed: int = 0) -> dict[str, Any]:

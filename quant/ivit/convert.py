@@ -27,6 +27,7 @@ from torch import fx, nn
 from edgekit.errors import UserInputError
 from edgekit.ops.transformer import MatMul, Softmax
 from edgekit.quant.ivit import modules as M
+from edgekit.quant.ivit.program import IViTModel
 
 ACT_BITS = 8
 WIDE_BITS = 16  # residual stream, softmax input, logits, constants
@@ -161,7 +162,7 @@ class Converter:
         while _has_module(self.root, target):  # a module called twice gets one integer module per call
             i += 1
             target = f"{name}_{i}"
-        _set_module(self.root, target, module)
+        set_module(self.root, target, module)
         self.log.append({"node": name, "type": type(module).__name__})
         return self.graph.call_module(target, tuple(args))
 
@@ -199,7 +200,7 @@ def _has_module(root: nn.Module, target: str) -> bool:
         return False
 
 
-def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     *path, last = target.split(".")
     parent = root
     for p in path:
@@ -511,10 +512,7 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
                 )
             cv.env[node.name] = handler(cv, node, mod)
     cv.graph.lint()
-    out = fx.GraphModule(cv.root, cv.graph, class_name="IViTModel")
-    for attr in ("edgekit_name", "edgekit_input_shape"):
-        if hasattr(model, attr):
-            setattr(out, attr, getattr(model, attr))
+    out = IViTModel(cv.root, cv.graph)
     out.ivit_layers = cv.log
     return out.eval()
 
