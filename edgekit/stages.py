@@ -7,13 +7,11 @@ knows no stage by name: it discovers those modules by that naming convention.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from edgekit.errors import NotImplementedStageError
 from edgekit.registry import Registry
@@ -34,6 +32,13 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     version: int = 1
     schema_version: ClassVar[int] = 1
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != cls.schema_version:
+            raise ValueError(f"version {v} of this stage's options is not supported; accepted: {cls.schema_version}")
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -57,11 +62,9 @@ class StageContext:
 
 StageFn = Callable[["nn.Module", StageConfig, StageContext], "tuple[nn.Module, dict[str, Any]]"]
 
-STAGES: Registry[StageFn] = Registry("stage")
-
 # The packages searched for ``stages`` modules; the stage folders are mapped into edgekit by setup.py.
 _SEARCH_ROOTS = ("edgekit", "edgekit.prune", "edgekit.quant", "edgekit.exporters", "edgekit.devices")
-_discovered = False
+STAGES: Registry[StageFn] = Registry("stage", lazy=[(root, "stages") for root in _SEARCH_ROOTS], recursive=True)
 
 
 def register_stage(name: str, config: type[StageConfig], summary: str = "") -> Callable[[StageFn], StageFn]:
@@ -79,15 +82,8 @@ def declare_stage(name: str, config: type[StageConfig], summary: str, issue: str
 
 
 def discover() -> Registry[StageFn]:
-    """Import every ``*.stages`` module under edgekit (once) so that their stages register."""
-    global _discovered
-    if not _discovered:
-        for root in _SEARCH_ROOTS:
-            package = importlib.import_module(root)
-            for info in pkgutil.walk_packages(package.__path__, prefix=root + "."):
-                if info.name.rsplit(".", 1)[-1] == "stages":
-                    importlib.import_module(info.name)
-        _discovered = True
+    """The stage registry, filled: every ``*.stages`` module under edgekit is imported on first use."""
+    len(STAGES)  # fills the registry
     return STAGES
 
 

@@ -7,7 +7,11 @@
 Nothing here imports a backend at import time; the public names are resolved lazily.
 """
 
+
 from __future__ import annotations
+
+if __name__ != "edgekit.exporters":  # the folder is mapped into edgekit by setup.py; a second copy would not see its registrations
+    raise ImportError(f"the exporters/ folder is the package edgekit.exporters: import edgekit.exporters instead of {__name__}")
 
 from importlib import import_module
 from typing import Any

@@ -17,3 +17,6 @@ observers and fake-quant helpers from here.
 """
 
 from __future__ import annotations
+
+if __name__ != "edgekit.quant":  # the folder is mapped into edgekit by setup.py; a second copy would not see its registrations
+    raise ImportError(f"the quant/ folder is the package edgekit.quant: import edgekit.quant instead of {__name__}")

@@ -114,5 +114,4 @@ def test_declared_but_unimplemented_stage_raises(tmp_path):
         with pytest.raises(NotImplementedStageError, match="not implemented yet"):
             edgekit.compress("convnet", rec, latency=False)
     finally:
-        STAGES._items.pop("_test_future")
-        STAGES._meta.pop("_test_future")
+        STAGES.unregister("_test_future")

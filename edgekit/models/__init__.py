@@ -11,8 +11,6 @@ configuration (random init, for latency work).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,8 +41,7 @@ class ZooEntry:
         return CHECKPOINTS / f"{self.name}.pt"
 
 
-MODELS: Registry[ZooEntry] = Registry("zoo model")
-_loaded = False
+MODELS: Registry[ZooEntry] = Registry("zoo model", lazy=[("edgekit.models", "[!_]*")])  # one module per family
 
 
 def register_model(name: str, description: str = "", family: str = "cnn", **train: Any):
@@ -57,22 +54,11 @@ def register_model(name: str, description: str = "", family: str = "cnn", **trai
     return decorator
 
 
-def _load_families() -> None:
-    global _loaded
-    if not _loaded:
-        for mod in pkgutil.iter_modules(__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
-        _loaded = True
-
-
 def names(pattern: str = "*") -> list[str]:
-    _load_families()
     return MODELS.names(pattern)
 
 
 def info(name: str) -> ZooEntry:
-    _load_families()
     return MODELS.get(name)
 
 
