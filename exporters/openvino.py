@@ -14,8 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
+
+
+INTEGER_ONLY_REFUSAL = (
+    "an integer-only graph (I-ViT) does not run exactly on OpenVINO's CPU plugin, which computes int64 "
+    "arithmetic in int32 (measured: logits off by more than their own range), so it cannot be validated "
+    "bit-exact; export it with --target onnx or --target tvm"
+)
 
 
 @register_target(
@@ -34,6 +42,8 @@ class OpenVINOExporter(Exporter):
         from edgekit.backends import require
 
         ov = require("openvino", "OpenVINO export")
+        if getattr(type(ctx.model), "integer_only", False):  # I-ViT: see INTEGER_ONLY_REFUSAL
+            raise UserInputError(f"target openvino: model {ctx.name}: {INTEGER_ONLY_REFUSAL}")
         onnx_path = ctx.onnx(".hub.onnx", "fp32" if ctx.precision == "fp16" else ctx.precision)
         try:
             model = ov.convert_model(str(onnx_path))

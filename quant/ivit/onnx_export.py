@@ -351,8 +351,10 @@ def _shape_node(b: Builder, node: fx.Node, args: list[Any], kwargs: dict, vals: 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def build(model: fx.GraphModule, example: torch.Tensor):
+def build(model: fx.GraphModule, example: torch.Tensor, opset: int = OPSET):
     """Return the integer ONNX ModelProto of a frozen I-ViT model, specialised to ``example``'s shape."""
+    if opset < OPSET:
+        raise UserInputError(f"I-ViT ONNX export: opset {opset}; accepted: >= {OPSET}")
     onnx = require("onnx", "I-ViT ONNX export")
     _, env = executor.run(model, example, record=True)
     mods = dict(model.named_modules())
@@ -398,12 +400,12 @@ def build(model: fx.GraphModule, example: torch.Tensor):
     return proto
 
 
-def export(model: fx.GraphModule, example: torch.Tensor, path: str | Path) -> Path:
+def export(model: fx.GraphModule, example: torch.Tensor, path: str | Path, opset: int = OPSET) -> Path:
     """Write the integer ONNX graph to ``path`` (atomically)."""
     import os
     import tempfile
 
-    proto = build(model, example)
+    proto = build(model, example, opset)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     with os.fdopen(fd, "wb") as fh:

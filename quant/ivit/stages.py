@@ -54,12 +54,4 @@ def apply(model, cfg: IViTConfig, ctx):
         if not report["executor_bit_exact"]:
             raise UserInputError("stage ivit: the integer executor disagrees with the converted model (a bug; please report)")
     report["storage_bytes"] = sum(m.storage_bytes() for _, m in int_modules(q))
-    q.edgekit_onnx_export = _integer_onnx  # latency on ONNX Runtime runs the integer-only graph
-    return q, report
-
-
-def _integer_onnx(model, example, path):
-    """The integer-only ONNX graph of a converted model (onnx is imported only when it is asked for)."""
-    from edgekit.quant.ivit.onnx_export import export
-
-    return export(model, example, path)
+    return q, report  # an IViTModel: it writes its own integer-only ONNX graph (edgekit.records.OnnxWriter)

@@ -1,0 +1,105 @@
+"""I-ViT compress output -> export: the output carries the integer program (ivit.json + ivit.npz, hashed in
+the manifest), loading rebuilds the integer model bit for bit, and `export` writes the integer-only graph,
+runs the float-op checker and validates bit-exact (ONNX Runtime, TVM); OpenVINO is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.errors import UserInputError
+from edgekit.quant.ivit import program
+from edgekit.quant.ivit.convert import convert, freeze
+from tests.models import MyViT
+
+
+@pytest.fixture(scope="module")
+def ivit_output(tmp_path_factory, digits):
+    from edgekit.pipeline import compress
+    from edgekit.records import ModelInfo
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ivit") / "c"
+    model = MyViT(dim=16, depth=1, heads=2).eval()
+    compress(model, "ivit-int8", digits, overrides=["ivit.epochs=0", "ivit.calibration_batches=1"], out=out,
+             latency=False, info=ModelInfo(name="tinyvit", input_shape=(3, 32, 32)))
+    return out
+
+
+def test_output_carries_the_program_and_loads_bit_exact(ivit_output, digits):
+    from edgekit.loading import load_model
+
+    manifest = json.loads((ivit_output / "manifest.json").read_text())
+    assert manifest["program"]["kind"] == "ivit"
+    assert {"ivit.json", "ivit.npz"} <= set(manifest["files"])  # hashed like every other file
+    loaded = load_model(str(ivit_output))
+    assert isinstance(loaded.model, program.IViTModel)
+    from edgekit.quant.ivit import executor
+
+    x = digits.test.x[:4]
+    with torch.no_grad():
+        y = loaded.model(x)
+    assert np.array_equal(executor.run(loaded.model, x), y.numpy())
+    pt2 = torch.export.load(str(ivit_output / "model.pt2")).module()  # the torch.export trace agrees
+    assert torch.equal(pt2(x[:1]), y[:1])
+
+
+def test_export_onnx_integer_only_and_bit_exact(ivit_output, tmp_path):
+    from edgekit.exporters.base import export
+
+    art = export(str(ivit_output), "onnx", out=tmp_path / "e")
+    rep = art.report
+    assert rep.passed and rep.numeric
+    checks = {c["name"]: c for c in rep.checks}
+    assert checks["integer_only"]["passed"] and checks["bit_exact"]["passed"]
+    assert rep.outputs["output"]["max_abs"] == 0.0
+    assert art.manifest["integer_only"]["float_tensors"] == 0
+    saved = json.loads((tmp_path / "e" / "validation.json").read_text())
+    assert [c["name"] for c in saved["checks"]][-2:] == ["integer_only", "bit_exact"]
+
+
+def test_export_fp16_and_openvino_are_refused(ivit_output, tmp_path):
+    from edgekit.exporters.base import export
+
+    with pytest.raises(UserInputError, match="integer-only"):
+        export(str(ivit_output), "onnx", "fp16", out=tmp_path / "f")
+    pytest.importorskip("openvino")
+    with pytest.raises(UserInputError, match="openvino.*integer-only"):
+        export(str(ivit_output), "openvino", out=tmp_path / "o")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.slow
+def test_export_tvm_bit_exact(ivit_output, tmp_path):
+    pytest.importorskip("tvm")
+    from edgekit.exporters.base import export
+
+    art = export(str(ivit_output), "tvm", out=tmp_path / "t", llvm_opt_level=1)
+    assert art.report.passed
+    assert {c["name"]: c["passed"] for c in art.report.checks}["bit_exact"] is True
+
+
+def test_program_files_are_checked(tmp_path, digits):
+    torch.manual_seed(0)
+    q = freeze(convert(MyViT(dim=16, depth=1, heads=2).eval(), digits.calib.x[:16], max_batches=1))
+    q.save_program(tmp_path)
+    spec = json.loads((tmp_path / program.GRAPH_FILE).read_text())
+    spec["nodes"][1]["op"], spec["nodes"][1]["target"] = "call_function", "os.system"
+    (tmp_path / program.GRAPH_FILE).write_text(json.dumps(spec))
+    with pytest.raises(UserInputError, match="os.system"):
+        program.load(tmp_path)
+    q.save_program(tmp_path)
+    spec = json.loads((tmp_path / program.GRAPH_FILE).read_text())
+    next(iter(spec["modules"].values()))["type"] = "Sequential"
+    (tmp_path / program.GRAPH_FILE).write_text(json.dumps(spec))
+    with pytest.raises(UserInputError, match="Sequential"):
+        program.load(tmp_path)
+
+
+def test_unfrozen_model_is_not_saved(tmp_path, digits):
+    q = convert(MyViT(dim=16, depth=1, heads=2).eval(), digits.calib.x[:16], max_batches=1)
+    with pytest.raises(UserInputError, match="freeze"):
+        q.save_program(tmp_path)
