@@ -14,6 +14,7 @@ from torch import nn
 from edgekit.nn_utils import eval_mode, train_mode
 from edgekit.data import DataBundle, Split
 from edgekit.errors import UserInputError
+from edgekit.outputs import logits
 from edgekit.progress import task, track
 
 
@@ -29,16 +30,17 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Logits of ``model`` on ``x``; a tuple / dict / ModelOutput output gives its first tensor (see edgekit.outputs)."""
     eval_mode(model)
     starts = range(0, len(x), batch_size)
-    return torch.cat([model(x[i : i + batch_size]) for i in track(starts, "evaluating")])
+    return torch.cat([logits(model(x[i : i + batch_size])) for i in track(starts, "evaluating")])
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 128) -> float | None:
     """Top-1 accuracy (0..1) on a labeled split; None for unlabeled data."""
     if split.y is None:
         return None
-    logits = predict(model, split.x, batch_size)
+    logits = predict(model, split.x, getattr(split, "batch_size", None) or batch_size)  # a streamed split sets its own
     if logits.dim() != 2 or logits.shape[0] != len(split):
         raise UserInputError(f"model output has shape {tuple(logits.shape)}; accuracy needs (N, classes) logits")
     return float((logits.argmax(1) == split.y).float().mean())
@@ -82,11 +84,11 @@ def train(
             running = 0.0
             for xb, yb in data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
                 xb = _shift(xb, seed * 7919 + step)
-                out = model(xb)
+                out = logits(model(xb))
                 loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
                 if teacher is not None and distill_weight > 0:
                     with torch.no_grad():
-                        t_logits = teacher(xb)
+                        t_logits = logits(teacher(xb))
                     kd = F.kl_div(F.log_softmax(out, 1), F.softmax(t_logits, 1), reduction="batchmean")
                     loss = (1 - distill_weight) * loss + distill_weight * kd
                 opt.zero_grad(set_to_none=True)

@@ -1,0 +1,270 @@
+"""Graph capture: one typed record of a model's graph for every stage that needs one (fuse, quantize, prune, ...).
+
+    >>> cap = capture(model, (example,))
+    >>> cap.method, cap.module_path(node)
+    ('torch.export', 'layers.0.conv1')
+
+Models written by other people rarely trace with ``torch.fx.symbolic_trace``: control flow on shapes
+(``if x.shape[-1] > 16``), ``int(x.shape[1])``, config-flag branches, dict / dataclass / ``ModelOutput``
+outputs. :func:`capture` uses ``torch.export`` (non-strict, static shapes from the example input the pipeline
+holds), which runs ``forward`` in Python and records the ATen ops it executes, so all of that is fine.
+``torch.fx`` is kept as a fast path (``fx=True``) for models it can trace; it is never the only path.
+
+The result, :class:`Capture`, is a plain ``fx.GraphModule`` (``forward(*inputs) -> tensor``: an output that
+is not a tensor is reduced to its logits leaf, see :mod:`edgekit.outputs`) and, for every node, the path of
+the user's module that produced it (from ``nn_module_stack``), so a stage can change the user's own modules.
+When ``torch.export`` cannot capture a model, :func:`capture` raises one :class:`UserInputError` naming the
+construct, the file:line in the user's code, and the one thing to change (:func:`explain_export_error`).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import fx, nn
+
+from edgekit.errors import UserInputError
+from edgekit.outputs import SelectOutput, unwrap
+
+FX = "torch.fx"
+EXPORT = "torch.export"
+METHODS = (FX, EXPORT)
+
+
+@dataclass
+class Capture:
+    """A captured graph. ``module_paths`` maps a node name to the user's module that ran it (paths are
+    relative to the user's model, without the :class:`SelectOutput` wrapper)."""
+
+    method: str  # FX or EXPORT
+    graph_module: fx.GraphModule
+    module_paths: dict[str, str] = field(default_factory=dict)
+    output: str | None = None  # the output leaf the graph returns, when the model's output was not a tensor
+    fx_error: str | None = None  # why torch.fx was not used (None when it was, or when it was not tried)
+    batch_size: int | None = None  # the batch size the graph is fixed to; None: any batch size
+
+    def runnable(self) -> nn.Module:
+        """The graph as a module that takes any batch size (a fixed-batch graph is run in chunks)."""
+        return self.graph_module if self.batch_size is None else FixedBatch(self.graph_module, self.batch_size)
+
+    def module_path(self, node: fx.Node) -> str | None:
+        return self.module_paths.get(node.name)
+
+    def nodes(self) -> list[fx.Node]:
+        return list(self.graph_module.graph.nodes)
+
+    def summary(self) -> dict[str, Any]:
+        """What the report records about the capture."""
+        out: dict[str, Any] = {"method": self.method, "nodes": len(self.graph_module.graph.nodes)}
+        if self.output is not None:
+            out["output"] = self.output
+        if self.fx_error:
+            out["fx_error"] = self.fx_error
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
+        return out
+
+
+class FixedBatch(nn.Module):
+    """Runs a graph captured at a fixed batch size on any batch, ``batch_size`` samples at a time."""
+
+    def __init__(self, graph: nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.batch_size = batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.batch_size
+        if x.shape[0] == b:
+            return self.graph(x)
+        if x.shape[0] % b:
+            raise ValueError(f"this model was captured at batch size {b}; got a batch of {x.shape[0]}")
+        return torch.cat([self.graph(x[i : i + b]) for i in range(0, x.shape[0], b)])
+
+
+def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None, *, fx: bool = False,
+            tracer: "torch.fx.Tracer | None" = None, what: str = "capture") -> Capture:
+    """Capture ``model``'s graph (the model is not modified; the graph holds copies of its parameters).
+
+    ``fx=True`` tries ``torch.fx`` first (with ``tracer`` when given, e.g. one that keeps some modules as
+    leaves) and falls back to ``torch.export`` on the example inputs. ``what`` prefixes error messages.
+    """
+    inner, path = unwrap(model)
+    fx_error = None
+    if fx or tracer is not None:
+        try:
+            return _capture_fx(model, inner, path, tracer)
+        except Exception as exc:  # noqa: BLE001 - fx raises TraceError, TypeError, AttributeError, ...
+            fx_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if not example_inputs:
+        raise UserInputError(
+            f"{what}: torch.fx cannot trace {type(inner).__name__} ({fx_error}) and no example inputs were given; "
+            "torch.export needs them (the pipeline passes a test sample)"
+        )
+    return _capture_export(inner, path, tuple(example_inputs), fx_error, what)
+
+
+def _capture_fx(model: nn.Module, inner: nn.Module, path: str | None, tracer: "torch.fx.Tracer | None") -> Capture:
+    if path is not None:  # keep module paths relative to the user's model: trace it and select the leaf after
+        raise TypeError("output selection is done by the torch.export path")
+    t = tracer or torch.fx.Tracer()
+    graph = t.trace(inner)
+    gm = fx.GraphModule(inner, graph, type(inner).__name__)
+    paths = {n.name: str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    return Capture(FX, gm, paths, None, None)
+
+
+def _capture_export(inner: nn.Module, path: str | None, example: tuple, fx_error: str | None, what: str) -> Capture:
+    target = SelectOutput(inner, path) if path is not None else inner
+    was_training = inner.training
+    inner.eval()
+    batch_size = None
+    try:
+        with torch.no_grad():
+            two = tuple(_batch_of_two(x) for x in example)
+            ep = _export(target, two, dynamic=True)
+            if not _dynamic_batch(ep, two):  # the model fixes its batch size: capture at the example's batch size
+                ep = _export(target, example, dynamic=False)
+                batch_size = int(example[0].shape[0])
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; explained below
+        raise UserInputError(f"{what}: {explain_export_error(exc, inner)}") from None
+    finally:
+        inner.train(was_training)
+    prefix = "model." if path is not None else ""
+    gm, paths = _plain_graph_module(ep, prefix, type(inner).__name__)
+    return Capture(EXPORT, gm, paths, path, fx_error, batch_size)
+
+
+def _dynamic_batch(ep: "torch.export.ExportedProgram", example: tuple) -> bool:
+    """Whether the program runs at another batch size (a guard such as ``int(x.shape[0] / n) == 2`` can pin it
+    even when the input's batch dimension is symbolic, so it is run once at batch 3)."""
+    three = tuple(torch.cat([x, x[:1]]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in example)
+    try:
+        ep.module()(*three)
+    except Exception:  # noqa: BLE001 - a failed guard or a shape error: the batch size is fixed
+        return False
+    return True
+
+
+def _batch_of_two(x: Any) -> Any:
+    """A batch of 2 from the example (a batch of 1 would make torch.export specialize the batch size)."""
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == 1:
+        return torch.cat([x, x.flip(-1) if x.dim() > 1 else x])
+    return x
+
+
+def _export(target: nn.Module, example: tuple, dynamic: bool) -> "torch.export.ExportedProgram":
+    """Non-strict export, with a dynamic batch dimension where the model allows one (``Dim.AUTO``: a model that
+    fixes its batch size, e.g. with ``int(x.shape[0] / n)``, gets it specialized)."""
+    if not dynamic:
+        return torch.export.export(target, example, strict=False)
+    batch = torch.export.Dim.AUTO
+    dynamic: tuple = tuple({0: batch} if isinstance(x, torch.Tensor) and x.dim() > 0 else None for x in example)
+    params = list(inspect.signature(target.forward).parameters.values())
+    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:  # forward(*args): one tuple input
+        dynamic = (dynamic,)
+    return torch.export.export(target, example, dynamic_shapes=dynamic, strict=False)
+
+
+def _strip(name: str, prefix: str) -> str:
+    if prefix and name.startswith(prefix):
+        return name[len(prefix):]
+    return "" if prefix and name == prefix.rstrip(".") else name
+
+
+def _plain_graph_module(ep: "torch.export.ExportedProgram", prefix: str, class_name: str) -> tuple[fx.GraphModule, dict[str, str]]:
+    """An ordinary ``fx.GraphModule`` (``forward(*inputs) -> output``, parameters as attributes under the user's
+    module paths, no pytree codegen or guard module) from an exported program."""
+    unlifted = ep.module()
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    attrs: dict[str, Any] = {}
+    out_value = None
+    for node in unlifted.graph.nodes:
+        if node.op == "call_module":  # the input guard module of ep.module(); shapes are static here
+            continue
+        if node.op == "output":
+            out_value = fx.node.map_arg(node.args[0], lambda n: env[n])
+            break
+        new = graph.node_copy(node, lambda n: env[n])
+        if node.op == "get_attr":
+            name = _strip(str(node.target), prefix)
+            new.target = name
+            attrs[name] = copy.deepcopy(_get_attr(unlifted, str(node.target)))
+        env[node] = new
+    if isinstance(out_value, (tuple, list)) and len(out_value) == 1:
+        out_value = out_value[0]
+    graph.output(out_value)
+    graph.eliminate_dead_code()
+    gm = fx.GraphModule(attrs, graph, class_name)
+    paths: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            paths[node.name] = _strip(list(stack.values())[-1][0], prefix)
+        elif node.op == "get_attr":
+            paths[node.name] = str(node.target).rpartition(".")[0]
+    return gm, paths
+
+
+def _get_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+_SKIP = (os.sep + "torch" + os.sep, os.sep + "site-packages" + os.sep, os.sep + "edgekit" + os.sep, "<frozen")
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+# (pattern in the message, what it is, the one thing to change)
+_ADVICE = (
+    (r"data-dependent|GuardOnDataDependent|\.item\(\)",
+     "Python control flow on a tensor's values",
+     "branch on shapes or config only; for a value-dependent choice use torch.where (or torch.cond)"),
+    (r"not a known type|register a pytree|pytree",
+     "an output (or input) of a type torch.export does not know",
+     "return tensors, or a tuple / dict / dataclass of tensors (pass --output NAME to pick the logits)"),
+    (r"numpy|\.tolist\(\)|tensor subclasses",
+     "a tensor converted to NumPy or Python values inside forward",
+     "keep the computation in torch ops (no .numpy() / .tolist() in forward)"),
+    (r"Dynamic control flow|torch\.cond",
+     "dynamic control flow",
+     "make the branch depend on shapes or config only"),
+)
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame in the user's code (from the message, else the traceback)."""
+    text = str(exc)
+    hits = [(f, int(n)) for f, n in _FILE_LINE.findall(text) if not any(s in f for s in _SKIP)]
+    if hits:
+        return f"{hits[-1][0]}:{hits[-1][1]}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(s in f.filename for s in _SKIP)]
+    if frames:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    return None
+
+
+def explain_export_error(exc: BaseException, model: nn.Module) -> str:
+    """One message for a model ``torch.export`` could not capture: what, where (file:line), what to change."""
+    text = str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    what, change = f"{type(exc).__name__}: {first[:200]}", "make forward traceable by torch.export at that line"
+    for pattern, name, advice in _ADVICE:
+        if re.search(pattern, f"{type(exc).__name__} {text}"):
+            what, change = f"{name} ({type(exc).__name__}: {first[:160]})", advice
+            break
+    where = user_frame(exc)
+    loc = f" at {where}" if where else ""
+    return (f"torch.export cannot capture {type(model).__name__}: {what}{loc}. "
+            f"To fix: {change}.")
