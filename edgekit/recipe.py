@@ -86,6 +86,8 @@ def builtin_names() -> list[str]:
 def resolve_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.exists() and not p.is_file():
+            raise UserInputError(f"recipe {p}: not a regular file")
         if not p.is_file():
             raise UserInputError(f"recipe file {p} does not exist")
         return p
@@ -287,7 +289,7 @@ def _parse_set(item: str) -> tuple[list[str], Any]:
     if len(parts) < 2:
         raise UserInputError(f"--set {item!r}: expected <stage or 'measure'>.<field>[.<field>...]=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"--set {item!r}")[0] if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value

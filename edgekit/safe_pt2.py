@@ -63,6 +63,9 @@ def inspect_pt2(path: Path) -> None:
         if len(infos) > MAX_ENTRIES:
             raise UserInputError(f"{path}: {len(infos)} entries in the archive; the limit is {MAX_ENTRIES}")
         check_allocation(sum(i.file_size for i in infos), f"{path} (uncompressed archive)")
+        top = {i.filename for i in infos if "/" not in i.filename}
+        if "version" in top or any(n.startswith("serialized_") for n in top):
+            raise _refuse(path, "it uses the legacy torch.export format, whose weights and constants are pickled")
         roots = {i.filename.split("/", 1)[0] for i in infos}
         if len(roots) != 1 or any("/" not in i.filename for i in infos):
             raise UserInputError(f"{path}: not a torch.export archive (expected one top-level folder, found {len(roots)})")
