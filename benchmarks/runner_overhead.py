@@ -65,11 +65,11 @@ def main() -> None:
         for i in range(args.rounds):
             bare, n_bare = bare_median_ms(art.root / art.model_file, shape, args.threads, args.seconds)
             res = profile(art, LocalDevice(name="local"), opts)
-            ek = res["latency_ms"]["median"]
+            ek = res.latency_ms.median
             ratios.append(ek / bare)
-            rows.append([i + 1, bare, n_bare, ek, res["samples"]["n"], ek / bare])
+            rows.append([i + 1, bare, n_bare, ek, res.samples.n, ek / bare])
             print(f"round {i + 1}: bare {bare:.4f} ms ({n_bare} runs), edgekit {ek:.4f} ms "
-                  f"({res['samples']['n']} runs), ratio {ek / bare:.3f}", flush=True)
+                  f"({res.samples.n} runs), ratio {ek / bare:.3f}", flush=True)
     med = statistics.median(ratios)
     verdict = "within" if abs(med - 1) <= 0.05 else "NOT within"
     md = (f"## Runner overhead (issue 7)\n\n`{command_line()}`\n\nMachine: {machine_note()}. Model: tiny conv net "

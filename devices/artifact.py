@@ -20,6 +20,10 @@ BARE_SUFFIXES = {".onnx": "onnx", ".xml": "openvino"}
 # default runtime per artifact target
 DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "tvm": "tvm",
                    "coreml": "coreml"}
+# ELF e_machine -> architecture name as platform.machine() spells it on Linux
+ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
+ARCH_ALIASES = {"arm64": "aarch64", "arm64-v8a": "aarch64", "amd64": "x86_64", "x64": "x86_64",
+                "armeabi-v7a": "arm", "armv7l": "arm", "i686": "x86", "i386": "x86"}
 # cosine threshold of the on-device validation, per precision (anything else: int8's)
 COSINE_THRESHOLD = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.995, "int8": 0.98}
 
@@ -56,10 +60,46 @@ class Artifact:
 
     @property
     def cosine_threshold(self) -> float:
+        contract = self.manifest.get("validation_contract")  # written by `edgekit export`: the bound export used
+        if isinstance(contract, dict) and isinstance(contract.get("cosine"), (int, float)):
+            return float(contract["cosine"])
         return COSINE_THRESHOLD.get(self.precision, COSINE_THRESHOLD["int8"])
 
     def default_runtime(self) -> str:
         return DEFAULT_RUNTIME.get(self.target, "onnxruntime")
+
+    def machine_code_arch(self) -> str | None:
+        """The architecture of a compiled model file (an ELF library, e.g. TVM's model.so); None when the
+        model file is portable (ONNX, OpenVINO IR) and runs on any architecture with the runtime."""
+        try:
+            with open(self.root / self.model_file, "rb") as fh:
+                head = fh.read(20)
+        except OSError:
+            return None
+        if len(head) < 20 or head[:4] != b"\x7fELF":
+            return None
+        machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+        return ELF_MACHINES.get(machine, f"ELF machine {machine}")
+
+
+def normalize_arch(arch: str | None) -> str | None:
+    if not arch:
+        return None
+    return ARCH_ALIASES.get(arch.lower(), arch.lower())
+
+
+class ArchitectureMismatch(UserInputError):
+    """A compiled artifact built for one architecture was sent to a board of another (refused before the push)."""
+
+
+def check_architecture(art: Artifact, board_arch: str | None, device: str) -> None:
+    """Refuse, before anything is pushed, a compiled artifact whose machine code the board cannot run."""
+    need, have = art.machine_code_arch(), normalize_arch(board_arch)
+    if need is None or have is None or need == have:
+        return
+    hint = " (export it with --target tvm and option device=aarch64)" if have == "aarch64" else ""
+    raise ArchitectureMismatch(f"artifact {art.name}: {art.model_file} is {need} machine code but device {device} "
+                               f"is {have}; refused before the push{hint}")
 
 
 def sha256_file(path: Path) -> str:

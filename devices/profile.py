@@ -1,7 +1,8 @@
 """Profile an artifact on a device: latency statistics, power and energy per inference, on-device validation.
 
 Flow: read + verify the artifact -> connect the device's transport -> push (boards) -> find power sensors ->
-sample idle power -> run the runner while sampling -> assemble ``profile.json`` (schema: docs/profile.md).
+sample idle power -> run the runner while sampling -> a typed :class:`~edgekit.devices.record.Profile`
+(``profile.json``, fields: docs/profile.md).
 Several devices are profiled concurrently (one thread each). A run that fails half-way keeps the samples it
 already streamed back and says why it stopped (``status: "partial"``).
 """
@@ -9,19 +10,18 @@ already streamed back and says why it stopped (``status: "partial"``).
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
-from edgekit.devices.artifact import Artifact
-from edgekit.devices.remote.runner import summarize
+from edgekit.devices.artifact import Artifact, check_architecture
+from edgekit.devices.record import (ArtifactRef, DeviceRef, LatencyStats, PerInference, PowerFigures, PowerWindows,
+                                    Profile, RuntimeRef, Samples, Validation)
+from edgekit.devices.remote.runner.stats import summarize
 from edgekit.errors import EdgekitError, UserInputError
 
-SCHEMA = "edgekit.profile/1"
 NO_SENSOR = "no power sensor"
-TRANSPORT_MODULES = {"local": "local", "ssh": "ssh", "adb": "adb"}
 
 
 @dataclass
@@ -58,12 +58,6 @@ class ProfileOptions:
 def transport_for(spec, timeout_s: float = 60.0):
     from edgekit.devices.transports.base import TRANSPORTS
 
-    if spec.transport not in TRANSPORTS:
-        module = TRANSPORT_MODULES.get(spec.transport)
-        if module is None:
-            raise UserInputError(f"device {spec.name}: unknown transport {spec.transport!r}; accepted: "
-                                 f"{', '.join(TRANSPORT_MODULES)}")
-        importlib.import_module(f"edgekit.devices.transports.{module}")
     return TRANSPORTS.get(spec.transport)(spec, timeout_s=timeout_s)
 
 
@@ -80,7 +74,7 @@ def _power_readers(transport, spec) -> tuple[list, str | None]:
     return readers, None if readers else NO_SENSOR
 
 
-def _energy_block(sampler, idle: dict | None, run: dict, inferences: int) -> dict:
+def _energy(idle: dict | None, run: dict, inferences: int) -> dict:
     total_w = run["power_w"]
     idle_w = idle["power_w"] if idle else None
     above = None if (total_w is None or idle_w is None) else total_w - idle_w
@@ -94,15 +88,15 @@ def _energy_block(sampler, idle: dict | None, run: dict, inferences: int) -> dic
         return None if not e or e <= 0 else 1000.0 / e
 
     return {
-        "power_w": {"total": total_w, "idle": idle_w, "above_idle": above, "per_sensor": run["per_sensor_w"]},
-        "energy_mj_per_inference": {"total": per_inf(total_w), "above_idle": per_inf(above)},
-        "inferences_per_joule": {"total": ipj(total_w), "above_idle": ipj(above)},
+        "power_w": PowerFigures(total_w, idle_w, above, run["per_sensor_w"]),
+        "energy_mj_per_inference": PerInference(per_inf(total_w), per_inf(above)),
+        "inferences_per_joule": PerInference(ipj(total_w), ipj(above)),
     }
 
 
 def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
-            on_event: Callable[[str, dict], None] | None = None) -> dict:
-    """Profile ``art`` on the device ``spec``; return the profile.json dict (raises on setup failures)."""
+            on_event: Callable[[str, dict], None] | None = None) -> Profile:
+    """Profile ``art`` on the device ``spec`` (raises on setup failures; a run cut short is ``partial``)."""
     opts = opts or ProfileOptions()
     ropts = opts.runner_opts(art)
     runtime = ropts["runtime"]
@@ -114,11 +108,12 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
     t_begin = time.monotonic()
     notify = (lambda ev: on_event(spec.name, ev)) if on_event else None
     with transport_for(spec, timeout_s=timeout) as tr:
+        info = tr.info()
+        check_architecture(art, info.get("arch"), spec.name)
         art_dir = tr.prepare(art)
         push = getattr(tr, "last_push", None)
-        info = tr.info()
         readers, power_status = _power_readers(tr, spec)
-        sampler = idle = idle_window = None
+        sampler = idle_window = None
         if readers:
             from edgekit.devices.power import PowerSampler
 
@@ -133,77 +128,89 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
                 sampler.stop()
                 sampler.close()
     stream.raise_for_setup_error(spec.name)
-    batch = (stream.hello or {}).get("input_shape", [1])[0] or 1
+    hello = stream.hello or {}
+    emulation = hello.get("emulation") or info.get("emulation")
+    batch = hello.get("input_shape", [1])[0] or 1
     stats = summarize(stream.samples_ms, batch)
-    status = "ok" if stream.complete else ("partial" if stream.samples_ms else "failed")
     error = None
     if stream.error:
         error = stream.error.get("message")
     elif stream.failure:
         error = f"{stream.failure} after {len(stream.samples_ms)} samples"
-    result: dict[str, Any] = {
-        "schema": SCHEMA,
-        "status": status,
-        "error": error,
-        "started": started,
-        "artifact": {"path": str(art.root / art.model_file) if art.bare else str(art.root), "name": art.name,
-                     "target": art.target, "precision": art.precision, "digest": art.digest, "bare": art.bare},
-        "device": {"name": spec.name, "transport": spec.transport, "tags": list(spec.tags), "info": info},
-        "runtime": {"name": runtime, "version": (stream.hello or {}).get("runtime_version"),
-                    "python": (stream.hello or {}).get("python"), "threads": opts.threads or None,
-                    "detail": (stream.hello or {}).get("detail")},
-        "input_shape": (stream.hello or {}).get("input_shape"),
-        "batch": batch,
-        "latency_ms": stats.get("latency_ms"),
-        "median_ci95_ms": stats.get("median_ci95_ms"),
-        "median_ci95_rel": stats.get("median_ci95_rel"),
-        "throughput_ips": stats.get("throughput_ips"),
-        "samples": {"n": len(stream.samples_ms), "latency_ms": stream.samples_ms,
-                    "stop_reason": (stream.end or {}).get("stop_reason", "interrupted"),
-                    "warmup_runs": (stream.warmup or {}).get("runs")},
-        "thermal": (stream.end or {}).get("monitor"),
-        "validation": stream.validation or _no_validation(art, opts),
-        "push": push,
-        "options": {k: v for k, v in asdict(opts).items()},
-        "power_status": power_status or "measured",
-        "power_w": None, "energy_mj_per_inference": None, "inferences_per_joule": None,
-        "power_sensors": [r.describe() for r in readers],
-    }
-    if sampler and idle_window and idle_window[1] > idle_window[0]:
-        idle = sampler.window(*idle_window)
-        if idle["power_w"] is None:
-            idle = None
-    if sampler and stream.measure_start is not None:
+    result = Profile(
+        status="ok" if stream.complete else ("partial" if stream.samples_ms else "failed"),
+        error=error,
+        started=started,
+        artifact=ArtifactRef(str(art.root / art.model_file) if art.bare else str(art.root), art.name, art.target,
+                             art.precision, art.digest, art.bare),
+        device=DeviceRef(spec.name, spec.transport, list(spec.tags), info),
+        runtime=RuntimeRef(runtime, hello.get("runtime_version"), hello.get("python"), opts.threads or None,
+                           hello.get("detail")),
+        latency_kind="emulated" if emulation else "native",
+        emulation=emulation,
+        input_shape=hello.get("input_shape"),
+        batch=batch,
+        latency_ms=LatencyStats(**stats["latency_ms"]) if "latency_ms" in stats else None,
+        median_ci95_ms=stats.get("median_ci95_ms"),
+        median_ci95_rel=stats.get("median_ci95_rel"),
+        throughput_ips=stats.get("throughput_ips"),
+        samples=Samples(len(stream.samples_ms), stream.samples_ms, (stream.end or {}).get("stop_reason", "interrupted"),
+                        (stream.warmup or {}).get("runs")),
+        thermal=(stream.end or {}).get("monitor"),
+        validation=_validation(stream.validation) if stream.validation else _no_validation(art, opts),
+        push=push,
+        options=asdict(opts),
+        power_status=power_status or "measured",
+        power_sensors=[r.describe() for r in readers],
+    )
+    if stream.measure_start is not None:
         t_end = stream.measure_end or (stream.sample_times[-1] if stream.sample_times else stream.measure_start)
-        run_win = sampler.window(stream.measure_start, t_end)
-        if run_win["power_w"] is None:
-            errs = [e for e in sampler.errors if e]
-            result["power_status"] = "sensor failed: " + ("; ".join(errs) or "no samples in the run window")
-        else:
-            result.update(_energy_block(sampler, idle, run_win, len(stream.samples_ms) * batch))
-            result["power_trace"] = {name: [[round(t, 4), round(w, 4)] for t, w in pts]
-                                     for name, pts in sampler.power_series(stream.measure_start).items()}
-    result["seconds"] = time.monotonic() - t_begin
+        result.measure_window = [stream.measure_start, t_end]
+        if sampler:
+            _add_power(result, sampler, idle_window, len(stream.samples_ms) * batch)
+    result.seconds = time.monotonic() - t_begin
     return result
 
 
-def _no_validation(art: Artifact, opts: ProfileOptions) -> dict:
+def _add_power(result: Profile, sampler, idle_window: tuple[float, float] | None, inferences: int) -> None:
+    t_start, t_end = result.measure_window
+    idle = sampler.window(*idle_window) if idle_window and idle_window[1] > idle_window[0] else None
+    if idle is not None and idle["power_w"] is None:
+        idle = None
+    run_win = sampler.window(t_start, t_end)
+    if run_win["power_w"] is None:
+        errs = [e for e in sampler.errors if e]
+        result.power_status = "sensor failed: " + ("; ".join(errs) or "no samples in the run window")
+        return
+    for key, value in _energy(idle, run_win, inferences).items():
+        setattr(result, key, value)
+    result.power_windows = PowerWindows(list(idle_window) if idle else None, [t_start, t_end])
+    result.power_trace = {name: [[round(t, 4), round(w, 4)] for t, w in pts]
+                          for name, pts in sampler.power_series(t_start).items()}
+
+
+def _validation(event: dict) -> Validation:
+    known = {f.name for f in fields(Validation)}
+    return Validation(**{k: v for k, v in event.items() if k in known})
+
+
+def _no_validation(art: Artifact, opts: ProfileOptions) -> Validation:
     if art.bare:
-        return {"status": "skipped", "reason": "bare model file: no reference outputs to validate against"}
+        return Validation("skipped", "bare model file: no reference outputs to validate against")
     if not opts.validate:
-        return {"status": "skipped", "reason": "validation disabled (--no-validate)"}
-    return {"status": "skipped", "reason": "the runner reported no validation"}
+        return Validation("skipped", "validation disabled (--no-validate)")
+    return Validation("skipped", "the runner reported no validation")
 
 
 def profile_many(art: Artifact, specs: list, opts: ProfileOptions | None = None,
-                 on_event: Callable[[str, dict], None] | None = None) -> dict[str, dict | EdgekitError]:
-    """Profile on several devices concurrently; each value is a result dict or the error it raised."""
+                 on_event: Callable[[str, dict], None] | None = None) -> dict[str, Profile | EdgekitError]:
+    """Profile on several devices concurrently; each value is a :class:`Profile` or the error it raised."""
     if len(specs) == 1:
         try:
             return {specs[0].name: profile(art, specs[0], opts, on_event)}
         except EdgekitError as exc:
             return {specs[0].name: exc}
-    out: dict[str, dict | EdgekitError] = {}
+    out: dict[str, Profile | EdgekitError] = {}
     with ThreadPoolExecutor(max_workers=min(len(specs), 8)) as pool:
         futs = {s.name: pool.submit(profile, art, s, opts, on_event) for s in specs}
         for name, fut in futs.items():

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekit.errors import UserInputError
 
 RUNTIME_NAMES = ("onnxruntime", "openvino", "tensorrt", "tvm", "coreml")
-POWER_NAMES = ("auto", "none", "rapl", "hwmon", "ina3221", "tegrastats", "nvml", "external")
+POWER_CHOICES = ("auto", "none")  # besides the registered power sensors (edgekit.devices.power.SENSORS)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class _Base(BaseModel):
+class DeviceBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
     runtimes: list[str] = Field(default_factory=list)
@@ -54,8 +54,10 @@ class _Base(BaseModel):
     @field_validator("power")
     @classmethod
     def _power(cls, v: str) -> str:
-        if v not in POWER_NAMES:
-            raise ValueError(f"unknown power sensor {v!r}; accepted: {', '.join(POWER_NAMES)}")
+        from edgekit.devices.power.base import SENSORS
+
+        if v not in POWER_CHOICES and v not in SENSORS:
+            raise ValueError(f"unknown power sensor {v!r}; accepted: {', '.join(POWER_CHOICES + tuple(SENSORS))}")
         return v
 
     @field_validator("power_command", mode="before")
@@ -68,12 +70,12 @@ class _Base(BaseModel):
         return v
 
 
-class LocalDevice(_Base):
+class LocalDevice(DeviceBase):
     transport: Literal["local"] = "local"
     python: str | None = None  # interpreter for the runner; default: the one running edgekit
 
 
-class SSHDevice(_Base):
+class SSHDevice(DeviceBase):
     transport: Literal["ssh"]
     host: str
     user: str
@@ -85,7 +87,7 @@ class SSHDevice(_Base):
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
 
-class ADBDevice(_Base):
+class ADBDevice(DeviceBase):
     transport: Literal["adb"]
     serial: str
     python: str | None = None  # a python on the device (e.g. Termux) to run the runner; else benchmark binary
@@ -93,8 +95,6 @@ class ADBDevice(_Base):
     remote_dir: str = "/data/local/tmp/edgekit"
 
 
-DeviceSpec = Annotated[Union[LocalDevice, SSHDevice, ADBDevice], Field(discriminator="transport")]
-_ADAPTER: TypeAdapter = TypeAdapter(DeviceSpec)
 
 
 def default_devices_file() -> Path:
@@ -105,29 +105,25 @@ def default_devices_file() -> Path:
     return base / "edgekit" / "devices.yaml"
 
 
-def _format_error(path: Path, idx: int, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}")
-    return f"{path}: device #{idx + 1}: " + "; ".join(parts)
-
-
 def parse_device(data: dict, where: str = "device") -> LocalDevice | SSHDevice | ADBDevice:
     if not isinstance(data, dict):
         raise UserInputError(f"{where}: each device must be a mapping, got {type(data).__name__}")
-    if data.get("transport") not in ("local", "ssh", "adb"):
-        raise UserInputError(f"{where}: transport must be one of local, ssh, adb (got {data.get('transport')!r})")
+    from edgekit.devices.transports.base import TRANSPORTS
+
+    transport = data.get("transport")
+    if not isinstance(transport, str) or transport not in TRANSPORTS:
+        raise UserInputError(f"{where}: transport must be one of {', '.join(TRANSPORTS)} "
+                             f"(got {data.get('transport')!r})")
     try:
-        return _ADAPTER.validate_python(data)
+        return TRANSPORTS.meta(transport)["spec"].model_validate(data)
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UserInputError(f"{where}: {msg}") from None
 
 
 def load_devices(path: str | Path | None = None) -> dict[str, LocalDevice | SSHDevice | ADBDevice]:
     """All devices by name; ``local`` is always present (a file may override its options)."""
-    import yaml
+    from edgekit.limits import safe_yaml_file
 
     explicit = path is not None
     path = Path(path).expanduser() if path is not None else default_devices_file()
@@ -136,10 +132,7 @@ def load_devices(path: str | Path | None = None) -> dict[str, LocalDevice | SSHD
         if explicit:
             raise UserInputError(f"devices file {path} does not exist")
         return devices
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"devices file {path}: not valid YAML ({exc})") from None
+    doc = safe_yaml_file(path, "devices file") or {}  # bounded (size, nesting, aliases); one-line errors
     if not isinstance(doc, dict) or set(doc) - {"devices", "version"}:
         raise UserInputError(f"devices file {path}: expected a mapping with a 'devices' list (and optional "
                              "'version')")
@@ -167,10 +160,37 @@ def get_device(name: str, path: str | Path | None = None) -> LocalDevice | SSHDe
     return devices[name]
 
 
-def add_device(entry: dict, path: str | Path | None = None, force: bool = False) -> Path:
-    """Validate ``entry`` and append it to the devices file (atomically); replace an existing one with force."""
+def _write_devices(doc: dict, path: Path) -> None:
     import tempfile
 
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".devices.", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def remove_device(name: str, path: str | Path | None = None, only_tag: str | None = None) -> bool:
+    """Remove device ``name`` from the devices file (only if it has ``only_tag``, when given); False if absent."""
+    import yaml
+
+    path = Path(path).expanduser() if path is not None else default_devices_file()
+    if not path.exists() or name not in load_devices(path) or name == "local":
+        return False
+    doc = yaml.safe_load(path.read_text()) or {}
+    keep = [d for d in doc.get("devices") or [] if d.get("name") != name or
+            (only_tag is not None and only_tag not in (d.get("tags") or []))]
+    if len(keep) == len(doc.get("devices") or []):
+        return False
+    doc["devices"] = keep
+    _write_devices(doc, path)
+    return True
+
+
+def add_device(entry: dict, path: str | Path | None = None, force: bool = False) -> Path:
+    """Validate ``entry`` and append it to the devices file (atomically); replace an existing one with force."""
     import yaml
 
     path = Path(path).expanduser() if path is not None else default_devices_file()
@@ -188,9 +208,5 @@ def add_device(entry: dict, path: str | Path | None = None, force: bool = False)
             raise UserInputError(f"{path}: device {dev.name!r} already exists (use --force to replace it)")
         doc["devices"] = [d for d in doc["devices"] if d.get("name") != dev.name]
     doc["devices"].append(dev.model_dump(mode="json", exclude_defaults=True) | {"transport": dev.transport})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".devices.", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh, sort_keys=False)
-    os.replace(tmp, path)
+    _write_devices(doc, path)
     return path

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from edgekit.devices import read_artifact
 from edgekit.devices.artifact import ChecksumError, verify_files
 from edgekit.devices.profile import ProfileOptions, check_device, profile
+from edgekit.devices.record import Profile
 from edgekit.devices.remote.runner import median_ci, percentile, summarize
 from edgekit.devices.spec import LocalDevice, add_device, get_device, load_devices
 from tests.device_artifacts import make_onnx_artifact, make_openvino_artifact
@@ -30,20 +31,20 @@ def onnx_art(tmp_path_factory):
 def test_profile_onnx_and_openvino_locally(onnx_art, tmp_path):
     for path, runtime in ((onnx_art, "onnxruntime"), (make_openvino_artifact(onnx_art, tmp_path / "ov"), "openvino")):
         r = profile(read_artifact(path), LocalDevice(name="local"), ProfileOptions(**FAST, threads=1))
-        assert r["status"] == "ok" and r["runtime"]["name"] == runtime and r["runtime"]["version"]
-        assert r["samples"]["n"] >= 20 and r["samples"]["stop_reason"] in ("converged", "time_budget")
-        assert r["latency_ms"]["min"] <= r["latency_ms"]["median"] <= r["latency_ms"]["max"]
-        assert r["throughput_ips"] == pytest.approx(1000 / r["latency_ms"]["median"])
+        assert r.status == "ok" and r.runtime.name == runtime and r.runtime.version
+        assert r.samples.n >= 20 and r.samples.stop_reason in ("converged", "time_budget")
+        assert r.latency_ms.min <= r.latency_ms.median <= r.latency_ms.max
+        assert r.throughput_ips == pytest.approx(1000 / r.latency_ms.median)
         # fp32 on both runtimes; OpenVINO's CPU kernels accumulate in another order: 1e-3 absolute on logits
-        assert r["validation"]["status"] == "passed" and r["validation"]["max_abs"] < 1e-3
+        assert r.validation.status == "passed" and r.validation.max_abs < 1e-3
 
 
 def test_no_power_sensor_is_said_plainly(onnx_art, tmp_path):
     # an empty sysfs tree: nothing to read, so no power figure at all (never an estimate)
     dev = LocalDevice(name="local", sysfs_root=str(tmp_path))
     r = profile(read_artifact(onnx_art), dev, ProfileOptions(**FAST))
-    assert r["power_status"] == "no power sensor"
-    assert r["power_w"] is None and r["energy_mj_per_inference"] is None and r["inferences_per_joule"] is None
+    assert r.power_status == "no power sensor"
+    assert r.power_w is None and r.energy_mj_per_inference is None and r.inferences_per_joule is None
     assert check_device(dev)["power_status"] == "no power sensor"
 
 
@@ -51,19 +52,19 @@ def test_energy_with_an_external_meter(onnx_art, tmp_path):
     # an external meter that reports a constant 7.5 W: average power and energy/inference follow from it
     dev = LocalDevice(name="local", power_command=[sys.executable, "-c", "print(7.5)"])
     r = profile(read_artifact(onnx_art), dev, ProfileOptions(**{**FAST, "idle_s": 0.2}))
-    assert r["power_status"] == "measured"
-    assert r["power_w"]["total"] == pytest.approx(7.5) and r["power_w"]["above_idle"] == pytest.approx(0.0)
-    secs_per_inf = r["energy_mj_per_inference"]["total"] / 7.5 / 1000  # mJ -> J -> s
+    assert r.power_status == "measured"
+    assert r.power_w.total == pytest.approx(7.5) and r.power_w.above_idle == pytest.approx(0.0)
+    secs_per_inf = r.energy_mj_per_inference.total / 7.5 / 1000  # mJ -> J -> s
     assert 0 < secs_per_inf < 1.0
-    assert r["inferences_per_joule"]["total"] == pytest.approx(1000 / r["energy_mj_per_inference"]["total"])
-    assert r["power_trace"]["external"]
+    assert r.inferences_per_joule.total == pytest.approx(1000 / r.energy_mj_per_inference.total)
+    assert r.power_trace["external"]
 
 
 def test_batch_and_wrong_runtime(onnx_art):
     art = read_artifact(onnx_art)
     r = profile(art, LocalDevice(name="local"), ProfileOptions(**FAST, batch=4, validate=False))
-    assert r["batch"] == 4 and r["input_shape"][0] == 4
-    assert r["throughput_ips"] == pytest.approx(4000 / r["latency_ms"]["median"])
+    assert r.batch == 4 and r.input_shape[0] == 4
+    assert r.throughput_ips == pytest.approx(4000 / r.latency_ms.median)
     from edgekit.devices.transports.base import RunnerFailed
 
     with pytest.raises(RunnerFailed, match="tensorrt"):
@@ -158,7 +159,10 @@ def test_cli_devices_and_profile(onnx_art, tmp_path, monkeypatch):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "profile.json").read_text())
-    assert data["status"] == "ok" and data["latency_ms"]["median"] > 0
+    assert data["status"] == "ok" and data["latency_ms"]["median"] > 0 and data["latency_kind"] == "native"
+    back = Profile.read(out / "profile.json")  # the typed record reads back what it wrote
+    assert back.latency_ms.median == data["latency_ms"]["median"] and back.validation.status == "passed"
+    assert back.to_dict() == data
     assert (out / "latency_hist.png").stat().st_size > 1000
     res = runner.invoke(app, ["profile", str(onnx_art), "--budget", "0.3", "--out", str(out)])
     assert res.exit_code == 2 and "exists" in res.output

@@ -108,33 +108,33 @@ def _device(sshd, tmp_path, **kw) -> SSHDevice:
 def test_profile_over_ssh_end_to_end(sshd, artifact, tmp_path):
     dev = _device(sshd, tmp_path)
     first = profile(artifact, dev, ProfileOptions(**FAST))
-    assert first["status"] == "ok", first["error"]
-    assert first["samples"]["n"] >= 20 and len(first["samples"]["latency_ms"]) == first["samples"]["n"]
-    lat = first["latency_ms"]
-    assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert first["validation"]["status"] == "passed" and first["validation"]["cosine_min"] > 0.9999
-    assert first["push"]["cached"] is False
+    assert first.status == "ok", first.error
+    assert first.samples.n >= 20 and len(first.samples.latency_ms) == first.samples.n
+    lat = first.latency_ms
+    assert 0 < lat.min <= lat.median <= lat.p90 <= lat.p99 <= lat.max
+    assert first.validation.status == "passed" and first.validation.cosine_min > 0.9999
+    assert first.push["cached"] is False
     # the board holds the artifact under its content hash, verified, and no temp upload dirs are left
-    remote = Path(first["push"]["remote_dir"])
+    remote = Path(first.push["remote_dir"])
     assert remote.name == artifact.digest[:32]
     for rel, digest in artifact.files.items():
         assert hashlib.sha256((remote / rel).read_bytes()).hexdigest() == digest
     assert not [p for p in remote.parent.iterdir() if p.name.startswith(".tmp-")]
     second = profile(artifact, dev, ProfileOptions(**FAST))
-    assert second["status"] == "ok" and second["push"]["cached"] is True
+    assert second.status == "ok" and second.push["cached"] is True
     # a corrupted cached copy is detected and replaced
     (remote / "model.onnx").write_bytes(b"garbage")
     third = profile(artifact, dev, ProfileOptions(**FAST, validate=False))
-    assert third["status"] == "ok" and third["push"]["cached"] is False
+    assert third.status == "ok" and third.push["cached"] is False
     assert hashlib.sha256((remote / "model.onnx").read_bytes()).hexdigest() == artifact.files["model.onnx"]
 
 
 def test_openvino_artifact_over_ssh(sshd, artifact, tmp_path):
     ov_art = read_artifact(make_openvino_artifact(artifact.root, tmp_path / "ov"))
     r = profile(ov_art, _device(sshd, tmp_path), ProfileOptions(**FAST))
-    assert r["status"] == "ok", r["error"]
-    assert r["runtime"]["name"] == "openvino" and r["samples"]["n"] >= 20
-    assert r["validation"]["status"] == "passed" and r["validation"]["max_abs"] < 1e-3
+    assert r.status == "ok", r.error
+    assert r.runtime.name == "openvino" and r.samples.n >= 20
+    assert r.validation.status == "passed" and r.validation.max_abs < 1e-3
 
 
 def test_check_over_ssh(sshd, tmp_path):
@@ -213,14 +213,14 @@ def test_dropped_connection_keeps_samples(sshd, artifact, tmp_path):
             # kill the per-connection sshd processes: the TCP connection drops mid-run
             for pid in _sshd_descendants(sshd.proc.pid):
                 os.kill(pid, 9)
-                dropped.append(pid)
+                dropped.append(time.monotonic())
 
     opts = ProfileOptions(budget_s=6.0, warmup_s=0.05, warmup_runs=3, idle_s=0.0, target_rel_ci=0.0,
                           chunk_s=0.05, validate=False)
-    t0 = time.monotonic()
     result = profile(artifact, _device(sshd, tmp_path), opts, on_event=on_event)
     assert dropped, "no sshd connection process found to kill"
-    assert time.monotonic() - t0 < 5.5, "the drop was not noticed before the run's budget ended"
-    assert result["status"] == "partial"
-    assert "connection lost" in result["error"]
-    assert result["samples"]["n"] > 0 and result["latency_ms"]["median"] > 0
+    # the budget (6 s) runs from the first samples; the drop must end the run well before it would have
+    assert time.monotonic() - dropped[0] < 4.0, "the drop was not noticed before the run's budget ended"
+    assert result.status == "partial"
+    assert "connection lost" in result.error
+    assert result.samples.n > 0 and result.latency_ms.median > 0

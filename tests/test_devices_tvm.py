@@ -22,6 +22,6 @@ def test_profile_tvm_artifact(tmp_path):
     assert art.report.passed
     r = profile(read_artifact(tmp_path / "tvm"), LocalDevice(name="local"),
                 ProfileOptions(budget_s=0.5, warmup_s=0.05, warmup_runs=3, idle_s=0.0, min_runs=20, threads=1))
-    assert r["status"] == "ok" and r["runtime"]["name"] == "tvm"
-    assert r["samples"]["n"] >= 20 and r["latency_ms"]["median"] > 0
-    assert r["validation"]["status"] == "passed" and r["validation"]["max_abs"] < 1e-4
+    assert r.status == "ok" and r.runtime.name == "tvm"
+    assert r.samples.n >= 20 and r.latency_ms.median > 0
+    assert r.validation.status == "passed" and r.validation.max_abs < 1e-4

@@ -101,20 +101,24 @@ class EnergyCounter:
 
 
 Discover = Callable[[FS, dict], list[PowerReader]]
-SENSORS: Registry[Discover] = Registry("power sensor")
+# every public module of edgekit.devices.power is imported on first lookup; each registers its sensors
+SENSORS: Registry[Discover] = Registry("power sensor", lazy=[("edgekit.devices.power", "[!_]*")])
+SCOPES = ("board", "domain", "manual")
 
 
-def power_sensor(name: str, **meta) -> Callable[[Discover], Discover]:
-    return SENSORS.register(name, **meta)
+def power_sensor(name: str, scope: str, order: int = 50, **meta) -> Callable[[Discover], Discover]:
+    """Register a sensor's discover function. ``scope``: ``board`` (a whole-board sensor, tried first by
+    ``auto``: it includes everything else), ``domain`` (one part: summed with the others by ``auto``) or
+    ``manual`` (only when named); ``order`` sorts ``auto``'s tries; ``local_only=True``: this machine only."""
+    if scope not in SCOPES:
+        raise ValueError(f"power sensor {name!r}: scope {scope!r}; accepted: {', '.join(SCOPES)}")
+    return SENSORS.register(name, scope=scope, order=order, **meta)
 
 
-def _load_all() -> None:
-    from edgekit.devices.power import external, hwmon, jetson, nvml, rapl  # noqa: F401 - registers sensors
-
-
-# order of "auto": whole-board sensors first (they include everything else), then per-domain ones
-WHOLE_BOARD = ("ina3221", "tegrastats")
-PER_DOMAIN = ("rapl", "nvml", "hwmon")
+def _auto_names(scope: str, local: bool) -> list[str]:
+    names = [n for n in SENSORS.names() if SENSORS.meta(n)["scope"] == scope
+             and (local or not SENSORS.meta(n).get("local_only"))]
+    return sorted(names, key=lambda n: (SENSORS.meta(n)["order"], n))
 
 
 def discover(fs: FS, sensor: str = "auto", options: dict | None = None, local: bool = True) -> list[PowerReader]:
@@ -124,7 +128,6 @@ def discover(fs: FS, sensor: str = "auto", options: dict | None = None, local: b
     per-domain sensors found (RAPL packages + NVML GPUs + generic hwmon). ``local=False`` skips sensors that
     only work on this machine (NVML, tegrastats, external meters run here).
     """
-    _load_all()
     options = dict(options or {})
     if sensor == "none":
         return []
@@ -134,16 +137,12 @@ def discover(fs: FS, sensor: str = "auto", options: dict | None = None, local: b
         options["explicit"] = True
     if sensor != "auto":
         return SENSORS.get(sensor)(fs, options)
-    for name in WHOLE_BOARD:
-        if not local and SENSORS.meta(name).get("local_only"):
-            continue
+    for name in _auto_names("board", local):
         found = SENSORS.get(name)(fs, options)
         if found:
             return found
     readers: list[PowerReader] = []
-    for name in PER_DOMAIN:
-        if not local and SENSORS.meta(name).get("local_only"):
-            continue
+    for name in _auto_names("domain", local):
         options["have_rapl"] = any(r.name.startswith("rapl") for r in readers)
         readers += SENSORS.get(name)(fs, options)
     return readers

@@ -70,7 +70,7 @@ class ExternalMeterReader(PowerReader):
         time.sleep(0)
 
 
-@power_sensor("external", summary="external meter: a command that prints watts", local_only=True)
+@power_sensor("external", scope="manual", summary="external meter: a command that prints watts", local_only=True)
 def discover(fs: FS, options: dict) -> list[PowerReader]:
     argv = options.get("power_command")
     if not argv:

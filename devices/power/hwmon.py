@@ -50,7 +50,7 @@ def _label(fs: FS, chip_dir: str, stem: str, chip: str) -> str:
         return f"{chip}:{stem}"
 
 
-@power_sensor("hwmon", summary="generic hwmon power*_input / energy*_input files")
+@power_sensor("hwmon", scope="domain", order=90, summary="generic hwmon power*_input / energy*_input files")
 def discover(fs: FS, options: dict) -> list[PowerReader]:
     energy, power = [], []
     for entry in fs.listdir(HWMON):

@@ -103,7 +103,7 @@ def _iio_channels(fs: FS) -> list[tuple[str, str]]:
     return out
 
 
-@power_sensor("ina3221", summary="Jetson INA3221 rail monitors (hwmon or iio sysfs)")
+@power_sensor("ina3221", scope="board", order=10, summary="Jetson INA3221 rail monitors (hwmon or iio sysfs)")
 def discover_ina3221(fs: FS, options: dict) -> list[PowerReader]:
     hw = _hwmon_channels(fs)
     if hw:
@@ -187,7 +187,7 @@ class _LocalTegrastats(TegrastatsReader):
                 p.kill()
 
 
-@power_sensor("tegrastats", summary="Jetson tegrastats power rails (this machine)", local_only=True)
+@power_sensor("tegrastats", scope="board", order=20, summary="Jetson tegrastats power rails (this machine)", local_only=True)
 def discover_tegrastats(fs: FS, options: dict) -> list[PowerReader]:
     import shutil
 

@@ -48,7 +48,7 @@ class NvmlReader(PowerReader):
         self.lib.nvmlShutdown()
 
 
-@power_sensor("nvml", summary="NVIDIA GPU power/energy via NVML (this machine)", local_only=True)
+@power_sensor("nvml", scope="domain", order=20, summary="NVIDIA GPU power/energy via NVML (this machine)", local_only=True)
 def discover(fs: FS, options: dict) -> list[PowerReader]:
     lib = load_nvml()
     if lib is None:

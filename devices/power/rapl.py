@@ -61,7 +61,7 @@ def rapl_zones(fs: FS) -> list[tuple[str, str]]:
     return psys if psys else top + dram
 
 
-@power_sensor("rapl", summary="Intel/AMD RAPL package/DRAM energy (powercap sysfs)")
+@power_sensor("rapl", scope="domain", order=10, summary="Intel/AMD RAPL package/DRAM energy (powercap sysfs)")
 def discover(fs: FS, options: dict) -> list[PowerReader]:
     zones = rapl_zones(fs)
     return [RaplReader(fs, zones)] if zones else []

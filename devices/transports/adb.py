@@ -16,12 +16,14 @@ from typing import Callable
 
 from edgekit.backends import require
 from edgekit.devices.artifact import Artifact, ChecksumError, sha256_file, verify_files
-from edgekit.devices.transports.base import (RUNNER_PATH, TRANSPORTS, BoardUnreachable,
+from edgekit.devices.remote.archive import runner_archive
+from edgekit.devices.spec import ADBDevice
+from edgekit.devices.transports.base import (TRANSPORTS, BoardUnreachable,
                                              RunStream, parse_single_event, runner_args)
 from edgekit.errors import NotImplementedStageError
 
 
-@TRANSPORTS.register("adb", summary="Android devices over adb (adbutils)")
+@TRANSPORTS.register("adb", spec=ADBDevice, summary="Android devices over adb (adbutils)")
 class ADBTransport:
     local = False
 
@@ -69,13 +71,13 @@ class ADBTransport:
         return got
 
     def _push_runner(self) -> str:
-        digest = sha256_file(RUNNER_PATH)
-        remote = posixpath.join(self.spec.remote_dir, f"runner-{digest[:16]}.py")
+        digest = sha256_file(runner_archive())
+        remote = posixpath.join(self.spec.remote_dir, f"runner-{digest[:16]}.pyz")
         if self._hashes([remote]).get(remote) != digest:
             self._sh(["mkdir", "-p", self.spec.remote_dir])
-            self.dev.sync.push(str(RUNNER_PATH), remote)
+            self.dev.sync.push(str(runner_archive()), remote)
             if self._hashes([remote]).get(remote) != digest:
-                raise ChecksumError(f"device {self.spec.name}: runner.py arrived corrupted")
+                raise ChecksumError(f"device {self.spec.name}: runner.pyz arrived corrupted")
         return remote
 
     def prepare(self, art: Artifact) -> str:

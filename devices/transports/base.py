@@ -1,6 +1,6 @@
 """What every transport provides, and the parser of the runner's JSON-lines event stream.
 
-A transport is a context manager with:
+A transport is a context manager registered in ``TRANSPORTS`` (``@TRANSPORTS.register(name, spec=Model)``) with:
 - ``info() -> dict``: the runner's board description;
 - ``power_fs()``: a file system for the power readers (None if sysfs cannot be read), ``local`` (bool);
 - ``prepare(artifact) -> str``: the artifact directory on the board (pushed, verified, cached);
@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from edgekit.errors import EdgekitError
 from edgekit.registry import Registry
 
-RUNNER_PATH = Path(__file__).resolve().parent.parent / "remote" / "runner.py"
-TRANSPORTS: Registry[type] = Registry("device transport")
+# every public module of edgekit.devices.transports is imported on first lookup; each registers its transport
+# with ``spec=`` the pydantic model of its devices-file entry (edgekit.devices.spec)
+TRANSPORTS: Registry[type] = Registry("device transport", lazy=[("edgekit.devices.transports", "[!_]*")])
 
 
 class BoardUnreachable(EdgekitError):
@@ -100,7 +100,7 @@ class RunStream:
 
 
 def runner_args(opts: dict[str, Any]) -> list[str]:
-    """argv for ``runner.py run`` from profile options (values only ever go into an argv list)."""
+    """argv for ``runner.pyz run`` from profile options (values only ever go into an argv list)."""
     out: list[str] = []
     for key in ("runtime", "provider", "input_name", "input_shape", "batch", "threads", "warmup_runs",
                 "warmup_s", "budget_s", "min_runs", "max_runs", "target_rel_ci", "chunk_s", "seed",

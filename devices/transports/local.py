@@ -10,11 +10,13 @@ from typing import Callable
 
 from edgekit.devices.artifact import Artifact, verify_files
 from edgekit.devices.power.base import LocalFS
-from edgekit.devices.transports.base import (RUNNER_PATH, TRANSPORTS, RunnerFailed, RunStream,
+from edgekit.devices.remote.archive import runner_archive
+from edgekit.devices.spec import LocalDevice
+from edgekit.devices.transports.base import (TRANSPORTS, RunnerFailed, RunStream,
                                              parse_single_event, runner_args)
 
 
-@TRANSPORTS.register("local", summary="this machine, runner in a subprocess")
+@TRANSPORTS.register("local", spec=LocalDevice, summary="this machine, runner in a subprocess")
 class LocalTransport:
     local = True
 
@@ -30,7 +32,7 @@ class LocalTransport:
         return None
 
     def _cmd(self, *args: str) -> list[str]:
-        return [self.python, str(RUNNER_PATH), *args]
+        return [self.python, str(runner_archive()), *args]
 
     def info(self) -> dict:
         try:

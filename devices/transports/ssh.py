@@ -20,7 +20,9 @@ from typing import Callable
 
 from edgekit.backends import require
 from edgekit.devices.artifact import Artifact, ChecksumError, sha256_file, verify_files
-from edgekit.devices.transports.base import (RUNNER_PATH, TRANSPORTS, BoardUnreachable, HostKeyError,
+from edgekit.devices.remote.archive import runner_archive
+from edgekit.devices.spec import SSHDevice
+from edgekit.devices.transports.base import (TRANSPORTS, BoardUnreachable, HostKeyError,
                                              RunnerFailed, RunStream, parse_single_event, runner_args)
 from edgekit.errors import UserInputError
 
@@ -66,7 +68,7 @@ class SFTPFS:
         return True
 
 
-@TRANSPORTS.register("ssh", summary="boards over SSH (paramiko)")
+@TRANSPORTS.register("ssh", spec=SSHDevice, summary="boards over SSH (paramiko)")
 class SSHTransport:
     local = False
 
@@ -202,17 +204,17 @@ class SSHTransport:
     def runner_path(self) -> str:
         if self._runner is not None:
             return self._runner
-        digest = sha256_file(RUNNER_PATH)
-        remote = posixpath.join(self.cache_dir, f"runner-{digest[:16]}.py")
+        digest = sha256_file(runner_archive())
+        remote = posixpath.join(self.cache_dir, f"runner-{digest[:16]}.pyz")
         if self.remote_hashes([remote]).get(remote) == digest:
             self._runner = remote
             return remote
         tmp = remote + f".tmp-{uuid.uuid4().hex[:8]}"
         try:
-            self._upload(str(RUNNER_PATH), tmp)
+            self._upload(str(runner_archive()), tmp)
             got = self.remote_hashes([tmp]).get(tmp)
             if got != digest:
-                raise ChecksumError(f"device {self.spec.name}: runner.py arrived corrupted (sha256 {got})")
+                raise ChecksumError(f"device {self.spec.name}: runner.pyz arrived corrupted (sha256 {got})")
             self.sftp.posix_rename(tmp, remote)
         finally:
             try:

@@ -63,22 +63,25 @@ def register(app: typer.Typer) -> None:
             results = profile_many(art, specs, opts)
             written = {}
             for name, res in results.items():
-                if isinstance(res, dict):
+                if not isinstance(res, Exception):
                     target = base if (out and len(specs) == 1) else base / f"{art.name}-{name}"
                     written[name] = str(write_profile(res, target, force=force, plots=not no_plots))
             if json_:
-                emit_json({n: (r if isinstance(r, dict) else {"status": "error", "error": str(r)})
+                emit_json({n: (r.to_dict() if not isinstance(r, Exception) else {"status": "error", "error": str(r)})
                            | ({"out_dir": written[n]} if n in written else {}) for n, r in results.items()})
             else:
                 console().print(render_table(results))
                 for name, res in results.items():
-                    if isinstance(res, dict):
-                        if res["power_w"] is None:
-                            console().print(f"{name}: {res['power_status']}")
-                        for ev in (res.get("thermal") or {}).get("events", []):
+                    if not isinstance(res, Exception):
+                        if res.emulated:
+                            console().print(f"{name}: [yellow]emulated board[/]: its latency is emulated, not "
+                                            "comparable with native numbers")
+                        if res.power_w is None:
+                            console().print(f"{name}: {res.power_status}")
+                        for ev in (res.thermal or {}).get("events", []):
                             console().print(f"{name}: [yellow]{ev}[/]")
-                        if res["error"]:
-                            console().print(f"{name}: [yellow]{res['status']}[/]: {res['error']}")
+                        if res.error:
+                            console().print(f"{name}: [yellow]{res.status}[/]: {res.error}")
                         console().print(f"{name}: wrote [bold]{written[name]}[/]")
             errors = [r for r in results.values() if isinstance(r, EdgekitError)]
             if errors:
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
                 for e in errors:
                     err.print(f"[bold red]error:[/] {e}")
                 raise EdgekitError(f"{len(errors)} of {len(results)} devices failed")
-            if any(r["status"] != "ok" for r in results.values()):
+            if any(r.status != "ok" for r in results.values()):
                 raise EdgekitError("a run did not finish; partial samples were kept in profile.json")
 
         run(body)
