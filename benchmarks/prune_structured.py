@@ -16,7 +16,8 @@ import torch
 import edgekit.models as zoo
 from benchmarks._report import command_line, machine_note, markdown_table, write_section
 from edgekit.data import load_data
-from edgekit.prune.structured import count_macs, count_params, prune
+from edgekit.metrics import count_macs, count_params
+from edgekit.prune.structured import prune
 from edgekit.training import evaluate, train
 
 IGNORE = ["head*", "fc", "classifier*"]
@@ -58,7 +59,7 @@ def main() -> None:
     x224 = torch.randn(1, 3, 224, 224)
     for name in args.models.split(","):
         dense = zoo.create(name, pretrained=False, size="224")
-        base = {"macs": count_macs(dense, (x224,)), "params": count_params(dense),
+        base = {"macs": count_macs(dense, x224), "params": count_params(dense),
                 "ort": _lat(dense, x224, "onnxruntime"), "ov": _lat(dense, x224, "openvino")}
         for ratio in (0.3, 0.5):
             t0 = time.perf_counter()
@@ -75,7 +76,7 @@ def main() -> None:
                 if tpm is not None:
                     tp_rows.append([name, f"{ratio:.0%}", "edgekit", mac_r, rep["params"]["after"] / base["params"],
                                     ort / base["ort"], ov / base["ov"]])
-                    tm = count_macs(tpm, (x224,)) / base["macs"]
+                    tm = count_macs(tpm, x224) / base["macs"]
                     tp_rows.append([name, f"{ratio:.0%}", "torch-pruning 1.6", tm, count_params(tpm) / base["params"],
                                     _lat(tpm, x224, "onnxruntime") / base["ort"], _lat(tpm, x224, "openvino") / base["ov"]])
                     print(tp_rows[-2:], flush=True)

@@ -16,15 +16,15 @@ graph never looks inside a handled layer. Register a handler for your own layer 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from edgekit.ops.convbn import ConvBN
 from edgekit.ops.transformer import Attention
+from edgekit.prune.slots import Coupling, Depthwise, Grouped, Independent, Same, Side
 
-Coupling = Any  # None | "same" | ("depthwise", multiplier) | ("grouped", groups)
 Get = Callable[[torch.Tensor], torch.Tensor]
 
 _HANDLERS: dict[type, "Handler"] = {}
@@ -85,11 +85,11 @@ class Handler:
     def out_dim(self, m: nn.Module) -> int:
         return 1
 
-    def channels(self, m: nn.Module, side: str) -> int:
+    def channels(self, m: nn.Module, side: Side) -> int:
         raise NotImplementedError
 
     def coupling(self, m: nn.Module) -> Coupling:
-        return None
+        return Independent()
 
     def internal_units(self, m: nn.Module) -> int:
         return 0
@@ -109,24 +109,35 @@ class Handler:
     def zero_internal(self, m: nn.Module, idx: Sequence[int]) -> None:
         raise NotImplementedError
 
-    def tensors(self, m: nn.Module, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
+    def tensors(self, m: nn.Module, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
         return []
 
-    def is_norm(self, m: nn.Module) -> bool:
-        return False
+    def norm_tensors(self, m: nn.Module, get: Get) -> list[tuple[torch.Tensor, int]]:
+        """The per-channel scales of a normalisation the layer applies (for ``bn_gamma`` importance)."""
+        return []
+
+    def prune(self, m: nn.Module, side: Side, idx: Sequence[int]) -> None:
+        {Side.OUT: self.prune_out, Side.IN: self.prune_in, Side.INTERNAL: self.prune_internal}[side](m, idx)
+
+    def zero(self, m: nn.Module, side: Side, idx: Sequence[int]) -> None:
+        """Zero what produces the indices (inputs are not zeroed: they follow their producers)."""
+        if side is Side.OUT:
+            self.zero_out(m, idx)
+        elif side is Side.INTERNAL:
+            self.zero_internal(m, idx)
 
 
 @register_handler(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvHandler(Handler):
-    def channels(self, m: nn.Conv2d, side: str) -> int:
-        return m.out_channels if side == "out" else m.in_channels
+    def channels(self, m: nn.Conv2d, side: Side) -> int:
+        return m.out_channels if side is Side.OUT else m.in_channels
 
     def coupling(self, m: nn.Conv2d) -> Coupling:
         if m.groups == 1:
-            return None
+            return Independent()
         if m.groups == m.in_channels:
-            return ("depthwise", m.out_channels // m.in_channels)
-        return ("grouped", m.groups)
+            return Depthwise(m.out_channels // m.in_channels)
+        return Grouped(m.groups)
 
     def prune_out(self, m: nn.Conv2d, idx: Sequence[int]) -> None:
         keep = _keep(m.out_channels, idx)
@@ -155,9 +166,9 @@ class ConvHandler(Handler):
             if m.bias is not None:
                 m.bias[list(idx)] = 0
 
-    def tensors(self, m: nn.Conv2d, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
+    def tensors(self, m: nn.Conv2d, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
         w = get(m.weight)
-        if side == "out":
+        if side is Side.OUT:
             out = [(w, 0)]
             if m.bias is not None:
                 out.append((get(m.bias), 0))
@@ -177,8 +188,8 @@ class LinearHandler(Handler):
     def out_dim(self, m: nn.Linear) -> int:
         return -1
 
-    def channels(self, m: nn.Linear, side: str) -> int:
-        return m.out_features if side == "out" else m.in_features
+    def channels(self, m: nn.Linear, side: Side) -> int:
+        return m.out_features if side is Side.OUT else m.in_features
 
     def prune_out(self, m: nn.Linear, idx: Sequence[int]) -> None:
         keep = _keep(m.out_features, idx)
@@ -197,19 +208,19 @@ class LinearHandler(Handler):
             if m.bias is not None:
                 m.bias[list(idx)] = 0
 
-    def tensors(self, m: nn.Linear, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
-        if side == "out":
+    def tensors(self, m: nn.Linear, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
+        if side is Side.OUT:
             return [(get(m.weight), 0)] + ([(get(m.bias), 0)] if m.bias is not None else [])
         return [(get(m.weight), 1)]
 
 
 @register_handler(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d)
 class BatchNormHandler(Handler):
-    def channels(self, m: nn.BatchNorm2d, side: str) -> int:
+    def channels(self, m: nn.BatchNorm2d, side: Side) -> int:
         return m.num_features
 
     def coupling(self, m: nn.Module) -> Coupling:
-        return "same"
+        return Same()
 
     def prune_out(self, m: nn.BatchNorm2d, idx: Sequence[int]) -> None:
         keep = _keep(m.num_features, idx)
@@ -227,11 +238,11 @@ class BatchNormHandler(Handler):
             else:
                 raise ValueError("cannot zero channels of a non-affine BatchNorm")
 
-    def tensors(self, m: nn.BatchNorm2d, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
+    def tensors(self, m: nn.BatchNorm2d, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
         return [(get(m.weight), 0)] if m.affine else []
 
-    def is_norm(self, m: nn.Module) -> bool:
-        return True
+    def norm_tensors(self, m: nn.Module, get: Get) -> list[tuple[torch.Tensor, int]]:
+        return self.tensors(m, Side.OUT, get)
 
 
 @register_handler(nn.LayerNorm)
@@ -243,7 +254,7 @@ class LayerNormHandler(BatchNormHandler):
 
     out_dim = in_dim
 
-    def channels(self, m: nn.LayerNorm, side: str) -> int:
+    def channels(self, m: nn.LayerNorm, side: Side) -> int:
         if len(m.normalized_shape) != 1:
             raise ValueError("LayerNorm over several dimensions is not prunable")
         return m.normalized_shape[0]
@@ -262,7 +273,7 @@ class LayerNormHandler(BatchNormHandler):
             if m.bias is not None:
                 m.bias[list(idx)] = 0
 
-    def tensors(self, m: nn.LayerNorm, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
+    def tensors(self, m: nn.LayerNorm, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
         return [(get(m.weight), 0)] if m.weight is not None else []
 
 
@@ -272,7 +283,7 @@ _conv, _bn = ConvHandler(), BatchNormHandler()
 
 @register_handler(ConvBN)
 class ConvBNHandler(Handler):
-    def channels(self, m: ConvBN, side: str) -> int:
+    def channels(self, m: ConvBN, side: Side) -> int:
         return _conv.channels(m.conv, side)
 
     def coupling(self, m: ConvBN) -> Coupling:
@@ -291,12 +302,12 @@ class ConvBNHandler(Handler):
         if m.bn is not None:
             _bn.zero_out(m.bn, idx)
 
-    def tensors(self, m: ConvBN, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
+    def tensors(self, m: ConvBN, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
         out = _conv.tensors(m.conv, side, get)
-        return out + (_bn.tensors(m.bn, side, get) if side == "out" and m.bn is not None else [])
+        return out + (_bn.tensors(m.bn, side, get) if side is Side.OUT and m.bn is not None else [])
 
     def norm_tensors(self, m: ConvBN, get: Get) -> list[tuple[torch.Tensor, int]]:
-        return _bn.tensors(m.bn, "out", get) if m.bn is not None else []
+        return _bn.tensors(m.bn, Side.OUT, get) if m.bn is not None else []
 
 @register_handler(Attention)
 class AttentionHandler(Handler):
@@ -307,8 +318,8 @@ class AttentionHandler(Handler):
 
     out_dim = in_dim
 
-    def channels(self, m: Attention, side: str) -> int:
-        return m.proj.out_features if side == "out" else m.qkv.in_features
+    def channels(self, m: Attention, side: Side) -> int:
+        return m.proj.out_features if side is Side.OUT else m.qkv.in_features
 
     def internal_units(self, m: Attention) -> int:
         return m.num_heads
@@ -335,10 +346,10 @@ class AttentionHandler(Handler):
     def zero_internal(self, m: Attention, idx: Sequence[int]) -> None:
         LinearHandler().zero_out(m.qkv, self._qkv_rows(m, idx))
 
-    def tensors(self, m: Attention, side: str, get: Get) -> list[tuple[torch.Tensor, int]]:
-        if side == "in":
+    def tensors(self, m: Attention, side: Side, get: Get) -> list[tuple[torch.Tensor, int]]:
+        if side is Side.IN:
             return [(get(m.qkv.weight), 1)]
-        if side == "out":
+        if side is Side.OUT:
             return [(get(m.proj.weight), 0)]
         h, hd = m.num_heads, m.head_dim
         w = get(m.qkv.weight).reshape(3, h, hd, -1).transpose(0, 1).reshape(h, -1)

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgekit.prune.handlers import find_handler
+from edgekit.ops.transformer import Attention
+from edgekit.prune.slots import Side
 from edgekit.registry import Registry
 
 Criterion = Callable[[Any, Any, dict], np.ndarray]
@@ -32,16 +33,9 @@ def register_importance(name: str, needs_data: bool = False, summary: str = ""):
     return IMPORTANCE.register(name, needs_data=needs_data, summary=summary)
 
 
-def _slot_vectors(graph, slot_key: tuple, get) -> list[torch.Tensor]:
-    """Per-index tensors (index along dim 0, flattened rest) of one (kind, name, side) slot family."""
-    kind, name, side = slot_key
-    if kind == "module":
-        m = graph.modules[name]
-        pairs = find_handler(type(m)).tensors(m, side, get)
-    else:
-        owner, _, attr = name.rpartition(".")
-        p = getattr(graph.gm.get_submodule(owner) if owner else graph.gm, attr)
-        pairs = [(get(p), side)]
+def _slot_vectors(graph, family: tuple, get) -> list[torch.Tensor]:
+    """Per-index tensors (index along dim 0, flattened rest) of one slot family."""
+    pairs = graph.slot_tensors(family, get)
     return [t.detach().movedim(d, 0).reshape(t.shape[d], -1).float() for t, d in pairs]
 
 
@@ -52,14 +46,14 @@ def _unit_scores(graph, group, reduce: Callable[[torch.Tensor], torch.Tensor], g
     for ui, u in enumerate(group.units):
         total = 0.0
         for s in u.slots:
-            key = s[:3]
+            key = s.family
             if not keys(key):
                 continue
             if key not in cache:
                 cache[key] = [reduce(v) for v in _slot_vectors(graph, key, get)]
             for vec in cache[key]:
-                if s[3] < len(vec):
-                    total += float(vec[s[3]])
+                if s.index < len(vec):
+                    total += float(vec[s.index])
         scores[ui] = total
     return scores
 
@@ -74,30 +68,16 @@ def l2(graph, group, ctx: dict) -> np.ndarray:
     return _unit_scores(graph, group, lambda v: v.pow(2).sum(1))
 
 
-def _is_norm_slot(graph, key: tuple) -> bool:
-    if key[0] != "module" or key[2] != "out":
-        return False
-    m = graph.modules[key[1]]
-    h = find_handler(type(m))
-    return h.is_norm(m) or hasattr(h, "norm_tensors")
-
-
 @register_importance("bn_gamma", summary="|gamma| of the unit's BatchNorm/LayerNorm channels (network slimming)")
 def bn_gamma(graph, group, ctx: dict) -> np.ndarray:
-    def norm_vecs(key):
-        m = graph.modules[key[1]]
-        h = find_handler(type(m))
-        pairs = h.norm_tensors(m, lambda p: p) if hasattr(h, "norm_tensors") else h.tensors(m, "out", lambda p: p)
-        return pairs
-
-    if not any(_is_norm_slot(graph, s[:3]) for s in group.units[0].slots):
+    if not any(graph.is_norm_scale(s) for s in group.units[0].slots):
         return l1(graph, group, ctx)
     scores = np.zeros(len(group.units))
     for ui, u in enumerate(group.units):
         for s in u.slots:
-            if _is_norm_slot(graph, s[:3]):
-                for t, d in norm_vecs(s[:3]):
-                    scores[ui] += float(t.detach().abs().select(d, s[3]).sum())
+            if graph.is_norm_scale(s):
+                for t, d in graph.norm_tensors(s):
+                    scores[ui] += float(t.detach().abs().select(d, s.index).sum())
     return scores
 
 
@@ -122,18 +102,24 @@ def dimap_scores(w: torch.Tensor) -> torch.Tensor:
     return out.reshape(w.shape)
 
 
-def _module_kind(graph, key: tuple) -> str:
-    if key[0] != "module":
-        return "aux"
-    m = graph.modules[key[1]]
-    name = key[1].lower()
-    if key[2] == "internal" or "qkv" in name or name.endswith(("q", "k", "v")):
+def _module_kind(graph, family: tuple) -> str:
+    """qkv / proj / mlp / aux, from the layer's name (DIMAP ranks within each kind)."""
+    name = str(family[0]).lower()
+    if isinstance(family[1], Side):  # a handled layer
+        if family[1] is Side.INTERNAL or isinstance(graph.modules[family[0]], Attention):
+            return "qkv"
+        layer = name
+    else:  # a parameter: classify its owner
+        if "in_proj" in name:
+            return "qkv"
+        layer = name.rsplit(".", 1)[0]
+    if "qkv" in layer or layer.endswith(("q", "k", "v", "query", "key", "value")):
         return "qkv"
-    if "proj" in name and "attn" in name:
+    if ("proj" in layer and "attn" in layer) or layer.endswith(("out_proj", "attention.output.dense")):
         return "proj"
-    if any(t in name for t in ("mlp", "fc1", "fc2", "ffn")):
+    if any(t in layer for t in ("mlp", "fc1", "fc2", "ffn", "intermediate", "output.dense")):
         return "mlp"
-    return "aux" if type(m).__name__ != "Attention" else "qkv"
+    return "aux"
 
 
 @register_importance("dimap", summary="DIMAP data-free module-aware criterion (transformer blocks)")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import UserInputError
-from edgekit.prune.handlers import find_handler
+from edgekit.prune.slots import LayerSlot, Side
 from edgekit.prune.structured import make_plan, prune
 
 
@@ -68,13 +68,16 @@ def masksparsity(
     graph = plan.graph
     masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for u in plan.remove:
-        for kind, name, side, idx in u.slots:
-            if kind != "module" or side != "out":
+        for s in u.slots:
+            if s.side is not Side.OUT:
                 continue
-            g = _gamma(graph.modules[name])
-            if g is None or find_handler(type(graph.modules[name])) is None:
-                continue
-            masks.setdefault(id(g), (g, torch.zeros_like(g)))[1][idx] = 1.0
+            if isinstance(s, LayerSlot):
+                g = _gamma(graph.modules[s.layer])
+            else:  # a parameter slot: the scale of a BatchNorm read by the graph
+                owner = graph.modules.get(s.layer)
+                g = _gamma(owner) if s.param.endswith(".weight") and isinstance(owner, nn.modules.batchnorm._BatchNorm) else None
+            if g is not None:
+                masks.setdefault(id(g), (g, torch.zeros_like(g)))[1][s.index] = 1.0
     pairs = list(masks.values())
     before = float(sum((p.detach().abs() * m).sum() for p, m in pairs)) if pairs else 0.0
     handles = _l1_hooks(pairs, strength)

@@ -5,13 +5,15 @@
 ``ratio`` is the fraction of units (channels / heads) removed in every group (per-layer mode) or across all
 groups after normalising each group's scores by its mean (``global_pruning``; no group loses more than
 ``max_group_ratio``). ``round_to`` keeps every channel group's count at a multiple of it where possible (heads
-are counted as units and not rounded). The model returned is a plain dense ``nn.Module``: the edited copy when
-its own forward still runs, otherwise the rewritten ``torch.fx.GraphModule``.
+are counted as units and not rounded). The model returned is a plain dense ``nn.Module``: the user's class,
+edited, when its own forward still runs, otherwise the rewritten graph module (``report["model_kind"]``).
+
+The graph is captured with ``torch.fx`` when the model traces, else with ``torch.export``
+(``report["capture"]``); see :mod:`edgekit.prune.depgraph`.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from dataclasses import dataclass
@@ -23,23 +25,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.errors import UserInputError
-from edgekit.metrics import count_macs as _count_macs
-from edgekit.metrics import count_params, torch_latency
-from edgekit.prune.graph import DependencyGraph, Group, Unit
-from edgekit.prune.handlers import find_handler
+from edgekit.metrics import count_macs, count_params, torch_latency
+from edgekit.prune.apply import zero_units
+from edgekit.prune.capture import tensor_leaves
+from edgekit.prune.depgraph import DependencyGraph
 from edgekit.prune.importance import IMPORTANCE
+from edgekit.prune.slots import Group, Unit
 
 
 @dataclass
-class Plan:
+class PrunePlan:
+    """The units chosen for removal from one dependency graph (nothing is removed yet)."""
+
     graph: DependencyGraph
     remove: list[Unit]
     scores: dict[int, float]  # unit root -> normalised importance
     per_group: list[dict[str, Any]]
-
-
-def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
-    return _count_macs(model, example_inputs[0])
 
 
 def torch_latency_ms(model: nn.Module, example_inputs: Sequence[torch.Tensor], runs: int = 20, warmup: int = 3) -> float:
@@ -55,7 +56,7 @@ def _accumulate_grads(graph: DependencyGraph, data, batches: int = 4, batch_size
     for i, (xb, yb) in enumerate(data.train.batches(batch_size, shuffle=True, seed=0)):
         if i >= batches:
             break
-        F.cross_entropy(model(xb), yb).backward()
+        F.cross_entropy(tensor_leaves(model(xb))[0], yb).backward()
 
 
 def _round_keep(n: int, keep: int, round_to: int) -> int:
@@ -83,7 +84,7 @@ def make_plan(
     max_group_ratio: float = 0.9,
     ratios: dict[str, float] | None = None,
     criterion=None,
-) -> Plan:
+) -> PrunePlan:
     """Build the dependency graph and choose the units to remove (nothing is removed yet)."""
     if not 0.0 <= ratio < 1.0:
         raise UserInputError(f"prune: ratio {ratio} must be in [0, 1)")
@@ -121,7 +122,7 @@ def make_plan(
                 count += 1
         for gi, (g, s) in enumerate(scored):
             n = len(g.units)
-            rounding = round_to if not _has_internal(g) else 1
+            rounding = round_to if not g.is_heads else 1
             keep = _round_keep(n, n - len(chosen[gi]), rounding)
             order = [ui for ui in np.argsort(s, kind="stable")]
             drop = [ui for ui in order if ui in set(chosen[gi])][: n - keep]
@@ -130,15 +131,11 @@ def make_plan(
         for g, s in scored:
             n = len(g.units)
             r = min(_group_ratio(g, ratio, ratios), max_group_ratio)
-            rounding = round_to if not _has_internal(g) else 1
+            rounding = round_to if not g.is_heads else 1
             keep = _round_keep(n, n - int(math.floor(r * n)), rounding)
             drop = list(np.argsort(s, kind="stable")[: n - keep])
             _emit(g, s, drop, remove, scores, per_group)
-    return Plan(graph, remove, scores, per_group)
-
-
-def _has_internal(g: Group) -> bool:
-    return any(k[2] == "internal" for k in g.key)
+    return PrunePlan(graph, remove, scores, per_group)
 
 
 def _emit(g: Group, s: np.ndarray, drop, remove, scores, per_group) -> None:
@@ -146,36 +143,7 @@ def _emit(g: Group, s: np.ndarray, drop, remove, scores, per_group) -> None:
         scores[u.root] = float(s[ui])
     remove.extend(g.units[int(ui)] for ui in drop)
     per_group.append({"layers": g.layers, "units": len(g.units), "removed": len(drop),
-                      "kind": "heads" if _has_internal(g) else "channels"})
-
-
-def zero_units(model: nn.Module, units: Sequence[Unit]) -> nn.Module:
-    """A copy of ``model`` (the dense original) with the units' producing channels / heads set to zero.
-
-    Zeroes conv/linear output rows and biases, BN/LayerNorm gamma and beta, attention heads' q/k/v rows and
-    every parameter slot (e.g. class token, position embedding). With a per-channel norm (BatchNorm) or none,
-    the removed channels then contribute nothing, so the output equals the pruned model's (before fine-tuning).
-    """
-    model = copy.deepcopy(model).eval()
-    mods = dict(model.named_modules())
-    per: dict[tuple, set[int]] = {}
-    for u in units:
-        for s in u.slots:
-            per.setdefault(s[:3], set()).add(s[3])
-    with torch.no_grad():
-        for (kind, name, side), idx in per.items():
-            idx = sorted(idx)
-            if kind == "module":
-                if side == "in":
-                    continue
-                m = mods[name]
-                h = find_handler(type(m))
-                (h.zero_internal if side == "internal" else h.zero_out)(m, idx)
-            else:
-                owner, _, attr = name.rpartition(".")
-                t = getattr(model.get_submodule(owner) if owner else model, attr)
-                t.index_fill_(side, torch.tensor(idx, dtype=torch.long), 0.0)
-    return model
+                      "kind": "heads" if g.is_heads else "channels"})
 
 
 def prune(
@@ -190,7 +158,7 @@ def prune(
     max_group_ratio: float = 0.9,
     ratios: dict[str, float] | None = None,
     measure_latency: bool = False,
-    plan: Plan | None = None,
+    plan: PrunePlan | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``."""
     example_inputs = tuple(example_inputs)
@@ -198,16 +166,12 @@ def prune(
     if plan is None:
         plan = make_plan(model, example_inputs, ratio, importance, global_pruning, round_to, ignore, data,
                          max_group_ratio, ratios)
-    params0, macs0 = count_params(model), count_macs(model, example_inputs)
+    params0, macs0 = count_params(model), count_macs(model, example_inputs[0])
     lat0 = torch_latency_ms(model, example_inputs) if measure_latency else None
     new, info = plan.graph.prune(plan.remove)
     new.eval()
-    params1, macs1 = count_params(new), count_macs(new, example_inputs)
+    params1, macs1 = count_params(new), count_macs(new, example_inputs[0])
     lat1 = torch_latency_ms(new, example_inputs) if measure_latency else None
-    per_layer: dict[str, dict[str, int]] = {}
-    for key, n in info["removed"].items():
-        layer, _, side = key.rpartition(".")
-        per_layer.setdefault(layer, {})[side] = n
     report = {
         "ratio": ratio,
         "importance": importance,
@@ -217,14 +181,17 @@ def prune(
         "macs": {"before": macs0, "after": macs1, "ratio": macs1 / max(1, macs0)},
         "latency_ms_torch": None if lat0 is None else {"before": lat0, "after": lat1, "ratio": lat1 / lat0},
         "groups": plan.per_group,
-        "removed_per_layer": per_layer,
+        "removed_per_layer": info.removed,
         "units_removed": len(plan.remove),
         "units_total": sum(g["units"] for g in plan.per_group),
-        "model_type": info["module"],
-        "graph_rewrites": info["graph_rewrites"],
+        "capture": info.capture.value,
+        "model_kind": info.model_kind.value,
+        "model_type": info.model_type,
+        "attribute_updates": info.attribute_updates,
+        "graph_rewrites": info.graph_rewrites,
         "frozen_notes": sorted(set(plan.graph.frozen_reasons))[:20],
     }
     return new, report
 
 
-__all__ = ["prune", "make_plan", "zero_units", "Plan", "count_params", "count_macs"]
+__all__ = ["prune", "make_plan", "zero_units", "PrunePlan"]

@@ -11,8 +11,10 @@ from torch import nn
 
 import edgekit.models as zoo
 from edgekit.errors import UserInputError
-from edgekit.prune.graph import DependencyGraph
-from edgekit.prune.structured import make_plan, prune, zero_units
+from edgekit.prune.depgraph import DependencyGraph
+from edgekit.prune.slots import Side
+from edgekit.prune.apply import zero_units
+from edgekit.prune.structured import make_plan, prune
 from tests.models import my_resnet, my_vit
 from tests.prune_models import Branchy, TinyTransformer
 
@@ -66,7 +68,7 @@ def test_third_party_resnet_equals_zeroed_and_exports():
     stem_group = next(g for g in graph.groups if "conv1" in g.layers and "layers.0.conv2" in g.layers)
     removed = [u for u in plan.remove if u in stem_group.units]
     for u in removed:
-        outs = {s[1]: s[3] for s in u.slots if s[2] == "out"}
+        outs = {s.layer: s.index for s in u.slots if s.side is Side.OUT}
         assert len(set(outs.values())) == 1 and {"conv1", "bn1", "layers.0.conv2", "layers.0.bn2"} <= set(outs)
     torch.export.export(new, (X,))
 

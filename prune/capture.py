@@ -1,0 +1,135 @@
+"""Graph capture for the dependency graph: ``torch.fx`` with handler leaves as the fast path, ``torch.export``
+(non-strict, with the pipeline's example inputs) for every model fx cannot trace.
+
+The exported program is unlifted (``ExportedProgram.module()``): parameters are ``get_attr`` nodes named by
+their qualified names in the user's model and every node keeps ``meta["nn_module_stack"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
+
+from edgekit.errors import UserInputError
+from edgekit.prune.handlers import find_handler
+
+
+class CaptureMethod(Enum):
+    FX = "torch.fx"
+    EXPORT = "torch.export"
+
+
+class CaptureError(UserInputError):
+    """Neither torch.fx nor torch.export could capture the model."""
+
+
+@dataclass
+class CapturedGraph:
+    gm: fx.GraphModule
+    method: CaptureMethod
+    inputs: tuple[torch.Tensor, ...]  # the example the shapes were propagated with
+    prefix: str = ""  # qualified names in ``gm`` = prefix + names in the user's model
+    fx_error: str | None = None  # why the fast path was not taken
+    dynamic_batch: bool = False
+
+
+class _HandlerLeafTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return find_handler(type(m)) is not None or super().is_leaf_module(m, qualname)
+
+
+def trace_with_handlers(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace in which every module with a registered pruning handler is a leaf."""
+    tracer = _HandlerLeafTracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (tensor, tuple, list, dict, dataclass or ModelOutput), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [t for f in dataclasses.fields(out) for t in tensor_leaves(getattr(out, f.name))]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in tensor_leaves(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in tensor_leaves(v)]
+    return []
+
+
+class _TensorLeaves(nn.Module):
+    """Returns the model's output tensors as a flat tuple (outputs torch.export cannot flatten itself)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor_leaves(self.model(*args)))
+
+
+def _pytree_only(out: Any) -> bool:
+    return all(isinstance(leaf, torch.Tensor) or leaf is None for leaf in pytree.tree_leaves(out))
+
+
+def _batch_of_two(example_inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
+
+
+def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str, tuple, bool]:
+    """``torch.export`` (non-strict) with a dynamic batch where the model allows it (a batch of 1 is doubled so
+    the batch is not specialised), else at the example's shapes.
+
+    Returns ``(unlifted graph module, name prefix, the inputs it was captured with, dynamic batch?)``.
+    """
+    with torch.no_grad():
+        out = model(*example_inputs)
+    root, prefix = (model, "") if _pytree_only(out) else (_TensorLeaves(model), "model.")
+    two = _batch_of_two(example_inputs)
+    auto = torch.export.Dim.AUTO
+    try:
+        gm = torch.export.export(root, two, dynamic_shapes=tuple({0: auto} for _ in two), strict=False).module()
+        with torch.no_grad():
+            gm(*(torch.cat([x, x[:1]]) for x in two))  # the batch really is dynamic (not specialised to 2)
+        return gm, prefix, two, True
+    except Exception:  # noqa: BLE001 - a model that needs a static batch: capture it at the example's shapes
+        pass
+    try:
+        ep = torch.export.export(root, tuple(example_inputs), strict=False)
+    except Exception as exc:  # noqa: BLE001 - report any capture failure in user terms
+        raise CaptureError(
+            f"structured pruning could not capture {type(model).__name__} with torch.export: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    return ep.module(), prefix, tuple(example_inputs), False
+
+
+def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor], method: CaptureMethod | None = None) -> CapturedGraph:
+    """Capture ``model`` (fx first unless ``method`` says otherwise) and propagate the example's shapes."""
+    fx_error = None
+    if method in (None, CaptureMethod.FX):
+        try:
+            gm = trace_with_handlers(model)
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*example_inputs)
+            return CapturedGraph(gm, CaptureMethod.FX, tuple(example_inputs))
+        except Exception as exc:  # noqa: BLE001 - any fx failure sends the model to torch.export
+            fx_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if method is CaptureMethod.FX:
+                raise CaptureError(f"torch.fx cannot trace {type(model).__name__}: {fx_error}") from None
+    gm, prefix, inputs, dynamic = export_graph(model, example_inputs)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    return CapturedGraph(gm, CaptureMethod.EXPORT, inputs, prefix, fx_error, dynamic)
+
+
+__all__ = ["CaptureMethod", "CaptureError", "CapturedGraph", "capture", "export_graph", "trace_with_handlers",
+           "tensor_leaves"]
