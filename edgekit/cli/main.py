@@ -12,6 +12,7 @@ import typer
 from edgekit.cli import devices as devices_cli
 from edgekit.cli import export as export_cli
 from edgekit.cli import profile as profile_cli
+from edgekit.cli import sweep as sweep_cli
 from edgekit.cli._common import FORCE_OPTION, JSON_OPTION, console, emit_json, esc, fmt_num, run, set_verbose
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ def compress(
     def body():
         from pathlib import Path
 
+        from edgekit.artifacts import check_writable
         from edgekit.loading import load_model
         from edgekit.pipeline import compress as do_compress
         from edgekit.pipeline import default_out_dir
@@ -68,6 +70,7 @@ def compress(
         rec = load_recipe(recipe, set_)  # validates before any work
         loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
         out_dir = Path(out) if out else default_out_dir(loaded.name, rec)
+        check_writable(out_dir, force)  # refuse a bad --out before loading data or running anything
         result = do_compress(loaded, rec, data, out=out_dir, force=force, latency=not no_latency, seed=seed)
         if json_:
             emit_json({**result.report.to_dict(), "out_dir": str(out_dir)})
@@ -254,6 +257,7 @@ def inspect(
 export_cli.register(app)
 profile_cli.register(app)
 devices_cli.register(app)
+sweep_cli.register(app)
 
 
 def cli(argv: list[str] | None = None) -> int:

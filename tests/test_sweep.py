@@ -1,0 +1,106 @@
+"""`edgekit sweep`: every cell runs, steps are cached by content, failures are recorded, results are ranked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekit.errors import UserInputError
+from edgekit.sweep import SweepCell, SweepResult, pareto, parse_size, ranked, sweep
+
+FAST = ["quantize.calibration.samples=32"]
+
+
+def _cell(recipe, acc, lat, size=1000, energy=None, state="works", drop=0.0):
+    return SweepCell(recipe=recipe, target="onnx", device="local", state=state, accuracy=acc, latency_ms=lat,
+                     file_bytes=size, energy_mj=energy, accuracy_drop_pt=drop)
+
+
+def test_pareto_front_and_ranking_under_constraints():
+    cells = [_cell("a", 0.99, 2.0), _cell("b", 0.98, 1.0, drop=0.6), _cell("c", 0.97, 1.5),  # c is dominated by b
+             _cell("d", 0.995, 3.0, size=5_000_000), _cell("e", None, None, state="failed")]
+    assert [c.recipe for c in pareto(cells, "latency_ms")] == ["b", "a", "d"]
+    assert [c.recipe for c in ranked(cells, "latency")] == ["b", "c", "a", "d"]
+    assert [c.recipe for c in ranked(cells, "latency", max_drop=0.5)] == ["c", "a", "d"]
+    assert [c.recipe for c in ranked(cells, "latency", max_size=parse_size("4MB"))] == ["b", "c", "a"]
+    assert ranked(cells, "energy") == []  # nothing measured energy: nothing to rank, not a guess
+    with pytest.raises(UserInputError, match="--objective 'speed'"):
+        ranked(cells, "speed")
+
+
+@pytest.mark.parametrize("text, expected", [("4MB", 4_000_000), ("512KB", 512_000), ("2MiB", 2 * 1024**2), ("100", 100)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1MB", "4XB", "MB", "0"])
+def test_parse_size_rejects(text):
+    with pytest.raises(UserInputError, match="--max-size"):
+        parse_size(text)
+
+
+def test_bad_grid_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "sw"
+    with pytest.raises(UserInputError, match="unknown export target 'tflite'"):
+        sweep("convnet", "int8", "onnx,tflite", out=out)
+    with pytest.raises(UserInputError, match="unknown device 'pi9'"):
+        sweep("convnet", "int8", "onnx", "local,pi9", out=out)
+    with pytest.raises(UserInputError, match="unknown recipe|not a built-in recipe|no-such-recipe"):
+        sweep("convnet", "no-such-recipe", "onnx", out=out)
+    with pytest.raises(UserInputError, match="--set 'prune.ratio=0.3': no recipe of the sweep has that stage"):
+        sweep("convnet", "int8", "onnx", out=out, overrides=["prune.ratio=0.3"])
+    assert not out.exists()
+
+
+def test_out_that_is_not_a_sweep_is_refused(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match="not an edgekit sweep directory"):
+        sweep("convnet", "int8", "onnx", out=tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_sweep_runs_caches_extends_and_survives_a_failed_cell(tmp_path):
+    out = tmp_path / "sw"
+    first = sweep("convnet", "int8,bivit-w1a8", "onnx", out=out, overrides=FAST, profile_budget_s=0.2, workers=2)
+    cells = {(c.recipe, c.target): c for c in first.cells}
+    ok = cells[("int8", "onnx")]
+    assert ok.state == "works" and ok.latency_ms > 0 and ok.file_bytes > 0 and ok.precision == "int8"
+    assert ok.accuracy > 0.9 and ok.accuracy_drop_pt is not None and ok.validation
+    bad = cells[("bivit-w1a8", "onnx")]  # BiViT needs a ViT: the cell is recorded, the rest went on
+    assert bad.state in ("refused", "failed") and bad.error.startswith("compress:")
+    assert first.steps_run == {"compress": 2, "export": 1, "profile": 1}
+
+    again = SweepResult.read(out / "sweep.json")
+    assert [c.to_dict() for c in again.cells] == [c.to_dict() for c in first.cells]
+    assert (out / "pareto-local-latency.png").stat().st_size > 1000
+
+    rerun = sweep("convnet", "int8,bivit-w1a8", "onnx", out=out, overrides=FAST, profile_budget_s=0.2)
+    assert rerun.steps_run == {"compress": 0, "export": 0, "profile": 0}  # every step read from the cache
+    assert {c.recipe: c.latency_ms for c in rerun.cells} == {c.recipe: c.latency_ms for c in first.cells}
+
+    wider = sweep("convnet", "int8", "onnx,openvino", out=out, overrides=FAST, profile_budget_s=0.2)
+    assert wider.steps_run == {"compress": 0, "export": 1, "profile": 1}  # only the new target ran
+    assert {c.target: c.state for c in wider.cells} == {"onnx": "works", "openvino": "works"}
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    res = sweep("convnet", "int8", "onnx", out=tmp_path / "sw", overrides=FAST, executor="ray", workers=2,
+                profile_budget_s=0.2, plots=False)
+    (cell,) = res.cells
+    assert cell.state == "works" and cell.latency_ms > 0
+    assert res.steps_run == {"compress": 1, "export": 1, "profile": 1}
+
+
+@pytest.mark.slow
+def test_sweep_cli_json(tmp_path, cli):
+    proc = cli("sweep", "convnet", "--recipes", "int8", "--targets", "onnx", "--out", str(tmp_path / "sw"),
+               "--set", FAST[0], "--budget", "0.2", "--max-drop", "0.5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["cells"][0]["state"] == "works" and [c["recipe"] for c in doc["ranked"]] == ["int8"]
+    bad = cli("sweep", "convnet", "--recipes", "int8", "--objective", "speed", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--objective 'speed'" in bad.stderr
