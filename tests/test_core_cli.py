@@ -5,33 +5,30 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from tests.conftest import ROOT
 
 
+HEAVY = ("torch", "onnx", "onnxruntime", "openvino", "tvm", "coremltools", "paramiko", "ray", "matplotlib", "numpy")
+
+
 def test_help_is_fast_and_imports_no_backend():
+    """`edgekit --help` stays fast by construction: rendering it imports no backend (no wall clock to race)."""
     code = (
-        "import sys, time; t=time.perf_counter(); from edgekit.cli.main import app; "
-        "heavy=[m for m in ('torch','onnx','onnxruntime','openvino','tvm','coremltools','paramiko') if m in sys.modules]; "
-        "print(heavy)"
+        "import sys\n"
+        "sys.argv = ['edgekit', '--help']\n"
+        "from edgekit.cli.main import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.stdout.strip() == "[]", r.stdout + r.stderr
-    best = min(_timed([sys.executable, "-m", "edgekit", "--help"]) for _ in range(3))
-    assert best < 1.5, best
-
-
-def _timed(cmd):
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "compress" in r.stdout
-    return time.perf_counter() - t0
+    assert "compress" in r.stdout and "sweep" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "HEAVY []", r.stdout[-500:]
 
 
 def test_every_command_has_help_with_example(cli):
-    for cmd in (["compress"], ["inspect"], ["recipes"], ["recipes", "show"], ["zoo"], ["zoo", "train"], ["export"], ["profile"]):
+    for cmd in (["compress"], ["inspect"], ["recipes"], ["recipes", "show"], ["zoo"], ["zoo", "train"], ["export"], ["profile"], ["sweep"]):
         r = cli(*cmd, "--help")
         assert r.returncode == 0, (cmd, r.stderr)
         assert "Example" in r.stdout, cmd
