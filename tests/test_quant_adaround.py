@@ -1,0 +1,42 @@
+"""AdaRound (Nagel et al., ICML'20): learned rounding beats nearest on the layer's own objective."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekit.quant.adaround import AdaRoundOptions, _h, _init_v, adaround, adaround_model, channel_scale
+
+
+def test_soft_rounding_starts_at_the_float_weight():
+    frac = torch.rand(1000)
+    assert torch.allclose(_h(_init_v(frac)), frac, atol=1e-5)
+
+
+def test_adaround_beats_nearest_on_a_linear_layer_at_4_bits():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    x = torch.randn(512, 32) @ torch.randn(32, 32)  # correlated inputs: where rounding choices matter
+    scale = channel_scale(lin.weight, 7)
+    fn = lambda inp, w: nn.functional.linear(inp, w, lin.bias)  # noqa: E731
+    q, stats = adaround(fn, lin.weight, scale, -7, 7, x, AdaRoundOptions(iters=600, seed=0))
+    assert q.dtype == torch.float32 and torch.equal(q, q.round()) and q.abs().max() <= 7
+    nearest = torch.clamp(torch.round(lin.weight / scale), -7, 7)
+    assert ((q - torch.floor(lin.weight / scale)).abs() <= 1).all()  # only up or down, never further
+    assert stats["mse_adaround"] < 0.8 * stats["mse_nearest"], stats
+    assert 0 < stats["flipped"] < 0.5 and not torch.equal(q, nearest)
+
+
+def test_adaround_model_puts_weights_on_the_grid_the_quantizer_uses():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    calib = torch.randn(64, 3, 8, 8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, rep = adaround_model(model, calib, ["0", "3"], bits=4, opts=AdaRoundOptions(iters=100))
+    assert set(rep["layers"]) == {"0", "3"} and rep["bits"] == 4
+    for name in ("0", "3"):
+        w = dict(model.named_modules())[name].weight.detach()
+        s = channel_scale(w, 7)
+        assert torch.allclose(s, channel_scale(before[f"{name}.weight"], 7))  # the max-abs scale is unchanged
+        assert torch.allclose(w / s, torch.round(w / s), atol=1e-4)  # every weight on the 4-bit grid
+        assert rep["layers"][name]["mse_adaround"] <= rep["layers"][name]["mse_nearest"] * 1.0001
