@@ -235,7 +235,10 @@ def _aten_rewrite(graph, node: fx.Node, v: Any, removed: np.ndarray) -> bool:
         new = _new_shape(graph, v, removed)
         if new is None or new == tuple(v.shape):
             return False
-        pos, offset = (2, norm_dim(int(node.args[1]), len(v.shape))) if packet == "aten.unflatten" else (1, 0)
+        if packet == "aten.unflatten":  # sizes replace input dim ``dim``: output dims dim .. dim + len(sizes) - 1
+            pos, offset = 2, norm_dim(int(node.args[1]), len(v.shape) - len(node.args[2]) + 1)
+        else:
+            pos, offset = 1, 0
         out = _set_sizes(node.args[pos], v.shape, new, offset)
         if out is None:
             return False

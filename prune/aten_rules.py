@@ -411,7 +411,8 @@ def getitem_rule(r: AtenRules, node: fx.Node, shapes: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- constraints
 
-ModuleConstraint = Callable[[LabelSpace, str, nn.Module, dict], None]
+# A constraint may return ``(label id, reason)``: the reason is reported when that label ends up frozen.
+ModuleConstraint = Callable[[LabelSpace, str, nn.Module, dict], "tuple[int, str] | None"]
 MODULE_CONSTRAINTS: dict[type, ModuleConstraint] = {}
 
 
@@ -424,7 +425,9 @@ def register_module_constraint(*types: type) -> Callable[[ModuleConstraint], Mod
     return decorator
 
 
-def apply_module_constraints(space: LabelSpace, model: nn.Module) -> None:
+def apply_module_constraints(space: LabelSpace, model: nn.Module) -> list[tuple[int, str]]:
+    """Apply every registered constraint; returns the ``(label, reason)`` pairs to report if frozen."""
+    watch = []
     ids: dict[tuple, int] = {}
     for i, slots in space.bindings.items():
         for s in slots:
@@ -433,12 +436,15 @@ def apply_module_constraints(space: LabelSpace, model: nn.Module) -> None:
     for name, m in model.named_modules():
         for t in type(m).__mro__:
             if t in MODULE_CONSTRAINTS:
-                MODULE_CONSTRAINTS[t](space, name, m, ids)
+                found = MODULE_CONSTRAINTS[t](space, name, m, ids)
+                if found is not None:
+                    watch.append(found)
                 break
+    return watch
 
 
 @register_module_constraint(nn.MultiheadAttention)
-def mha_constraint(space: LabelSpace, name: str, m: nn.MultiheadAttention, ids: dict) -> None:
+def mha_constraint(space: LabelSpace, name: str, m: nn.MultiheadAttention, ids: dict) -> tuple[int, str] | None:
     """Head h is removed together with embed channels h*head_dim..: its forward needs inner width == embed_dim."""
     p = f"{name}." if name else ""
     e = m.embed_dim
@@ -448,18 +454,17 @@ def mha_constraint(space: LabelSpace, name: str, m: nn.MultiheadAttention, ids: 
             if k[0].startswith(p):
                 space.uf.union(i, 0)
         space.frozen_reasons.append(f"{name}: nn.MultiheadAttention with separate k/v widths or not seen in the graph")
-        return
+        return None
     for c in range(e):
         group = [ids.get((f"{p}in_proj_weight", 1, c)), ids.get((f"{p}out_proj.weight", 0, c)),
                  ids.get((f"{p}out_proj.weight", 1, c))] + [ids.get((f"{p}in_proj_weight", 0, s * e + c)) for s in range(3)]
         group = [g for g in group if g is not None]
         for g in group[1:]:
             space.uf.union(group[0], g)
-    if space.uf.blocked(ids[needed[0]]):
-        space.frozen_reasons.append(
+    return (ids[needed[0]],
             f"{name}: nn.MultiheadAttention heads not pruned: its forward needs num_heads * head_dim == embed_dim, so "
             "a head goes only with embed channels, and the embed width here cannot shrink (a residual width "
-            "reaching a frozen layer or the output)")
+            "reaching a frozen or ignored layer, or the output)")
 
 
 __all__ = ["ATEN_RULES", "AtenRules", "register_aten_rule", "unregister_aten_rule", "ParamRef",

@@ -53,9 +53,9 @@ class DependencyGraph:
             self.rules = AtenRules(self.space, self.values, self.captured.prefix)
         self._propagate()
         self.space.finish()
-        if isinstance(self.rules, AtenRules):
-            apply_module_constraints(self.space, self.model)
+        watch = apply_module_constraints(self.space, self.model) if isinstance(self.rules, AtenRules) else []
         self._apply_ignore()
+        self.space.frozen_reasons.extend(why for label, why in watch if self.uf.blocked(label))
         self.units, self.groups = self._collect()
 
     @property

@@ -80,7 +80,11 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
 
     if not ctx.example_inputs:
         raise UserInputError("prune: needs example inputs to trace the model")
-    acc0 = _accuracy(model, ctx.data)
+    from edgekit.outputs import rewrap, unwrap
+
+    wrapped, output_path = model, None
+    model, output_path = unwrap(model)  # prune the user's own model; its output selection is put back after
+    acc0 = _accuracy(wrapped, ctx.data)
     if cfg.masksparsity.enabled:
         ms = cfg.masksparsity
         new, report = masksparsity(model, ctx.example_inputs, ctx.data, cfg.ratio, ms.strength, ms.epochs,
@@ -89,6 +93,7 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
     else:
         new, report = prune(model, ctx.example_inputs, cfg.ratio, cfg.importance, cfg.global_pruning, cfg.round_to,
                             cfg.ignore, ctx.data, cfg.max_group_ratio, cfg.ratios)
+    new = rewrap(new, output_path)
     report["accuracy"] = {"before": acc0, "pruned": _accuracy(new, ctx.data)}
     if cfg.finetune.epochs > 0:
         if not _labeled(ctx.data):
