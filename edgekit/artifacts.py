@@ -155,15 +155,22 @@ _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "S
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a rename-and-clean-up sequence runs; they are delivered right after it."""
-    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if can:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    """Hold SIGINT/SIGTERM while a rename-and-clean-up sequence runs; they are delivered right after it.
+
+    Done with Python-level handlers that only record the signal (a thread mask would not do: the C handler
+    may run on another thread and Python then runs the handler in the main thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _SIGNALS}
     try:
         yield
     finally:
-        if can:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 def _remove_stale(out: Path) -> None:
@@ -219,12 +226,31 @@ def atomic_output_dir(out: Path, force: bool = False, kind: str = "output") -> I
         raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Linux ``renameat2(RENAME_EXCHANGE)``: swap two directories atomically; False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _replace(tmp: Path, out: Path, force: bool) -> None:
     if out.is_symlink() or out.exists():
         if not force:
             raise UserInputError(f"output {out} appeared during the run; pass --force to overwrite it")
         if not is_edgekit_output(out):
             raise UserInputError(f"output {out} appeared during the run and is not an edgekit output; nothing was touched")
+        if _exchange(tmp, out):  # atomic swap: readers see the old or the new output, never neither
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
@@ -301,9 +327,19 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def verify_manifest(directory: Path) -> dict[str, Any]:
     """Check every listed file against its recorded sha256 (regular files inside ``directory`` only); raise
-    naming the first mismatch. ``model_file``, when present, must be one of the listed files."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
+    naming the first mismatch. ``model_file``, when present, must be one of the listed files. A mismatch seen
+    while another run replaces the output (its manifest changed meanwhile) is checked again."""
+    for attempt in range(3):
+        manifest = read_manifest(directory)
+        try:
+            return _verify(Path(directory), manifest)
+        except UserInputError:
+            if attempt == 2 or read_manifest(directory) == manifest:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _verify(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     files = manifest["files"]
     model_file = manifest.get("model_file")
     if model_file is not None and model_file not in files:
