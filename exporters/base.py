@@ -10,7 +10,6 @@ every file, tool versions, timing) and renames the directory into place. Failure
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
 from edgekit.exporters.runtimes import contract_for
+from edgekit.exporters.source import ExportSource, compress_recipe, digest
 from edgekit.exporters.torch2onnx import safe_eval
 from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, tolerance
 from edgekit.registry import Registry
@@ -80,20 +80,10 @@ class Exporter:
         return []
 
 
-TARGETS: Registry[type[Exporter]] = Registry("export target")
-# Built-in targets: name -> the module that registers it, imported only when that target is asked for
-# (``--help`` and ``--target onnx`` never import coremltools or tvm). A plugin target is one module calling
-# :func:`register_target` (or :func:`declare_target` with its module path for lazy loading).
-_DECLARED: dict[str, str] = {}
-
-
-def declare_target(name: str, module: str) -> None:
-    """Make target ``name`` known; ``module`` (which calls :func:`register_target`) is imported on first use."""
-    _DECLARED.setdefault(name, module)
-
-
-for _name in ("onnx", "openvino", "coreml", "tensorrt", "tvm"):
-    declare_target(_name, f"edgekit.exporters.{_name}")
+# Filled on first use: every public module of this package is imported and the target modules register
+# themselves (a new target is one module with @register_target; a plugin target outside the package is listed
+# in EDGEKIT_PLUGINS, see edgekit/registry.py). Importing a target module imports no backend.
+TARGETS: Registry[type[Exporter]] = Registry("export target", lazy=(("edgekit.exporters", "[!_]*"),))
 
 
 def register_target(name: str, caps: Capabilities):
@@ -105,37 +95,16 @@ def register_target(name: str, caps: Capabilities):
     return decorator
 
 
-def unregister_target(name: str) -> None:
-    """Forget a target (for tests that register a plugin from a temporary module)."""
-    _DECLARED.pop(name, None)
-    if hasattr(TARGETS, "unregister"):
-        if name in TARGETS:
-            TARGETS.unregister(name)
-    else:  # pragma: no cover - registries without unregister
-        TARGETS._items.pop(name, None)  # noqa: SLF001
-        TARGETS._meta.pop(name, None)  # noqa: SLF001
-
-
-def _target_class(target: str) -> type[Exporter]:
-    if target not in TARGETS and target in _DECLARED:
-        importlib.import_module(_DECLARED[target])
-    if target not in TARGETS:
-        accepted = ", ".join(target_names())
-        raise UserInputError(f"unknown export target {target!r}; accepted: {accepted}")
-    return TARGETS.get(target)
-
-
 def target_names() -> list[str]:
-    """Every known target (declared or registered), without importing any target module."""
-    return sorted(set(_DECLARED) | set(TARGETS.names()))
+    return TARGETS.names()
 
 
 def capabilities(target: str) -> Capabilities:
-    return _target_class(target).caps
+    return TARGETS.get(target).caps
 
 
 def get_exporter(target: str) -> Exporter:
-    return _target_class(target)()
+    return TARGETS.get(target)()
 
 
 @dataclass
@@ -147,6 +116,8 @@ class ExportContext:
     options: dict[str, Any]
     out: Path
     calib: torch.Tensor | None = None  # calibration inputs (int8 without fake-quant ops)
+    source_digest: str | None = None  # sha256 of a compress output's manifest: the hub ONNX can be reused
+    nm: tuple[int, int] | None = None  # an N:M compress output: the hub ONNX records which weights keep N:M
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
     def onnx(self, filename: str = "model.onnx", precision: str | None = None) -> Path:
@@ -154,46 +125,6 @@ class ExportContext:
         from edgekit.exporters.onnx import write_onnx
 
         return write_onnx(self, self.out / filename, precision or self.precision)
-
-
-@dataclass
-class ExportSource:
-    """What the target's :meth:`Exporter.preflight` sees: the module, its name and, for a compress output,
-    the recipe that made it (name and stage configs as written in its manifest)."""
-
-    model: nn.Module
-    name: str
-    recipe: str | None = None
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    path: Path | None = None  # the compress output directory, when the model came from one
-
-    def stage(self, kind: str) -> dict[str, Any] | None:
-        """The config of the first stage ``kind`` (``quantize``, ``sparsify``, ...) of the recipe, if any."""
-        for st in self.stages:
-            if isinstance(st, dict) and kind in st:
-                return st[kind] or {}
-        return None
-
-    def compress_command(self, recipe: str) -> str:
-        return f"edgekit compress {self.name} --recipe {recipe}"
-
-
-def _compress_recipe(model_or_path: Any) -> tuple[str | None, list[dict[str, Any]], Path | None]:
-    """Recipe name and stages of a compress output directory (from its manifest), else (None, [], None)."""
-    if not isinstance(model_or_path, (str, Path)) or not Path(model_or_path).is_dir():
-        return None, [], None
-    import json
-
-    try:
-        manifest = json.loads((Path(model_or_path) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None, [], None
-    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
-    if not isinstance(recipe, dict):
-        return None, [], None
-    stages = recipe.get("stages") if isinstance(recipe.get("stages"), list) else []
-    name = recipe.get("name") if isinstance(recipe.get("name"), str) else None
-    return name, stages, Path(model_or_path)
 
 
 @dataclass
@@ -298,8 +229,9 @@ def export(
     opts = exporter.check_options(precision, options)  # precision and options, before any work
     tolerance(precision)
     model, name, shape = _resolve_model(model_or_path, info)
-    recipe, stages, src_dir = _compress_recipe(model_or_path)
-    exporter.preflight(ExportSource(model, name, recipe, stages, src_dir), precision, opts)
+    recipe, stages, src_dir = compress_recipe(model_or_path)
+    source = ExportSource(model, name, recipe, stages, src_dir)
+    exporter.preflight(source, precision, opts)
     guessed = example_inputs is None and shape is None and data is None
     if guessed:  # nothing describes the input: the built-in data (digits, 3x32x32), said so if it does not fit
         data = "digits"
@@ -326,7 +258,8 @@ def export(
     t0 = time.perf_counter()
     with atomic_output_dir(out, force) as tmp:
         calib = bundle.calib.x if bundle is not None else None
-        ctx = ExportContext(model, name, example, precision, opts, tmp, calib)
+        hub_key = digest(src_dir / "manifest.json") if src_dir is not None and bundle is not None and data is None else None
+        ctx = ExportContext(model, name, example, precision, opts, tmp, calib, source_digest=hub_key, nm=source.nm())
         try:
             fields = exporter.build(ctx)
         except UserInputError as exc:
@@ -350,6 +283,7 @@ def export(
             "dynamic_batch": bool(opts.get("dynamic_batch", False)),
             "options": opts,
             "recipe": recipe,
+            **({"nm_layers_expected": source.nm_layers_expected()} if source.nm() else {}),
             "validation_contract": contract_for(precision).to_dict(),
             "export_seconds": round(export_s, 3),
             **ctx.extra_manifest,
@@ -368,8 +302,19 @@ def export(
     return Artifact(out, written["files"], written, report)
 
 
+def _nm_check(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """An N:M compress output must keep its pattern in the exported weights (checked on the hub ONNX)."""
+    nm = manifest.get("nm_sparsity")
+    if not nm:
+        return []
+    kept, want = len(nm["layers_with_pattern"]), manifest.get("nm_layers_expected")
+    ok = kept > 0 and (want is None or kept >= want)
+    return [{"name": f"{nm['n']}:{nm['m']} pattern kept in the exported weights", "passed": ok,
+             "detail": f"{kept} layer(s) keep it (the sparsify stage made {want if want is not None else '?'})"}]
+
+
 def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bundle, n_top1: int = N_TOP1) -> ValidationReport:
-    checks = exporter.checks(directory, manifest)
+    checks = exporter.checks(directory, manifest) + _nm_check(manifest)
     run = exporter.runner(directory, manifest)
     if isinstance(run, str):
         return checks_only(exporter.name, manifest["precision"], checks + integer_checks(manifest), run)

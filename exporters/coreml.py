@@ -36,6 +36,38 @@ COMPRESSED_OPS = {
     "sparse": ("constexpr_sparse_to_dense",),
 }
 SKIP_REASON = "CoreML predictions need macOS (Core ML framework); numeric comparison runs only on macOS"
+QDQ_OPS = ("quantize", "dequantize")  # MIL ops (iOS17+) an int8 Q/DQ model's activation quantizers become
+_FAKE_QUANT = ("fake_quantize_per_tensor_affine", "dequantize_per_channel", "dequantize_per_tensor")
+_registered = False
+
+
+def register_qdq_converter() -> None:
+    """Teach coremltools' torch frontend ``fake_quantize_per_tensor_affine``: a calibrated activation quantizer
+    becomes a MIL ``quantize`` -> ``dequantize`` pair with the same scale and zero point (int8 or uint8). The
+    int8 weights (``dequantize_per_channel`` of int8 constants) coremltools already folds into 8-bit
+    ``constexpr_affine_dequantize`` weights. coremltools' own activation calibration needs predictions (macOS);
+    this reuses the calibration the quantize stage already did."""
+    global _registered
+    if _registered:
+        return
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+
+    def fake_quantize_per_tensor_affine(context, node):
+        x, scale, zp, qmin, _qmax = _get_inputs(context, node, expected=5)
+        signed = int(qmin.val) < 0
+        zero = (np.int8 if signed else np.uint8)(int(zp.val))
+        s = np.float32(scale.val)
+        q = mb.quantize(input=x, scale=s, zero_point=zero, output_dtype="int8" if signed else "uint8", name=node.name + "_q")
+        context.add(mb.dequantize(input=q, scale=s, zero_point=zero, name=node.name))
+
+    register_torch_op(fake_quantize_per_tensor_affine, override=True)
+    _registered = True
+
+
+def _has_fake_quant(program) -> bool:
+    return any(node.op == "call_function" and any(k in str(node.target) for k in _FAKE_QUANT) for node in program.graph.nodes)
 
 
 @contextlib.contextmanager
@@ -105,9 +137,16 @@ class CoreMLExporter(Exporter):
             except AttributeError:
                 raise UserInputError(f"target coreml: unknown minimum_deployment_target {ctx.options['minimum_deployment_target']!r}") from None
             precision = ct.precision.FLOAT32 if ctx.precision == "fp32" else ct.precision.FLOAT16
+            program = _exported(ctx.model, ctx.example)
+            qdq = _has_fake_quant(program)
+            if qdq:
+                register_qdq_converter()
+                if target < ct.target.iOS17:
+                    raise UserInputError("target coreml: an int8 Q/DQ model needs minimum_deployment_target iOS17 or "
+                                         "newer (MIL quantize/dequantize ops)")
             try:
                 ml = ct.convert(
-                    _exported(ctx.model, ctx.example),
+                    program,
                     convert_to="mlprogram",
                     inputs=[ct.TensorType(name="input", shape=tuple(ctx.example.shape), dtype=np.float32)],
                     outputs=[ct.TensorType(name="output", dtype=np.float32)],
@@ -126,7 +165,7 @@ class CoreMLExporter(Exporter):
                     "(an op coremltools does not support; workaround: rewrite or fuse that layer, "
                     "or register a coremltools composite op)"
                 ) from None
-            if ctx.precision == "int8":
+            if ctx.precision == "int8" and not qdq:  # a float model: int8 weights only
                 cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))
                 ml = cto.linear_quantize_weights(ml, cfg)
             comp = ctx.options["compression"]
@@ -137,6 +176,11 @@ class CoreMLExporter(Exporter):
                 cfg = cto.OptimizationConfig(global_config=cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=0))
                 ml = cto.prune_weights(ml, cfg)
             ml.save(str(ctx.out / "model.mlpackage"))
+        if ctx.precision == "int8":
+            ctx.extra_manifest["int8_source"] = ("the calibrated Q/DQ of the model: activation quantizers as MIL "
+                                                 "quantize/dequantize, int8 weights as constexpr_affine_dequantize"
+                                                 if qdq else "coremltools linear_quantize_weights (int8 weights only)")
+            ctx.extra_manifest["coreml_qdq"] = qdq
         return {"model_file": "model.mlpackage", "runtime": {"name": "coremltools", "version": ct.__version__},
                 "numeric_validation": platform.system() == "Darwin"}
 
@@ -174,6 +218,10 @@ class CoreMLExporter(Exporter):
         if key in COMPRESSED_OPS:
             found = [o for o in ops if o in COMPRESSED_OPS[key]]
             checks.append({"name": f"{key} weights present", "passed": bool(found), "detail": f"ops {found or 'none'} (want one of {COMPRESSED_OPS[key]})"})
+        if manifest.get("coreml_qdq"):
+            missing = [o for o in QDQ_OPS if o not in ops]
+            checks.append({"name": "int8 activation quantize/dequantize ops present", "passed": not missing,
+                           "detail": f"missing {missing}" if missing else "quantize and dequantize in the program"})
         return checks
 
     def runner(self, directory: Path, manifest: dict[str, Any]):

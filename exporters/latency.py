@@ -18,37 +18,7 @@ from torch import nn
 from edgekit.errors import UserInputError
 from edgekit.metrics import time_callable  # noqa: F401 - re-exported for benchmarks
 
-RUNTIMES = ("torch", "onnxruntime", "openvino", "tvm")
-
-
-def ort_session(path: Path, threads: int):
-    from edgekit.backends import require
-
-    ort = require("onnxruntime", "ONNX Runtime inference")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def openvino_compiled(model_path: Path, threads: int, precision_hint: str = "f32"):
-    """Compile an ONNX file or IR .xml for the OpenVINO CPU plugin with ``threads`` threads, latency hint.
-
-    ``precision_hint`` f32 keeps float math in fp32 (CPUs with bf16/AMX would otherwise downcast); quantized
-    (QDQ/int8) layers still run in int8.
-    """
-    from edgekit.backends import require
-
-    ov = require("openvino", "OpenVINO inference")
-    core = ov.Core()
-    config = {
-        "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": precision_hint,
-    }
-    return core.compile_model(core.read_model(str(model_path)), "CPU", config)
+from edgekit.exporters.runtimes import latency_runtimes, openvino_compiled, ort_session  # noqa: F401 (re-exported)
 
 
 def measure_latency(
@@ -64,8 +34,8 @@ def measure_latency(
     ``runtime``: ``torch`` (eager), ``onnxruntime`` (CPU EP), ``openvino`` (CPU plugin) or ``tvm`` (Relax VM,
     llvm for the host). Returns ``{"median", "p90", "runs", "runtime", "threads"}``.
     """
-    if runtime not in RUNTIMES:
-        raise UserInputError(f"runtime {runtime!r}: accepted: {', '.join(RUNTIMES)}")
+    if runtime not in latency_runtimes():
+        raise UserInputError(f"runtime {runtime!r}: accepted: {', '.join(latency_runtimes())}")
     if threads < 1:
         raise UserInputError(f"threads={threads}: need at least 1")
     x = example[:1].detach().float().contiguous()

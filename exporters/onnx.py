@@ -15,6 +15,7 @@ Validated with ONNX Runtime's CPU execution provider.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,51 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(np.concatenate([np.asarray(self._run(xs[i : i + 1])) for i in range(len(xs))]))
 
 
+# (compress output manifest digest, precision, hub options) -> (cached file, manifest fields): one process
+# exporting one compress output to several targets converts it to ONNX once (the composition matrix does).
+_HUB_CACHE: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_dir() -> str:
+    import atexit
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="edgekit-hub-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def _hub_key(ctx: ExportContext, precision: str) -> tuple | None:
+    if ctx.source_digest is None:
+        return None
+    return (ctx.source_digest, precision, *(str(ctx.options.get(k)) for k in ("opset", "dynamic_batch", "exporter", "cleanup")))
+
+
 def write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
     """The hub graph for ``precision``; records what was done in ``ctx.extra_manifest``."""
+    import shutil
+
+    key = _hub_key(ctx, precision)
+    if key in _HUB_CACHE and _HUB_CACHE[key][0].is_file():
+        cached, info = _HUB_CACHE[key]
+        shutil.copyfile(cached, path)
+        ctx.extra_manifest.update(info)
+        return path
+    _write_onnx(ctx, path, precision)
+    if ctx.nm is not None:
+        from edgekit.exporters.graph_weights import nm_layers
+
+        ctx.extra_manifest["nm_sparsity"] = nm_layers(load_checked(path), *ctx.nm)
+    if key is not None:
+        keep = Path(_cache_dir()) / f"hub-{len(_HUB_CACHE)}.onnx"
+        shutil.copyfile(path, keep)
+        _HUB_CACHE[key] = (keep, dict(ctx.extra_manifest))
+    return path
+
+
+def _write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
     opset = int(ctx.options.get("opset", DEFAULT_OPSET))
     dyn = bool(ctx.options.get("dynamic_batch", False))
     exporter = ctx.options.get("exporter", "auto")

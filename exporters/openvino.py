@@ -63,9 +63,10 @@ class OpenVINOExporter(Exporter):
         return {"model_file": "model.xml", "runtime": {"name": "openvino", "version": ov.get_version()}}
 
     def runner(self, directory: Path, manifest: dict[str, Any]):
-        from edgekit.exporters.latency import openvino_compiled
+        from edgekit.exporters.runtimes import VALIDATION_RUNTIME, openvino_compiled
 
-        request = openvino_compiled(directory / manifest["model_file"], threads=1).create_infer_request()
+        cfg = VALIDATION_RUNTIME  # the same configuration `edgekit profile` validates with (validation_contract)
+        request = openvino_compiled(directory / manifest["model_file"], cfg.threads, cfg.openvino_precision_hint).create_infer_request()
 
         def run(x: np.ndarray) -> np.ndarray:
             res = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

@@ -3,9 +3,10 @@ GPU), or, without them, the TensorRT-ready ONNX plus the exact ``trtexec`` comma
 ``engine_built: false`` and validation says no engine was built. It never claims an engine it did not build.
 
 Precisions: fp32; fp16 (``BuilderFlag.FP16`` on the fp32 graph, TensorRT picks fp16 kernels); int8 from
-explicit QDQ (the int8 ONNX graph, see onnx.py). Option ``sparse_weights`` sets ``BuilderFlag.SPARSE_WEIGHTS``
-(``--sparsity=enable``) for 2:4 models; TensorRT uses sparse kernels only on Ampere or newer and only where
-faster. Before building, the ONNX is checked against TensorRT's known constraints (ops its ONNX parser does not
+explicit QDQ (the int8 ONNX graph, see onnx.py), symmetric only: a model quantized with uint8 affine
+activations (recipe ``int8``) is refused before any work, naming the recipe ``int8-sym``. Option
+``sparse_weights`` (``auto``: on when the graph has 2:4 sparse weights) sets ``BuilderFlag.SPARSE_WEIGHTS``
+(``--sparsity=enable``); TensorRT uses sparse kernels only on Ampere or newer and only where faster. Before building, the ONNX is checked against TensorRT's known constraints (ops its ONNX parser does not
 take, QDQ placement rules of explicit quantization), reported per layer name in ``tensorrt_check.json``.
 """
 
@@ -19,84 +20,35 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import UserInputError
-from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
+from edgekit.exporters.base import Capabilities, ExportContext, Exporter, ExportSource, register_target
+from edgekit.exporters.graph_weights import nm_layers
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
-
-# ONNX ops TensorRT 10's ONNX parser does not support (onnx-tensorrt docs/operators.md), with a workaround.
-UNSUPPORTED_OPS = {
-    "Unique": None, "StringNormalizer": None, "TfIdfVectorizer": None, "Multinomial": None,
-    "SequenceAt": "avoid Python lists of tensors in forward", "SequenceConstruct": "avoid Python lists of tensors in forward",
-    "SequenceInsert": "avoid Python lists of tensors in forward", "ConcatFromSequence": "use torch.cat on a fixed list",
-    "Optional": None, "OptionalGetElement": None, "ImageDecoder": None, "RegexFullMatch": None,
-    "StringConcat": None, "StringSplit": None, "Col2Im": "use Fold-free formulation", "Bernoulli": "remove dropout-like sampling for inference",
-    "RandomNormal": "remove random ops for inference", "RandomUniform": "remove random ops for inference",
-    "DynamicQuantizeLinear": "use static QDQ (calibrated scales) instead of dynamic quantization",
-    "MatMulInteger": "use QDQ + MatMul instead of integer ops", "ConvInteger": "use QDQ + Conv instead of integer ops",
-    "QLinearConv": "export QDQ (QuantizeLinear/DequantizeLinear) instead of QOperator format",
-    "QLinearMatMul": "export QDQ (QuantizeLinear/DequantizeLinear) instead of QOperator format",
-}
-INT8, UINT8 = 3, 2  # onnx.TensorProto data types
-
-
-def _const_values(model) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    vals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute:
-            a = n.attribute[0]
-            if a.name == "value":
-                vals[n.output[0]] = numpy_helper.to_array(a.t)
-    return vals
-
-
-def check_onnx(path: Path) -> list[dict[str, Any]]:
-    """Problems TensorRT would have with this ONNX, one dict per layer: layer, op, problem, workaround."""
-    import onnx
-
-    model = onnx.load(str(path))
-    consts = _const_values(model)
-    problems = []
-    for n in model.graph.node:
-        layer = n.name or (n.output[0] if n.output else n.op_type)
-        if n.op_type in UNSUPPORTED_OPS:
-            problems.append({"layer": layer, "op": n.op_type, "problem": "op not supported by TensorRT's ONNX parser",
-                             "workaround": UNSUPPORTED_OPS[n.op_type]})
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            scale = n.input[1] if len(n.input) > 1 else ""
-            if scale not in consts:
-                problems.append({"layer": layer, "op": n.op_type, "problem": "scale is not a constant (TensorRT needs build-time scales)",
-                                 "workaround": "calibrate statically; fold scale computation into constants"})
-            if len(n.input) > 2 and n.input[2]:
-                zp = consts.get(n.input[2])
-                if zp is None:
-                    problems.append({"layer": layer, "op": n.op_type, "problem": "zero point is not a constant", "workaround": None})
-                elif np.any(zp != 0):
-                    problems.append({"layer": layer, "op": n.op_type, "problem": "non-zero zero point (TensorRT int8 is symmetric)",
-                                     "workaround": "quantize symmetrically (zero point 0)"})
-                elif zp.dtype == np.uint8:
-                    problems.append({"layer": layer, "op": n.op_type, "problem": "uint8 quantization (TensorRT takes int8 only)",
-                                     "workaround": "use signed int8 activations"})
-    return problems
+from edgekit.exporters.trt_rules import UNSUPPORTED_OPS, check_graph, check_onnx, needs_symmetric  # noqa: F401
 
 
 def two_four_sparsity(path: Path) -> dict[str, Any]:
     """Which Conv/Gemm/MatMul weights are 2:4 sparse along the input-channel axis (what SPARSE_WEIGHTS needs)."""
     import onnx
 
-    model = onnx.load(str(path))
-    consts = _const_values(model)
-    sparse, dense = [], []
-    for n in model.graph.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in consts:
-            continue
-        w = consts[n.input[1]]
-        if w.ndim < 2 or w.dtype.kind != "f":
-            continue
-        w2 = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1]) if n.op_type == "Conv" else w.T.reshape(-1, w.shape[0]) if n.op_type == "MatMul" else w.reshape(w.shape[0], -1)
-        ok = w2.shape[1] % 4 == 0 and bool(np.all((w2.reshape(w2.shape[0], -1, 4) != 0).sum(-1) <= 2))
-        (sparse if ok else dense).append(n.name or n.output[0])
-    return {"sparse_2_4_layers": sparse, "dense_layers": len(dense)}
+    found = nm_layers(onnx.load(str(path)), 2, 4)
+    return {"sparse_2_4_layers": found["layers_with_pattern"], "dense_layers": found["other_layers"]}
+
+
+def refuse_asymmetric(source: ExportSource) -> None:
+    """TensorRT int8 is symmetric: refuse a model quantized with uint8 affine activations, naming int8-sym."""
+    quant = source.stage("quantize")
+    asym = quant is not None and not quant.get("symmetric_activations", False)
+    if quant is None:
+        from edgekit.quant.fakequant import ActFakeQuant
+
+        asym = any(isinstance(m, ActFakeQuant) and not m.scheme.symmetric for m in source.model.modules())
+    if asym:
+        by = f"recipe {source.recipe!r}" if source.recipe else "its quantizer"
+        raise UserInputError(
+            f"target tensorrt takes symmetric int8 only (signed int8 activations, zero point 0); model {source.name} "
+            f"was quantized by {by} with uint8 affine activations. Use the recipe int8-sym: "
+            f"`{source.compress_command('int8-sym')}`, then export that output (onnx and openvino take both)"
+        )
 
 
 def trtexec_command(ctx_shape, precision: str, sparse: bool, onnx_file: str = "model.onnx", workspace_mb: int = 1024) -> str:
@@ -153,7 +105,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, sparse: boo
     Capabilities(
         suffix=".engine",
         precisions=("fp32", "fp16", "int8"),
-        options={"sparse_weights": False, "workspace_mb": 1024, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
+        options={"sparse_weights": "auto", "workspace_mb": 1024, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
         needs_gpu=True,
         source="onnx",
         runtime="tensorrt (GPU)",
@@ -161,23 +113,38 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, sparse: boo
     ),
 )
 class TensorRTExporter(Exporter):
+    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
+        opts = super().check_options(precision, options)
+        if opts["sparse_weights"] not in ("auto", True, False):
+            raise UserInputError(f"target tensorrt: sparse_weights {opts['sparse_weights']!r}; accepted: auto, true, false")
+        return opts
+
+    def preflight(self, source: ExportSource, precision: str, options: dict[str, Any]) -> None:
+        if precision == "int8":
+            refuse_asymmetric(source)
+
     def build(self, ctx: ExportContext) -> dict[str, Any]:
+        import onnx
+
         onnx_path = ctx.onnx("model.onnx", "int8" if ctx.precision == "int8" else "fp32")
-        problems = check_onnx(onnx_path)
-        sparse = bool(ctx.options["sparse_weights"])
+        problems, advice = check_graph(onnx.load(str(onnx_path)))
         sparsity = two_four_sparsity(onnx_path)  # cheap; reported either way (e.g. after `prune` with N:M 2:4)
+        choice = ctx.options["sparse_weights"]
+        sparse = bool(sparsity["sparse_2_4_layers"]) if choice == "auto" else bool(choice)
         cmd = trtexec_command(list(ctx.example.shape), ctx.precision, sparse, workspace_mb=int(ctx.options["workspace_mb"]))
-        (ctx.out / "tensorrt_check.json").write_text(json.dumps({"problems": problems, "sparsity": sparsity}, indent=2) + "\n")
+        report = {"problems": problems, "advice": advice, "sparsity": sparsity}
+        (ctx.out / "tensorrt_check.json").write_text(json.dumps(report, indent=2) + "\n")
         (ctx.out / "build_engine.sh").write_text(f"#!/bin/sh\n# build the TensorRT engine on a machine with TensorRT and an NVIDIA GPU\n{cmd}\n")
         if problems:
-            first = "; ".join(f"{p['layer']} ({p['op']}): {p['problem']}" for p in problems[:5])
-            raise UserInputError(f"target tensorrt: the ONNX graph breaks TensorRT constraints: {first}")
+            first = "; ".join(f"{p['layer']} ({p['op']}): {p['problem']} [{p['rule']}]" for p in problems[:5])
+            hint = " Use the recipe int8-sym (symmetric int8 activations)." if needs_symmetric(problems) else ""
+            raise UserInputError(f"target tensorrt: the ONNX graph breaks TensorRT constraints: {first}.{hint}")
         ok, why = gpu_available()
-        fields: dict[str, Any] = {"trtexec_command": cmd, "tensorrt_constraints": "passed",
+        fields: dict[str, Any] = {"trtexec_command": cmd, "tensorrt_constraints": "passed", "sparse_weights": sparse,
                                   "sparse_2_4_layers": len(sparsity["sparse_2_4_layers"])}
         if sparsity["sparse_2_4_layers"] and not sparse:
             fields["sparsity_hint"] = (f"{len(sparsity['sparse_2_4_layers'])} layer(s) have 2:4 sparse weights; "
-                                       "pass -O sparse_weights=true to let TensorRT use sparse kernels")
+                                       "sparse_weights=false keeps TensorRT from using sparse kernels")
         if ok:
             import tensorrt as trt
 

@@ -3,7 +3,8 @@
 Artifact: ``model.so`` (a Relax VM executable, loadable with ``tvm.runtime.load_module``) plus
 ``tvm_meta.json`` (target JSON, input name/shape/dtype, how to load it). Why from ONNX: the Relax ONNX
 frontend takes the same graph every other target gets; the torch frontend (``from_exported_program``) needs a
-clean ``torch.export`` of every model, which is not a given. fp16: the fp16 ONNX graph (fp32 I/O);
+clean ``torch.export`` of every model, which is not a given. int8: the QDQ graph (see ``INT8_NOTE``: int8
+numerics, float kernels). fp16: the fp16 ONNX graph (fp32 I/O);
 if Relax cannot build it, ``ToMixedPrecision(out_dtype="float16")`` on the fp32 graph. In TVM 0.27 each path
 fails on a different zoo model (fp16 graph: inceptionnext, "Binary operators must have the same datatype";
 ToMixedPrecision: mobilenetv2, "Expected TensorType, but got R.Callable"), so the manifest records the path.
@@ -34,6 +35,9 @@ from edgekit.exporters.base import Capabilities, ExportContext, Exporter, regist
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
 
 DEVICES = ("host", "aarch64", "cuda")
+INT8_NOTE = ("the QDQ graph imported by Relax's ONNX frontend: every quantize/dequantize rounding is kept (int8 "
+             "numerics), convolutions and matmuls run as float32 kernels on the dequantized values (the default Relax "
+             "pipeline fuses no QDQ pattern into int8 kernels), so expect no int8 speed-up")
 CROSS_CC = "aarch64-linux-gnu-gcc"
 
 
@@ -120,11 +124,11 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
     "tvm",
     Capabilities(
         suffix=".so",
-        precisions=("fp32", "fp16"),
+        precisions=("fp32", "fp16", "int8"),
         options={"device": "host", "llvm_opt_level": None, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
         source="onnx",
         runtime="tvm relax VM (host llvm)",
-        notes="host llvm validated; aarch64 and cuda compiled only",
+        notes="host llvm validated; aarch64 and cuda compiled only; int8: QDQ numerics, float kernels",
     ),
 )
 class TVMExporter(Exporter):
@@ -163,6 +167,8 @@ class TVMExporter(Exporter):
             "load": "lib = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(lib, dev); vm['main'](x)",
         }
         (ctx.out / "tvm_meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if ctx.precision == "int8":
+            ctx.extra_manifest["tvm_int8"] = INT8_NOTE
         return {"model_file": model_file, "tvm_device": device, "tvm_fp16_method": method,
                 "runtime": {"name": "tvm", "version": tvm.__version__}}
 
@@ -183,8 +189,8 @@ class TVMExporter(Exporter):
     def _compile(self, ctx: ExportContext, target):
         """fp32: the fp32 graph. fp16: the fp16 ONNX graph; if Relax cannot build it, ToMixedPrecision on the
         fp32 graph (each fails on different zoo models in TVM 0.27); the manifest records which was used."""
-        if ctx.precision == "fp32":
-            return compile_module(self._import(ctx, "fp32"), target), None
+        if ctx.precision in ("fp32", "int8"):
+            return compile_module(self._import(ctx, ctx.precision), target), None
         try:
             return compile_module(self._import(ctx, "fp16"), target), "fp16 ONNX graph"
         except UserInputError:

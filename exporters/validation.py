@@ -16,18 +16,27 @@ import numpy as np
 from edgekit.errors import UserInputError
 
 # precision -> {metric: (comparison, bound)}; ">=" means the measured value must be at least the bound.
+# Every precision has a cosine bound: it is the metric the on-device check of `edgekit profile` computes too,
+# so export and profile judge an artifact by the same number (see exporters/runtimes.py, contract_for).
 TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
-    "fp32": {"rel_err": ("<=", 1e-4)},
+    "fp32": {"rel_err": ("<=", 1e-4), "cosine": (">=", 0.9999)},
     "fp16": {"cosine": (">=", 0.999)},
     "int8": {"top1_agreement": (">=", 0.99), "cosine": (">=", 0.99)},
 }
 PRECISIONS = tuple(TOLERANCES)
+# The three states an exported artifact can be in (docs/targets.md, the composition matrix).
+VALIDATED, READY_NOT_VALIDATED, FAILED = "validated", "ready, not validated", "failed"
 
 
 def tolerance(precision: str) -> dict[str, tuple[str, float]]:
     if precision not in TOLERANCES:
         raise UserInputError(f"precision {precision!r}: accepted: {', '.join(PRECISIONS)}")
     return TOLERANCES[precision]
+
+
+def cosine_bound(precision: str) -> float:
+    """The cosine similarity an artifact of ``precision`` must reach (export and on-device check alike)."""
+    return tolerance(precision)["cosine"][1]
 
 
 def compare(actual: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -75,8 +84,17 @@ class ValidationReport:
     runtime: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def state(self) -> str:
+        """``validated`` (numbers within tolerance), ``ready, not validated`` (structural checks passed, no
+        numeric run possible on this host: ``skipped`` says why) or ``failed``."""
+        if not self.passed:
+            return FAILED
+        return VALIDATED if self.numeric else READY_NOT_VALIDATED
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["state"] = self.state
         for metrics in d["outputs"].values():  # JSON has no inf
             for k, v in metrics.items():
                 if isinstance(v, float) and math.isinf(v):
@@ -85,8 +103,8 @@ class ValidationReport:
 
     def summary(self) -> str:
         if not self.numeric:
-            state = "PASSED (checks only)" if self.passed else "FAILED"
-            return f"{self.target}/{self.precision}: {state}; numeric comparison skipped: {self.skipped}"
+            state = "READY, NOT VALIDATED (structural checks passed)" if self.passed else "FAILED"
+            return f"{self.target}/{self.precision}: {state}; no numeric comparison: {self.skipped}"
         parts = [f"{self.target}/{self.precision} on {self.runtime}: {'PASSED' if self.passed else 'FAILED'}"]
         for name, m in self.outputs.items():
             parts.append(

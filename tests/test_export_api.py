@@ -58,7 +58,7 @@ def _qdq_ops(path):
     [
         ({"target": "tflite"}, "unknown export target 'tflite'"),
         ({"target": "onnx", "precision": "int4"}, "does not support precision 'int4'"),
-        ({"target": "tvm", "precision": "int8"}, "does not support precision 'int8'"),
+        ({"target": "tvm", "precision": "bf16"}, "does not support precision 'bf16'"),
         ({"target": "onnx", "bogus": 1}, "unknown option"),
         ({"target": "onnx", "opset": 13}, "opset 13"),
         ({"target": "tvm", "device": "riscv"}, "device 'riscv'"),
@@ -96,10 +96,10 @@ def test_existing_output_refused_without_force(convnet, tmp_path):
     from edgekit.exporters import export
 
     out = tmp_path / "a"
-    out.mkdir()
+    export(convnet, "onnx", out=out, validation_samples=8)
     with pytest.raises(UserInputError, match="already exists"):
         export(convnet, "onnx", out=out)
-    art = export(convnet, "onnx", out=out, force=True, validation_samples=8)
+    art = export(convnet, "onnx", out=out, force=True, validation_samples=8)  # --force replaces an edgekit output
     assert (out / "model.onnx").is_file() and art.report.passed
 
 

@@ -211,7 +211,7 @@ def test_bisect_names_first_drifting_layer(tmp_path, target):
 
 
 def test_tensorrt_reports_2_4_sparse_layers(convnet, tmp_path):
-    """Weights zeroed 2-of-every-4 along input channels are found and the sparse-kernel flag is suggested."""
+    """Weights zeroed 2-of-every-4 along input channels are found and sparsity is enabled (sparse_weights=auto)."""
     import copy
 
     from edgekit.exporters import export
@@ -227,6 +227,9 @@ def test_tensorrt_reports_2_4_sparse_layers(convnet, tmp_path):
     n_eligible = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels % 4 == 0)
     art = export(model, "tensorrt", "fp16", out=tmp_path / "trt")
     assert art.manifest["sparse_2_4_layers"] == n_eligible > 0
-    assert "sparse_weights=true" in art.manifest["sparsity_hint"]
+    assert art.manifest["sparse_weights"] is True and "--sparsity=enable" in art.manifest["trtexec_command"]
+    off = export(model, "tensorrt", "fp16", out=tmp_path / "off", sparse_weights=False)
+    assert "--sparsity=enable" not in off.manifest["trtexec_command"] and "sparse_weights=false" in off.manifest["sparsity_hint"]
     dense = export(convnet, "tensorrt", "fp16", out=tmp_path / "dense")
     assert dense.manifest["sparse_2_4_layers"] == 0 and "sparsity_hint" not in dense.manifest
+    assert "--sparsity=enable" not in dense.manifest["trtexec_command"]

@@ -15,13 +15,13 @@ def register(app: typer.Typer) -> None:
         artifact: str = typer.Argument(..., help="Exported artifact directory (manifest.json) or a bare .onnx/.xml file."),
         device: List[str] = typer.Option(["local"], "--device", "-d", help="Device name from the devices file; repeat to profile several boards concurrently."),
         runtime: Optional[str] = typer.Option(None, "--runtime", help="onnxruntime | openvino | tvm (tensorrt, coreml are detected, not run). Default: the artifact target's runtime."),
-        batch: int = typer.Option(0, "--batch", help="Batch size (0 = the artifact's)."),
-        threads: int = typer.Option(0, "--threads", help="Runtime threads (0 = runtime default)."),
+        batch: int = typer.Option(0, "--batch", min=0, help="Batch size (0 = the artifact's)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="Runtime threads (0 = runtime default)."),
         input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224; only for bare models with dynamic dimensions."),
-        budget: float = typer.Option(10.0, "--budget", help="Time budget of the timed loop (s)."),
-        warmup: float = typer.Option(0.5, "--warmup", help="Warm-up time (s)."),
-        target_ci: float = typer.Option(0.02, "--target-ci", help="Stop when the 95%% CI of the median is within this fraction."),
-        idle: float = typer.Option(2.0, "--idle", help="Idle-power measurement before the run (s), when a power sensor exists."),
+        budget: float = typer.Option(10.0, "--budget", min=0.001, help="Time budget of the timed loop (s)."),
+        warmup: float = typer.Option(0.5, "--warmup", min=0.0, help="Warm-up time (s)."),
+        target_ci: float = typer.Option(0.02, "--target-ci", min=0.0, max=1.0, help="Stop when the 95%% CI of the median is within this fraction."),
+        idle: float = typer.Option(2.0, "--idle", min=0.0, help="Idle-power measurement before the run (s), when a power sensor exists."),
         no_validate: bool = typer.Option(False, "--no-validate", help="Skip the on-device check against the reference outputs."),
         devices_file: Optional[str] = typer.Option(None, "--devices", help="Devices file (default: <config dir>/edgekit/devices.yaml)."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Output directory (default edgekit-out/profile/<artifact>-<device>/)."),
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
             from edgekit.devices.profile import ProfileOptions, profile_many
             from edgekit.errors import EdgekitError, UserInputError
 
+            _refuse_compress_output(artifact)  # before any device work
             names = list(dict.fromkeys(device))
             specs = [get_device(n, devices_file) for n in names]
             art = read_artifact(artifact)
@@ -94,3 +95,31 @@ def register(app: typer.Typer) -> None:
                 raise EdgekitError("a run did not finish; partial samples were kept in profile.json")
 
         run(body)
+
+
+def _refuse_compress_output(artifact: str) -> None:
+    """A compress output (model.pt2) is not an exported artifact: say to export it first, with the command."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from edgekit.errors import UserInputError
+
+    path = Path(artifact)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text()) if path.is_dir() else None
+    except (OSError, ValueError):
+        return  # read_artifact reports a corrupt manifest
+    if not isinstance(manifest, dict) or manifest.get("kind") != "compressed-model":
+        return
+    from edgekit.cli.export import default_precision_of
+    from edgekit.exporters.base import default_out
+
+    recipe = manifest.get("recipe", {}).get("name") if isinstance(manifest.get("recipe"), dict) else None
+    precision = default_precision_of(path)
+    out = default_out(str(manifest.get("model", path.name)), "onnx", precision, recipe)
+    raise UserInputError(
+        f"{artifact} is the output of `edgekit compress` (a PyTorch program), not an exported artifact; export it "
+        f"first, then profile the export:\n  edgekit export {shlex.quote(artifact)} --target onnx\n"
+        f"  edgekit profile {shlex.quote(str(out))}"
+    )

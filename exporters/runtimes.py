@@ -1,0 +1,133 @@
+"""The inference runtimes edgekit runs artifacts on, in one registry, and the one validation contract.
+
+Every place that needs to know a runtime reads :data:`RUNTIMES`: the exporters (which runtime validates a
+target's artifact), the latency code (``measure_latency`` accepts the runtimes that can time an ONNX file),
+the profiler (the default runtime of an artifact target, via ``manifest["validation_contract"]``) and the recipe
+schema (``measure.latency_runtime`` accepts :func:`latency_runtimes`).
+
+:class:`RuntimeConfig` is how a runtime is configured when an artifact is validated: threads and the OpenVINO
+CPU precision hint (``f32``: float layers are not silently run in bf16 on CPUs that have it; int8 layers of a
+QDQ graph still run in int8). :func:`contract_for` gives, per precision, the tolerances (from
+exporters/validation.py, the only place they live) and that configuration; export writes it into
+``validation.json`` and ``manifest.json`` (``validation_contract``) so ``edgekit profile`` validates on the
+device with the same numbers and the same configuration, and records them in ``profile.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import UserInputError
+from edgekit.registry import Registry
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What edgekit knows about one runtime (data, no import of the runtime itself)."""
+
+    name: str
+    module: str  # the Python module that provides it
+    targets: tuple[str, ...]  # artifact targets it runs
+    times_onnx: bool = False  # measure_latency / measure_file_latency can time an ONNX file on it
+    host_cpu: bool = True  # runs on a plain CPU host (False: needs a GPU or macOS)
+    note: str = ""
+
+
+RUNTIMES: Registry[RuntimeSpec] = Registry("runtime")
+
+
+def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
+    RUNTIMES.add(spec.name, spec)
+    return spec
+
+
+for _spec in (
+    RuntimeSpec("torch", "torch", (), note="eager PyTorch (latency baseline only)"),
+    RuntimeSpec("onnxruntime", "onnxruntime", ("onnx",), times_onnx=True, note="CPU execution provider"),
+    RuntimeSpec("openvino", "openvino", ("openvino", "onnx"), times_onnx=True, note="CPU plugin"),
+    RuntimeSpec("tvm", "tvm", ("tvm",), times_onnx=True, note="Relax VM, llvm for the host"),
+    RuntimeSpec("tensorrt", "tensorrt", ("tensorrt",), host_cpu=False, note="needs an NVIDIA GPU"),
+    RuntimeSpec("coreml", "coremltools", ("coreml",), host_cpu=False, note="predictions need macOS"),
+):
+    register_runtime(_spec)
+
+
+def latency_runtimes() -> tuple[str, ...]:
+    """Runtimes ``measure_latency`` accepts: eager torch and every runtime that times an ONNX file here."""
+    return ("torch",) + tuple(n for n in RUNTIMES.names() if RUNTIMES.get(n).times_onnx)
+
+
+def runtime_for_target(target: str) -> str:
+    """The runtime that validates and profiles artifacts of ``target`` by default."""
+    for name in RUNTIMES.names():
+        spec = RUNTIMES.get(name)
+        if spec.targets and spec.targets[0] == target:
+            return name
+    raise UserInputError(f"no runtime runs target {target!r}; runtimes: {', '.join(RUNTIMES.names())}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a runtime is configured for validation (export and profile use the same one)."""
+
+    threads: int = 1
+    openvino_precision_hint: str = "f32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+VALIDATION_RUNTIME = RuntimeConfig()
+
+
+@dataclass(frozen=True)
+class ValidationContract:
+    """The numbers an artifact of ``precision`` is judged by, and how the runtime is set up to judge it."""
+
+    precision: str
+    tolerances: dict[str, str]  # metric -> "<= 1e-4" / ">= 0.99"
+    cosine: float  # the cosine bound, the metric both export and the on-device check compute
+    runtime: RuntimeConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "tolerances": dict(self.tolerances), "cosine": self.cosine,
+                "runtime": self.runtime.to_dict()}
+
+
+def contract_for(precision: str) -> ValidationContract:
+    """The validation contract of ``precision`` (a UserInputError naming the accepted ones otherwise)."""
+    from edgekit.exporters.validation import cosine_bound, tolerance
+
+    tol = tolerance(precision)
+    return ValidationContract(precision, {k: f"{op} {b:g}" for k, (op, b) in tol.items()}, cosine_bound(precision),
+                              VALIDATION_RUNTIME)
+
+
+# ----------------------------------------------------------------------------------------- runtime sessions
+def ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution, quiet logging."""
+    from edgekit.backends import require
+
+    ort = require("onnxruntime", "ONNX Runtime inference")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def openvino_config(threads: int, precision_hint: str = VALIDATION_RUNTIME.openvino_precision_hint) -> dict[str, Any]:
+    """The OpenVINO CPU plugin configuration: ``threads`` threads, latency hint, the precision hint."""
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision_hint}
+
+
+def openvino_compiled(model_path: Path, threads: int, precision_hint: str = VALIDATION_RUNTIME.openvino_precision_hint):
+    """Compile an ONNX file or IR .xml for the OpenVINO CPU plugin (see :func:`openvino_config`)."""
+    from edgekit.backends import require
+
+    ov = require("openvino", "OpenVINO inference")
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(model_path)), "CPU", openvino_config(threads, precision_hint))
