@@ -59,6 +59,7 @@ class DataOptions(BaseModel):
     mean: list[float] | None = Field(None, description="Per-channel mean on the 0..1 scale (e.g. ImageNet 0.485,0.456,0.406). Default: estimated from the data.")
     std: list[float] | None = Field(None, description="Per-channel std on the 0..1 scale (e.g. ImageNet 0.229,0.224,0.225). Default: estimated from the data.")
     split: SplitFractions = Field(default_factory=SplitFractions, description="Fractions of one source for train / calibration / test.")
+    batch_size: int = Field(16, ge=1, description="Samples decoded at once from a streamed source (also the evaluation batch): bounds memory.")
     calibration_max: int = Field(256, ge=1, description="Calibration samples held in memory at most (the rest of that fraction goes to train).")
     train: str | None = Field(None, description="A separate source (folder, .npz, module:factory) for the train split; with test, no fractions are used.")
     calibration: str | None = Field(None, description="A separate source for the calibration split (default: drawn from train).")
@@ -268,7 +269,7 @@ def _streamed(name: str, parts: dict[str, tuple[SampleSource, list[int]]], input
     train_src, train_idx = parts["train"]
     estimated = opts.mean is None and opts.std is None and isinstance(train_src, ImageFolderSource)
     shape = _sample_shape(train_src)
-    splits = {k: StreamSplit(src, idx, shape) for k, (src, idx) in parts.items()}
+    splits = {k: StreamSplit(src, idx, shape, batch_size=opts.batch_size) for k, (src, idx) in parts.items()}
     prep_info: dict[str, Any] = {"resize": opts.resize, "crop": opts.crop, "mean": opts.mean, "std": opts.std}
     if estimated:  # the folder's own statistics (what the in-memory loader did over the whole dataset)
         mean, std = estimate_norm(splits["train"] if len(splits["train"]) else splits["test"], seed=seed)
@@ -278,7 +279,7 @@ def _streamed(name: str, parts: dict[str, tuple[SampleSource, list[int]]], input
         prep_info.update(mean=[round(mean, 6)], std=[round(std, 6)], estimated=True)
     calib = splits["calibration"]
     if len(calib) > opts.calibration_max:
-        calib = StreamSplit(calib.source, calib.indices[: opts.calibration_max], shape)
+        calib = StreamSplit(calib.source, calib.indices[: opts.calibration_max], shape, batch_size=opts.batch_size)
     for key in ("calibration", "test"):
         if parts[key][0].task != train_src.task:
             raise UserInputError(f"data {name}: the {key} source is {parts[key][0].task} data, train is {train_src.task}")

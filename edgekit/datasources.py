@@ -255,8 +255,10 @@ class LazyImages:
 class StreamSplit:
     """Indices into a :class:`SampleSource`, read ``batch_size`` samples at a time."""
 
-    def __init__(self, source: SampleSource, indices: Sequence[int], sample_shape: tuple[int, ...], workers: int = 4) -> None:
+    def __init__(self, source: SampleSource, indices: Sequence[int], sample_shape: tuple[int, ...], workers: int = 4,
+                 batch_size: int = 16) -> None:
         self.source, self.indices, self.sample_shape, self.workers = source, list(indices), tuple(sample_shape), workers
+        self.batch_size = batch_size  # evaluation over this split runs this many samples at a time
         self._labels: torch.Tensor | None = None
         self._labels_known = False
 
