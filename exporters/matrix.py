@@ -1,10 +1,13 @@
-"""Write docs/targets.md from a run of the support-matrix tests (never by hand).
+"""Write docs/targets.md from runs of the support-matrix tests (never by hand).
 
-    python -m edgekit.exporters.matrix            # runs tests/test_export_matrix.py, then writes the doc
-    python -m edgekit.exporters.matrix --log F    # only renders an existing JSON-lines log of such a run
+    python -m edgekit.exporters.matrix                        # tests/test_export_matrix.py -> model x target table
+    python -m edgekit.exporters.matrix --log F                # only render an existing JSON-lines log of such a run
+    python -m edgekit.exporters.matrix --composition          # tests/test_composition_matrix.py -> recipe x target
+    python -m edgekit.exporters.matrix --composition --log F  # only render a composition log
 
-The test module appends one JSON line per case to ``$EDGEKIT_EXPORT_MATRIX_LOG``; this script sets that
-variable, runs pytest, and turns the log into the table (rows: zoo models; columns: target/precision).
+The test modules append one JSON line per case to ``$EDGEKIT_EXPORT_MATRIX_LOG`` / ``$EDGEKIT_COMPOSITION_LOG``;
+this script sets that variable, runs pytest, and turns the log into a table. The recipe x target table lives
+between the markers below inside docs/targets.md; each mode rewrites only its own part.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "targets.md"
 TEST = "tests/test_export_matrix.py"
+COMPOSITION_TEST = "tests/test_composition_matrix.py"
+BEGIN, END = "<!-- composition matrix: begin -->", "<!-- composition matrix: end -->"
 
 
-def run_tests(log: Path, workers: int) -> int:
-    env = {**os.environ, "EDGEKIT_EXPORT_MATRIX_LOG": str(log)}
-    cmd = [sys.executable, "-m", "pytest", TEST, "-q", "-p", "no:cacheprovider"]
+def run_tests(log: Path, workers: int, test: str = TEST, env_var: str = "EDGEKIT_EXPORT_MATRIX_LOG") -> int:
+    env = {**os.environ, env_var: str(log)}
+    cmd = [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
     if workers > 1:
         cmd += ["-n", str(workers)]
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
@@ -38,9 +43,9 @@ def _cell(row: dict) -> str:
         return "skip"
     if status == "error":
         return "ERROR"
-    mark = "pass" if status == "passed" else "FAIL"
     if not row.get("numeric"):
-        return f"{mark} (checks)"
+        return "ready, not validated" if status == "passed" else "FAIL (checks)"
+    mark = "pass" if status == "passed" else "FAIL"
     if row["precision"] == "fp32" and isinstance(row.get("rel_err"), float):
         return f"{mark} rel {row['rel_err']:.1e}"
     cos = row.get("cosine")
@@ -61,8 +66,8 @@ def render(rows: list[dict], command: str, seconds: float | None) -> str:
         "",
         "Cells: `pass rel R` / `pass cos C` = exported and validated numerically against PyTorch on the digits "
         "test inputs (R = relative L2 error of the outputs, used for fp32; C = their cosine similarity, used for "
-        "fp16; tolerances in exporters/validation.py, top-1 agreement also checked); `pass (checks)` = exported, structural checks passed, "
-        "no numeric run possible on this host; `skip` = not runnable here (reason below); `FAIL`/`ERROR` = see log.",
+        "fp16; tolerances in exporters/validation.py, top-1 agreement also checked); `ready, not validated` = exported, "
+        "structural checks passed, no numeric run possible on this host (never counted as passed); `skip` = not runnable here (reason below); `FAIL`/`ERROR` = see log.",
         "",
         "| model | " + " | ".join(f"{t} {p}" for t, p in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -113,25 +118,94 @@ def render(rows: list[dict], command: str, seconds: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _composition_cell(row: dict) -> str:
+    state = row["state"]
+    if state == "works":
+        m = row.get("metrics") or {}
+        cos = m.get("cosine")
+        prof = row.get("profile") or {}
+        ms = prof.get("median_ms")
+        return "works" + (f" (cos {cos:.5f}" if isinstance(cos, float) else " (") + (
+            f", {ms:.2f} ms)" if isinstance(ms, (int, float)) else ")")
+    if state == "refused":
+        return "refused [r]"
+    if state == "ready, not validated":
+        return "ready, not validated [n]"
+    return "**FAILED** [f]"
+
+
+def render_composition(rows: list[dict], command: str, seconds: float | None) -> str:
+    """The recipe x target section of docs/targets.md (between the markers)."""
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    order = {t: i for i, t in enumerate(("onnx", "openvino", "tvm", "coreml", "tensorrt"))}
+    targets = sorted({r["target"] for r in rows}, key=lambda t: (order.get(t, len(order)), t))
+    by = {(r["recipe"], r["target"]): r for r in rows}
+    models = {r["recipe"]: r["model"] for r in rows}
+    lines = [BEGIN, "## Recipes x targets (compress -> export -> validate -> profile)", "",
+             f"Generated by `{command}` from a run of `{COMPOSITION_TEST}` on {time.strftime('%Y-%m-%d')} "
+             f"({platform.machine()}, {platform.system()}). Each shipped recipe ran on a small zoo model with short "
+             "fine-tunes (the overrides are in the test); each cell exported the compress output, validated it "
+             "against PyTorch (tolerances per precision in exporters/validation.py, the same in `edgekit profile`) "
+             "and profiled it locally with on-device validation. Cells: `works (cos C, T ms)` = all three passed "
+             "(C: output cosine vs PyTorch, T: median latency on this loaded host, batch 1, 1 thread); "
+             "`ready, not validated` = artifact written and structurally checked, this host cannot run the target; "
+             "`refused` = the target refused before any work (exit 2), reason below.", "",
+             "| recipe (model) | precision | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
+    for rc in recipes:
+        prec = next((by[(rc, t)]["precision"] for t in targets if (rc, t) in by), "-")
+        lines.append(f"| {rc} ({models[rc]}) | {prec} | "
+                     + " | ".join(_composition_cell(by[(rc, t)]) if (rc, t) in by else "-" for t in targets) + " |")
+    notes = {"refused": "[r] refused", "ready, not validated": "[n] not validated here", "failed": "[f] FAILED"}
+    for state, label in notes.items():
+        hits = [r for r in rows if r["state"] == state]
+        if hits:
+            lines += ["", f"{label}:", ""] + [f"- {r['recipe']} x {r['target']}: {r['reason']}" for r in hits]
+    if seconds:
+        lines += ["", f"Wall time of the run: {seconds:.0f} s."]
+    return "\n".join(lines + [END]) + "\n"
+
+
+def splice(doc: str, section: str) -> str:
+    """Replace the composition section of ``doc`` (or append it)."""
+    if BEGIN in doc and END in doc:
+        head, rest = doc.split(BEGIN, 1)
+        return head + section + rest.split(END, 1)[1].lstrip("\n")
+    return doc.rstrip("\n") + "\n\n" + section
+
+
+def _composition_of(doc_path: Path) -> str | None:
+    if not doc_path.is_file():
+        return None
+    text = doc_path.read_text()
+    if BEGIN not in text or END not in text:
+        return None
+    return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", type=Path, help="render this JSON-lines log instead of running the tests")
     ap.add_argument("-n", "--workers", type=int, default=2, help="pytest-xdist workers (default 2)")
     ap.add_argument("--out", type=Path, default=DOC)
+    ap.add_argument("--composition", action="store_true", help="the recipe x target matrix (tests/test_composition_matrix.py)")
     args = ap.parse_args(argv)
     seconds = None
+    flag = " --composition" if args.composition else ""
     if args.log is None:
         fd, name = tempfile.mkstemp(prefix="edgekit-matrix-", suffix=".jsonl")
         os.close(fd)
         log = Path(name)
         t0 = time.perf_counter()
-        rc = run_tests(log, args.workers)
+        if args.composition:
+            rc = run_tests(log, args.workers, COMPOSITION_TEST, "EDGEKIT_COMPOSITION_LOG")
+        else:
+            rc = run_tests(log, args.workers)
         seconds = time.perf_counter() - t0
         print(f"pytest exited {rc}; log {log}")
-        command = "python -m edgekit.exporters.matrix" + (f" -n {args.workers}" if args.workers != 2 else "")
+        command = "python -m edgekit.exporters.matrix" + flag + (f" -n {args.workers}" if args.workers != 2 else "")
     else:
         log = args.log
-        command = f"python -m edgekit.exporters.matrix --log {log}"
+        command = f"python -m edgekit.exporters.matrix{flag} --log {log.name}"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not rows:
         print("no results in the log; nothing written", file=sys.stderr)
@@ -139,7 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from edgekit.artifacts import write_bytes_atomic
 
-    write_bytes_atomic(args.out, render(rows, command, seconds).encode())
+    if args.composition:
+        current = args.out.read_text() if args.out.is_file() else "# Export targets\n"
+        text = splice(current, render_composition(rows, command, seconds))
+    else:
+        kept = _composition_of(args.out)
+        text = render(rows, command, seconds) + ("\n" + kept if kept else "")
+    write_bytes_atomic(args.out, text.encode())
     print(f"wrote {args.out} ({len(rows)} cases)")
     return 0
 

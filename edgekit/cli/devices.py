@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
                 where = {"local": "this machine", "ssh": f"{getattr(d, 'user', '')}@{getattr(d, 'host', '')}:"
                          f"{getattr(d, 'port', '')}", "adb": f"serial {getattr(d, 'serial', '')}"}[d.transport]
                 t.add_row(n, d.transport, where, ",".join(d.runtimes) or "auto", d.power, ",".join(d.tags))
-            console().print(t)
+            from edgekit.tables import print_table
+
+            print_table(t)
 
         run(body)
 
@@ -93,7 +95,9 @@ def register(app: typer.Typer) -> None:
                     t.add_row(f"power {s['name']}", f"{s['reading']} ({', '.join(s['rails'])}; {s['source']})")
             else:
                 t.add_row("power", f"[bold]{info['power_status']}[/]")
-            console().print(t)
+            from edgekit.tables import print_table
+
+            print_table(t)
 
         run(body)
 

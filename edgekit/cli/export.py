@@ -123,7 +123,9 @@ def _print_targets(as_json: bool) -> None:
     for n, c in rows.items():
         opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
         t.add_row(n, c.suffix, ", ".join(c.precisions), "yes" if c.needs_gpu else "no", c.source, c.runtime, opts)
-    console().print(t)
+    from edgekit.tables import print_table
+
+    print_table(t)
 
 
 def default_precision_of(model) -> str:

@@ -14,6 +14,7 @@ from edgekit.cli import export as export_cli
 from edgekit.cli import profile as profile_cli
 from edgekit.cli import sweep as sweep_cli
 from edgekit.cli._common import FORCE_OPTION, JSON_OPTION, console, emit_json, esc, fmt_num, run, set_verbose
+from edgekit.tables import print_table
 
 app = typer.Typer(
     name="edgekit",
@@ -30,9 +31,13 @@ zoo_app = typer.Typer(help="The model zoo.\n\nExample: edgekit zoo train convnet
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug-level logging; print where the debug log is."),
+    wide: bool = typer.Option(False, "--wide", help="Tables: one line per row however wide (default: long cells fold, never cut)."),
 ) -> None:
     """Fuse, prune, quantize, export and profile PyTorch models for edge inference."""
     set_verbose(verbose)
+    from edgekit import tables
+
+    tables.WIDE = wide
 
 
 app.add_typer(recipes_app, name="recipes")
@@ -108,7 +113,7 @@ def print_report(report: dict) -> None:
     t.add_row("output cosine vs original", "", f"{fid['cosine']:.5f}", "")
     if "top1_agreement" in fid:
         t.add_row("top-1 agreement vs original", "", f"{fid['top1_agreement']:.2%}", "")
-    console().print(t)
+    print_table(t)
     stages = ", ".join(f"{s['name']} ({s['seconds']:.1f}s)" for s in report["stages"])
     console().print(f"stages: {stages}")
     for note in report.get("notes", []):
@@ -138,7 +143,7 @@ def recipes_list(json_: bool = JSON_OPTION) -> None:
             t.add_column(col)
         for r in rows:
             t.add_row(r["name"], r["base"] or "", r["description"])
-        console().print(t)
+        print_table(t)
 
     run(body)
 
@@ -182,7 +187,7 @@ def zoo_list(json_: bool = JSON_OPTION) -> None:
             t.add_column(col)
         for r in rows:
             t.add_row(r["name"], r["family"], "yes" if r["checkpoint"] else "no", r["description"])
-        console().print(t)
+        print_table(t)
 
     run(body)
 
@@ -249,7 +254,7 @@ def inspect(
             t.add_column(col)
         for r in info["layers"]:
             t.add_row(r["name"], r["type"], str(r["output_shape"] or "-"), fmt_num(r["params"]), fmt_num(r["macs"]), *(fmt_num(r.get(k)) for k in extra))
-        c.print(t)
+        print_table(t, c)
 
     run(body)
 

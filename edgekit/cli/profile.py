@@ -71,7 +71,9 @@ def register(app: typer.Typer) -> None:
                 emit_json({n: (r.to_dict() if not isinstance(r, Exception) else {"status": "error", "error": str(r)})
                            | ({"out_dir": written[n]} if n in written else {}) for n, r in results.items()})
             else:
-                console().print(render_table(results))
+                from edgekit.tables import print_table
+
+                print_table(render_table(results))
                 for name, res in results.items():
                     if not isinstance(res, Exception):
                         if res.emulated:

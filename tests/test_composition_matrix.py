@@ -1,0 +1,125 @@
+"""Every shipped recipe reaches every target: compress -> export -> validate -> profile, cell by cell (issue 13).
+
+Each shipped recipe runs once on a small zoo model of the right kind (CNN recipes on ``convnet``, the ViT
+quantizers on ``vit``) with short fine-tunes (``--set`` overrides); the compress outputs are cached for the whole
+module. Every (recipe, target) cell then runs through :func:`edgekit.exporters.composition.run_cell` and its state
+is asserted against the lists below: a cell that is not ``works`` is listed here with the reason the target gives,
+so a new refusal or an unvalidated cell is a deliberate change. When ``EDGEKIT_COMPOSITION_LOG`` is set, each
+cell's record is appended there as a JSON line; ``python -m edgekit.exporters.matrix --composition`` runs this
+module and writes the recipe x target table into docs/targets.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")  # before tvm is imported: one thread per xdist worker
+
+import pytest
+
+from edgekit.exporters.composition import READY, REFUSED, WORKS, run_cell
+
+pytestmark = pytest.mark.slow
+
+# recipe -> (zoo model, overrides that keep the run short). Fine-tunes are cut to one epoch (or calibration
+# only): the matrix checks that the stages compose with the targets, accuracy is benchmarked elsewhere.
+RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "deploy": ("convnet", ()),
+    "prune-30": ("convnet", ("prune.finetune.epochs=1",)),
+    "prune-50": ("convnet", ("prune.finetune.epochs=1",)),
+    "sparse-2to4": ("convnet", ("sparsify.finetune.epochs=1",)),
+    "sparse-1to8": ("convnet", ("sparsify.finetune.epochs=1", "sparsify.final_epochs=1")),
+    "int8": ("convnet", ("quantize.calibration.samples=64",)),
+    "int8-sym": ("convnet", ("quantize.calibration.samples=64",)),
+    "int8-qat": ("convnet", ("quantize.calibration.samples=64", "quantize.qat.epochs=1")),
+    "ivit-int8": ("vit", ("ivit.epochs=0",)),
+    "bivit-w1a8": ("vit", ("binarize.epochs=2",)),
+    "bivit-w1a1": ("vit", ("binarize.epochs=2",)),
+}
+TARGETS = ("onnx", "openvino", "tvm", "coreml", "tensorrt")
+TARGET_OPTIONS = {"tvm": {"llvm_opt_level": 1}}  # halves TVM compile time; numerics are unchanged
+
+# (recipe, target) -> a phrase the refusal must contain (exit 2 before any work).
+REFUSED_CELLS: dict[tuple[str, str], str] = {
+    ("int8", "tensorrt"): "int8-sym",
+    ("int8-qat", "tensorrt"): "int8-sym",
+}
+
+
+def _tensorrt_runs_here() -> bool:
+    from edgekit.exporters.tensorrt import gpu_available
+
+    return gpu_available()[0]
+
+
+# target -> why its cells are "ready, not validated" on this host (None: it runs here, cells must work).
+NOT_RUNNABLE_HERE = {
+    "coreml": None if platform.system() == "Darwin" else "macOS",
+    "tensorrt": None if _tensorrt_runs_here() else "no TensorRT engine was built",
+}
+LOG = os.environ.get("EDGEKIT_COMPOSITION_LOG")
+
+
+def expected(recipe: str, target: str) -> str:
+    if (recipe, target) in REFUSED_CELLS:
+        return REFUSED
+    return READY if NOT_RUNNABLE_HERE.get(target) else WORKS
+
+
+def _cache_name(recipe: str) -> str:
+    import hashlib
+
+    model, overrides = RECIPES[recipe]
+    key = hashlib.sha256(json.dumps([model, recipe, list(overrides)]).encode()).hexdigest()[:8]
+    return f"{model}-{recipe}-{key}"
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """recipe -> its compress output directory, made once per module (per xdist worker). With
+    EDGEKIT_COMPOSITION_CACHE set, outputs are kept there across runs (keyed by model, recipe and overrides;
+    a changed recipe file is not noticed: clear the folder after editing a recipe)."""
+    from edgekit.pipeline import compress
+
+    cache: dict[str, Path] = {}
+    keep = os.environ.get("EDGEKIT_COMPOSITION_CACHE")
+    root = Path(keep) if keep else tmp_path_factory.mktemp("compressed")
+
+    def get(recipe: str) -> Path:
+        if recipe not in cache:
+            model, overrides = RECIPES[recipe]
+            out = root / _cache_name(recipe)
+            if not (out / "manifest.json").is_file():
+                compress(model, recipe, overrides=list(overrides), out=out, latency=False, seed=0)
+            cache[recipe] = out
+        return cache[recipe]
+
+    return get
+
+
+def test_every_shipped_recipe_is_in_the_matrix():
+    from edgekit.recipe import builtin_names
+
+    shipped = set(builtin_names())
+    assert shipped == set(RECIPES), f"add the new recipe(s) to RECIPES: {sorted(shipped ^ set(RECIPES))}"
+
+
+@pytest.mark.parametrize("recipe,target", [(r, t) for r in RECIPES for t in TARGETS], ids=lambda v: str(v))
+def test_cell(recipe, target, compressed, tmp_path):
+    rec = run_cell(compressed(recipe), target, tmp_path / "art", options=TARGET_OPTIONS.get(target))
+    if LOG:
+        with open(LOG, "a") as fh:  # O_APPEND: one line per write, safe across xdist workers
+            fh.write(json.dumps(rec.to_dict()) + "\n")
+    want = expected(recipe, target)
+    assert rec.state == want, f"{recipe} x {target}: {rec.state} (exit {rec.exit_code}): {rec.reason}"
+    if want == REFUSED:
+        assert rec.exit_code == 2 and REFUSED_CELLS[(recipe, target)] in rec.reason, rec.reason
+        assert not (tmp_path / "art").exists()  # refused before any work
+    elif want == READY:
+        assert NOT_RUNNABLE_HERE[target] in rec.reason and rec.artifact and rec.exit_code == 0
+    else:
+        assert rec.metrics.get("cosine") is not None and rec.exit_code == 0
+        assert rec.profile["validation"]["status"] == "passed", rec.profile
