@@ -22,6 +22,7 @@ from edgekit.devices.remote.runner.stats import summarize
 from edgekit.errors import EdgekitError, UserInputError
 
 NO_SENSOR = "no power sensor"
+EMULATED_EXTRA_S = 240.0
 
 
 @dataclass
@@ -41,7 +42,7 @@ class ProfileOptions:
     validate: bool = True
     idle_s: float = 2.0  # idle-power measurement before the run (when a sensor exists)
     power_interval_s: float = 0.05
-    timeout_s: float | None = None  # whole run; default budget + warm-up + 60 s
+    timeout_s: float | None = None  # whole run; default budget + warm-up + 60 s (+ 240 s on an emulated board)
 
     def runner_opts(self, art: Artifact) -> dict[str, Any]:
         d = asdict(self)
@@ -121,6 +122,8 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
             t0 = time.monotonic()
             time.sleep(opts.idle_s)
             idle_window = (t0, time.monotonic())  # evaluated once the sampler has stopped (edges covered)
+        if info.get("emulation") and not opts.timeout_s:
+            timeout += EMULATED_EXTRA_S  # an emulated board starts its runtime slowly (qemu translates it)
         try:
             stream = tr.run(art_dir, art, ropts, on_event=notify, timeout_s=timeout)
         finally:

@@ -12,7 +12,7 @@ DEVICES_OPTION_HELP = "Devices file (default: <config dir>/edgekit/devices.yaml,
 def register(app: typer.Typer) -> None:
     from edgekit.cli._common import FORCE_OPTION, JSON_OPTION
 
-    devices_app = typer.Typer(help="Boards to profile on: list, check, add.\n\nExample: edgekit devices check local",
+    devices_app = typer.Typer(help="Boards to profile on: list, check, add, emulate.\n\nExample: edgekit devices check local",
                               no_args_is_help=True)
     app.add_typer(devices_app, name="devices")
 
@@ -75,6 +75,10 @@ def register(app: typer.Typer) -> None:
             t.add_column("value")
             t.add_row("OS", info["os"])
             t.add_row("arch", info["arch"])
+            emu = info.get("emulation")
+            if emu:
+                t.add_row("emulated", f"[yellow]yes[/]: {emu.get('emulator', '?')} ({emu.get('qemu', '')}) on a "
+                          f"{emu.get('host_arch', '?')} host; latency measured here is emulated")
             t.add_row("CPU", f"{info['cpu']} ({info['cpu_count']} cores)")
             t.add_row("memory", f"{info['memory_mb']} MB" if info.get("memory_mb") else "-")
             t.add_row("GPU", ", ".join(info["gpus"]) or "none found")
@@ -100,6 +104,61 @@ def register(app: typer.Typer) -> None:
             print_table(t)
 
         run(body)
+
+    @devices_app.command("emulate")
+    def emulate_cmd(
+        name: Optional[str] = typer.Argument(None, help="Board name (written into the devices file)."),
+        arch: str = typer.Option("aarch64", "--arch", help="Board architecture (aarch64)."),
+        stop: bool = typer.Option(False, "--stop", help="Stop the board and remove its devices-file entry."),
+        build_only: bool = typer.Option(False, "--build-only", help="Build (or check) the cached root file system only."),
+        idle_w: float = typer.Option(2.0, "--idle-w", help="Power model: watts of the idle board."),
+        core_w: float = typer.Option(1.5, "--core-w", help="Power model: watts added per busy CPU core."),
+        devices_file: Optional[str] = typer.Option(None, "--devices", help=DEVICES_OPTION_HELP),
+        force: bool = FORCE_OPTION,
+    ) -> None:
+        """Start an emulated board (Debian arm64 under qemu-user, sshd in its own network namespace) and add it
+        to the devices file; its latency is emulated, its power follows a stated model of its CPU time. Root only.
+
+        Example: edgekit devices emulate pi-emu --arch aarch64 && edgekit profile ART --device pi-emu
+        """
+        from edgekit.cli._common import console, run
+
+        def body() -> None:
+            from edgekit.errors import UserInputError
+
+            err = console(stderr=True)
+            if build_only:
+                from edgekit.devices.farm.host import FarmError, unavailable_reason
+                from edgekit.devices.farm.rootfs import build_rootfs
+
+                reason = unavailable_reason(arch)
+                if reason:
+                    raise FarmError(f"cannot build an {arch} board here: {reason}")
+                console().print(f"root file system: [bold]{build_rootfs(arch, log=err.print)}[/]")
+                return
+            if not name:
+                raise UserInputError("give the board's NAME (or --build-only)")
+            if stop:
+                from edgekit.devices.farm.board import stop_board
+
+                if not stop_board(name, devices_file or _default_file()):
+                    raise UserInputError(f"no running emulated board {name!r}")
+                console().print(f"stopped [bold]{name}[/]")
+                return
+            from edgekit.devices.farm.board import start_board
+            from edgekit.devices.farm.power import PowerModel
+
+            st = start_board(name, arch, devices_file, PowerModel(idle_w=idle_w, core_w=core_w), force=force,
+                             log=err.print)
+            console().print(f"board [bold]{name}[/] ({arch}, [yellow]emulated[/]) at root@{st.address}; "
+                            f"profile with: edgekit profile ARTIFACT --device {name}")
+
+        run(body)
+
+    def _default_file() -> str:
+        from edgekit.devices.spec import default_devices_file
+
+        return str(default_devices_file())
 
     @devices_app.command("add")
     def add_cmd(
