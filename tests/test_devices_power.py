@@ -208,8 +208,30 @@ def test_sensor_that_fails_is_reported_not_guessed():
     assert sampler.window(0, time.monotonic())["power_w"] is None
 
 
-def test_this_machine_auto_discovery_does_not_invent_a_sensor():
+def _readable_any(patterns: list[str]) -> bool:
+    import glob
+
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            try:
+                with open(path) as fh:
+                    fh.read()
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def test_this_machine_auto_discovery_finds_a_sensor_exactly_when_one_is_there():
+    """Checked against an independent look at this machine: sysfs power/energy files or an NVIDIA library."""
+    nvml = load_nvml()
+    if nvml is not None:
+        nvml.nvmlShutdown()
+    offered = nvml is not None or _readable_any([
+        "/sys/class/powercap/*/energy_uj", "/sys/class/hwmon/*/energy*_input", "/sys/class/hwmon/*/power*_input",
+        "/sys/class/hwmon/*/power*_average", "/sys/class/hwmon/*/curr*_input"])
     readers = discover(LocalFS("/"), "auto")
+    assert bool(readers) == offered, ([r.describe() for r in readers], offered)
     for r in readers:  # whatever is found must actually read
         assert r.read() >= 0
         r.close()
