@@ -142,3 +142,46 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         self._fill()
         return len(self._items)
+
+
+class KeyedRegistry(Registry[T]):
+    """A registry keyed by a type, an op or a function instead of a name (pruning handlers keyed by module
+    type, ATen rules keyed by op, I-ViT converters keyed by module type or function): the same registration,
+    lazy filling and ``unregister``; :meth:`lookup` of a type walks its MRO, so a subclass of a registered
+    type finds its base's entry."""
+
+    def _label(self, key: Any) -> str:
+        return getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or str(key)
+
+    def get(self, key: Any) -> T:  # type: ignore[override]
+        self._fill()
+        try:
+            return self._items[key]
+        except (KeyError, TypeError):
+            accepted = ", ".join(sorted(self._label(k) for k in self._items)) or "(none registered)"
+            raise UserInputError(f"no {self.kind} for {self._label(key)}; registered: {accepted}") from None
+
+    def lookup(self, key: Any, default: Any = None) -> Any:
+        """The entry for ``key``; for a type, the entry of its nearest registered base class."""
+        self._fill()
+        if isinstance(key, type):
+            for base in key.__mro__:
+                if base in self._items:
+                    return self._items[base]
+            return default
+        try:
+            return self._items.get(key, default)
+        except TypeError:  # unhashable key
+            return default
+
+    def keys(self) -> list[Any]:
+        self._fill()
+        return list(self._items)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        self._fill()
+        return sorted(n for n in (self._label(k) for k in self._items) if fnmatch.fnmatchcase(n, pattern))
+
+    def items(self) -> list[tuple[Any, T]]:  # type: ignore[override]
+        self._fill()
+        return list(self._items.items())

@@ -146,3 +146,21 @@ def test_registries_fill_lazily_from_their_packages():
 
     assert {"convnet", "vit", "resnet50"} <= set(models.names())
     assert {"fuse", "prune", "quantize", "sparsify"} <= set(discover().names())
+
+
+def test_keyed_registry_walks_the_mro_and_unregisters():
+    from torch import nn
+
+    from edgekit.errors import UserInputError
+    from edgekit.registry import KeyedRegistry
+
+    reg: KeyedRegistry[str] = KeyedRegistry("pruning handler")
+    reg.add(nn.Conv2d, "conv")
+
+    class UserConv(nn.Conv2d):
+        pass
+
+    assert reg.lookup(UserConv) == "conv" and reg.lookup(nn.Linear) is None and reg.names() == ["Conv2d"]
+    with pytest.raises(UserInputError, match="no pruning handler for Linear; registered: Conv2d"):
+        reg.get(nn.Linear)
+    assert reg.unregister(nn.Conv2d) == "conv" and len(reg) == 0
