@@ -318,24 +318,9 @@ def _plain_graph_module(graph) -> fx.GraphModule:
     gm.meta.update(graph.gm.meta)
     if graph.captured.dynamic_batch and not graph.gm.meta.get("prune_static_batch"):
         return gm
-    return StaticBatchGraph(gm, int(graph.example_inputs[0].shape[0]))
+    from edgekit.capture import FixedBatch
 
-
-class StaticBatchGraph(nn.Module):
-    """A graph captured at a fixed batch size, run on any batch in slices of that size (and concatenated)."""
-
-    def __init__(self, gm: fx.GraphModule, batch: int) -> None:
-        super().__init__()
-        self.gm = gm
-        self.batch = batch
-
-    def forward(self, x: torch.Tensor) -> Any:
-        if x.shape[0] == self.batch:
-            return self.gm(x)
-        if x.shape[0] % self.batch:
-            raise ValueError(f"this pruned graph runs batches that are multiples of {self.batch}, got {x.shape[0]}")
-        outs = [self.gm(part) for part in x.split(self.batch)]
-        return torch.utils._pytree.tree_map(lambda *ts: torch.cat(ts), *outs) if len(outs) > 1 else outs[0]
+    return FixedBatch(gm, int(graph.example_inputs[0].shape[0]))
 
 
 def _update_int_attributes(graph, changes: dict) -> list[str]:

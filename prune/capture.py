@@ -99,9 +99,10 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tu
         gm = torch.export.export(root, two, dynamic_shapes=tuple({0: auto} for _ in two), strict=False).module()
         with torch.no_grad():
             gm(*(torch.cat([x, x[:1]]) for x in two))  # the batch really is dynamic (not specialised to 2)
-        return gm, prefix, two, True
     except Exception:  # noqa: BLE001 - a model that needs a static batch: capture it at the example's shapes
-        pass
+        gm = None
+    if gm is not None:
+        return gm, prefix, two, True
     try:
         ep = torch.export.export(root, tuple(example_inputs), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure in user terms

@@ -29,8 +29,10 @@ DATA = "random:3x32x32"
 # The pruned model stays the user's class, except where its forward derives head_dim from the residual width
 # (``C // self.heads``): pruning heads and width separately breaks that, so the rewritten graph is returned.
 GRAPH_MODULE = {"sdpa_deit", "swin_tiny"}
+# Widths 8 and 16 with prune-30's round_to 8: 30% of 16 rounds back up to 16, so nothing is removed.
+NOTHING_AT_30 = {"hf_resnet"}
 ATTENTION = ["*attn*", "*attention*"]
-MLP = ["*mlp*", "*fc1", "*fc2", "*intermediate*", "*output.dense", "*pwconv*"]
+MLP = ["*mlp*", "*fc1", "*fc2", "*intermediate*", "*layer.[0-9].output.dense", "*blocks.[0-9].output.dense", "*pwconv*"]
 
 
 def _compress(name: str, recipe: str, overrides: list[str]):
@@ -43,7 +45,7 @@ def _compress(name: str, recipe: str, overrides: list[str]):
 def _weights(model: nn.Module, patterns: list[str]) -> int:
     """Weight elements of the conv / linear / attention projections whose names match (MACs = this x tokens)."""
     return sum(p.numel() for n, p in model.named_parameters()
-               if p.dim() >= 2 and any(fnmatch.fnmatchcase(n.lower(), pat) for pat in patterns))
+               if p.dim() >= 2 and any(fnmatch.fnmatchcase(n.lower().rpartition(".")[0], pat) for pat in patterns))
 
 
 def _export_onnx(result, tmp_path) -> None:
@@ -59,8 +61,11 @@ def test_prune30_third_party_captures_shrinks_and_exports(tp, tmp_path):
     model, res = _compress(tp.name, "prune-30", ["prune.finetune.epochs=0"])
     rep = res.report.stages[0].report
     assert rep["capture"] == CaptureMethod.EXPORT.value
-    assert res.report.macs.after < res.report.macs.before
     assert rep["macs"]["after"] == res.report.macs.after
+    if tp.name in NOTHING_AT_30:
+        assert rep["units_removed"] == 0 and res.report.macs.after == res.report.macs.before
+    else:
+        assert rep["units_removed"] > 0 and res.report.macs.after < res.report.macs.before
     pruned = unwrap(res.model)[0]
     if tp.name in GRAPH_MODULE:
         assert rep["model_kind"] == "graph module" and not isinstance(pruned, type(model))
@@ -92,7 +97,7 @@ def test_sparse_2to4_third_party_exports(tp, tmp_path):
     model, res = _compress(tp.name, "sparse-2to4", ["sparsify.finetune.epochs=0"])
     rep = res.report.stages[0].report
     assert rep["layers"], rep["skipped"]
-    mods = dict(unwrap(res.model)[0].named_modules())
+    mods = dict(res.model.named_modules())  # the report names layers of the model the stage received
     assert all(check_pattern(mods[n].weight, 2, 4) for n in rep["layers"])
     assert isinstance(unwrap(res.model)[0], type(model))
     _export_onnx(res, tmp_path)
@@ -106,6 +111,9 @@ def _randomize_norms(model: nn.Module) -> nn.Module:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    for name, p in model.named_parameters():
+        if "layer_scale" in name:  # ConvNeXt's 1e-6 init would hide the pruned branch from the check
+            p.data.fill_(1.0)
     return model.eval()
 
 
