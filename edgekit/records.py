@@ -188,3 +188,56 @@ class CompressReport(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (ModelInfo, StageReport, CompressReport)
+
+
+# The records written at a boundary, by file name in docs/schemas/ (``python -m edgekit.records DIR`` writes them).
+SCHEMAS = {
+    "model-info": "edgekit.records:ModelInfo",
+    "compress-report": "edgekit.records:CompressReport",
+    "manifest": "edgekit.artifacts:Manifest",
+    "validation": "edgekit.exporters.validation:ValidationReport",
+    "profile": "edgekit.devices.record:Profile",
+    "sweep": "edgekit.sweep.results:SweepResult",
+}
+
+
+def json_schema(cls: type) -> dict[str, Any]:
+    """The JSON schema of a record class (pydantic's reading of the dataclass), with its schema version."""
+    from pydantic import BaseModel, TypeAdapter
+
+    schema = cls.model_json_schema() if isinstance(cls, type) and issubclass(cls, BaseModel) else TypeAdapter(cls).json_schema()
+    version = getattr(cls, "SCHEMA_VERSION", None)
+    if version is not None:
+        schema.setdefault("properties", {})["schema_version"] = {"const": version, "title": "Schema Version"}
+    return schema
+
+
+def schema_texts() -> dict[str, str]:
+    """``{file name: JSON text}`` of every boundary record's schema (deterministic)."""
+    import importlib
+
+    out = {}
+    for name, ref in SCHEMAS.items():
+        module, attr = ref.split(":")
+        cls = getattr(importlib.import_module(module), attr)
+        out[f"{name}.schema.json"] = json.dumps(json_schema(cls), indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def write_schemas(directory: str | Path) -> list[Path]:
+    from edgekit.artifacts import write_bytes_atomic
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, text in schema_texts().items():
+        write_bytes_atomic(directory / fname, text.encode())
+        written.append(directory / fname)
+    return written
+
+
+if __name__ == "__main__":  # python -m edgekit.records docs/schemas
+    import sys
+
+    for p in write_schemas(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas"):
+        print(p)

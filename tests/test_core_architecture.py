@@ -164,3 +164,13 @@ def test_keyed_registry_walks_the_mro_and_unregisters():
     with pytest.raises(UserInputError, match="no pruning handler for Linear; registered: Conv2d"):
         reg.get(nn.Linear)
     assert reg.unregister(nn.Conv2d) == "conv" and len(reg) == 0
+
+
+def test_json_schemas_in_docs_are_current():
+    """docs/schemas/ is generated from the record classes (`python -m edgekit.records docs/schemas`)."""
+    from edgekit.records import schema_texts
+
+    texts = schema_texts()
+    assert {p.name for p in (ROOT / "docs" / "schemas").glob("*.json")} == set(texts)
+    stale = [name for name, text in texts.items() if (ROOT / "docs" / "schemas" / name).read_text() != text]
+    assert stale == [], "regenerate with: python -m edgekit.records docs/schemas"
