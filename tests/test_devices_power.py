@@ -3,6 +3,7 @@ the sampler's energy integration, and NVML when a GPU is present."""
 
 from __future__ import annotations
 
+import glob
 import sys
 import time
 from pathlib import Path
@@ -209,8 +210,6 @@ def test_sensor_that_fails_is_reported_not_guessed():
 
 
 def _readable_any(patterns: list[str]) -> bool:
-    import glob
-
     for pattern in patterns:
         for path in glob.glob(pattern):
             try:
@@ -227,9 +226,10 @@ def test_this_machine_auto_discovery_finds_a_sensor_exactly_when_one_is_there():
     nvml = load_nvml()
     if nvml is not None:
         nvml.nvmlShutdown()
-    offered = nvml is not None or _readable_any([
+    ina3221 = any(Path(p).read_text().strip() == "ina3221" for p in glob.glob("/sys/class/hwmon/*/name"))
+    offered = nvml is not None or ina3221 or _readable_any([
         "/sys/class/powercap/*/energy_uj", "/sys/class/hwmon/*/energy*_input", "/sys/class/hwmon/*/power*_input",
-        "/sys/class/hwmon/*/power*_average", "/sys/class/hwmon/*/curr*_input"])
+        "/sys/class/hwmon/*/power*_average"])
     readers = discover(LocalFS("/"), "auto")
     assert bool(readers) == offered, ([r.describe() for r in readers], offered)
     for r in readers:  # whatever is found must actually read
