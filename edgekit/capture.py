@@ -131,8 +131,9 @@ def _capture_export(inner: nn.Module, path: str | None, example: tuple, fx_error
             two = tuple(_batch_of_two(x) for x in example)
             ep = _export(target, two, dynamic=True)
             if not _dynamic_batch(ep, two):  # the model fixes its batch size: capture at the example's batch size
+                example = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in example)
                 ep = _export(target, example, dynamic=False)
-                batch_size = int(example[0].shape[0])
+                batch_size = 1
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; explained below
         raise UserInputError(f"{what}: {explain_export_error(exc, inner)}") from None
     finally:
@@ -219,6 +220,103 @@ def _get_attr(root: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# ------------------------------------------------------------------------------------------- layer modules
+
+
+def _conv2d(weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=0, dilation=1, groups=1) -> nn.Module | None:
+    if isinstance(padding, str) or weight.dim() != 4:
+        return None
+    return nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride, padding, dilation, groups,
+                     bias=bias is not None)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
+    return nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None) if weight.dim() == 2 else None
+
+
+_LAYER_OPS = {torch.ops.aten.conv2d.default: _conv2d, torch.ops.aten.linear.default: _linear}
+
+
+def layers_as_modules(cap: Capture) -> dict[str, str]:
+    """Turn the ATen ``conv2d`` / ``linear`` calls of an exported graph whose weight (and bias) are parameters
+    into ``call_module`` nodes of ``nn.Conv2d`` / ``nn.Linear`` (in place), so module-level passes (QDQ
+    placement, CLE, int8 weight layers) work on both graph dialects.
+
+    Each layer is named after its weight: ``layers.0.conv1`` for ``layers.0.conv1.weight`` (the user's module
+    path), ``blocks.0.attn.in_proj`` for ``nn.MultiheadAttention``'s ``in_proj_weight``. A weight used by several
+    calls gives one module called several times. Returns ``{layer name: user module path}``.
+    """
+    if cap.method != EXPORT:
+        return {}
+    gm = cap.graph_module
+    by_weight: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for node in list(gm.graph.nodes):
+        make = _LAYER_OPS.get(node.target) if node.op == "call_function" else None
+        if make is None:
+            continue
+        x, w, b, *rest = list(node.args) + [None] * (3 - len(node.args))
+        if not (_is_attr(w) and (b is None or _is_attr(b))):
+            continue
+        name = by_weight.get(w.target)
+        if name is None:
+            weight = _get_attr(gm, w.target)
+            bias = _get_attr(gm, b.target) if b is not None else None
+            layer = make(weight, bias, *rest, **node.kwargs)
+            if layer is None:
+                continue
+            layer.weight = nn.Parameter(weight.detach().clone())
+            if bias is not None:
+                layer.bias = nn.Parameter(bias.detach().clone())
+            name = _layer_name(gm, w.target)
+            if _exists(gm, name):
+                gm.set_submodule(name, layer)
+            else:
+                gm.add_submodule(name, layer)
+            by_weight[w.target] = name
+            names[name] = cap.module_paths.get(node.name, name)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(name, (x,))
+        call.meta.update(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        cap.module_paths[call.name] = names[name]
+        for attr in (w, b):
+            if attr is not None and not attr.users:
+                gm.graph.erase_node(attr)
+    gm.graph.lint()
+    gm.recompile()
+    return names
+
+
+def _is_attr(node: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr"
+
+
+def _exists(gm: nn.Module, name: str) -> bool:
+    try:
+        gm.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _layer_name(gm: nn.Module, weight_target: str) -> str:
+    """``a.b.weight`` -> ``a.b`` when ``a.b`` holds nothing but parameters (the container of a user layer);
+    ``a.in_proj_weight`` -> ``a.in_proj``; a free name otherwise."""
+    owner, _, attr = weight_target.rpartition(".")
+    if attr == "weight" and owner and _exists(gm, owner):
+        container = gm.get_submodule(owner)
+        held = {n for n, _ in container.named_parameters(recurse=False)} | {n for n, _ in container.named_buffers(recurse=False)}
+        if not list(container.children()) and held <= {"weight", "bias"}:
+            return owner
+    base = f"{owner}.{attr.removesuffix('_weight').removesuffix('weight') or 'layer'}" if owner else attr.removesuffix("_weight") or "layer"
+    name, i = base, 1
+    while _exists(gm, name) or hasattr(gm.get_submodule(owner) if owner else gm, name.rpartition(".")[2]):
+        name, i = f"{base}_{i}", i + 1
+    return name
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -9,8 +9,10 @@ symmetric and TensorRT / VNNI kernels never saturate); activations 8-bit per ten
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,34 @@ def qparams(lo: torch.Tensor | float, hi: torch.Tensor | float, scheme: QScheme)
         scale = torch.clamp((hi - lo) / scheme.levels, min=eps)
         zp = torch.clamp(scheme.qmin - torch.round(lo / scale), scheme.qmin, scheme.qmax)
     return scale, zp.to(torch.int32)
+
+
+# ------------------------------------------------------------------------------------------- PTQ options
+# The options of the int8 algorithm, with their defaults in this one place. The recipe stages' configs
+# (edgekit.quant.stages) extend PTQConfig, and the stage hands its validated config to the algorithm as is.
+
+Method = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
+Op = Literal["conv", "linear", "matmul", "add"]
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Method = "mse"
+    samples: int = Field(256, ge=1)
+    percentile: float = Field(99.99, gt=50.0, le=100.0)
+    batch_size: int = Field(32, ge=1)
+
+
+class PTQConfig(BaseModel):
+    """What :func:`edgekit.quant.ptq.quantize_ptq` does: calibration, which ops, which layers stay float."""
+
+    model_config = ConfigDict(extra="forbid")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
+    ignore: list[str] = Field(default_factory=list)  # wildcard patterns on layer names that stay float
+    # int8 symmetric activations (TensorRT) instead of uint8 affine (ORT/OpenVINO). On ONNX Runtime CPU symmetric
+    # is slower: with a zero point of 0 a ReLU before Q cannot be dropped, so ORT keeps Conv in float (measured).
+    symmetric_activations: bool = False
+    bias_correction: bool = True
+    equalization: bool = False  # cross-layer equalization before calibration
+    fuse: bool = True  # fold BatchNorm / reparameterize before quantizing

@@ -1,6 +1,6 @@
 """Post-training int8 quantization: fuse, (equalize), insert fake-quant, calibrate, (bias-correct), freeze.
 
-    >>> qmodel, report = quantize_ptq(model, calib_x, example, PTQOptions(method="mse"))
+    >>> qmodel, report = quantize_ptq(model, calib_x, example, PTQConfig(calibration={"method": "mse"}))
 
 The result is a ``torch.fx.GraphModule`` whose conv/linear layers hold int8 weights (QuantConv2d /
 QuantLinear) and whose activations pass through per-tensor quantizers (ActFakeQuant) placed by
@@ -14,33 +14,19 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from edgekit.capture import FX, Capture, FixedBatch, capture, layers_as_modules
 from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
-from edgekit.quant.config import activation_scheme
+from edgekit.quant.config import PTQConfig, activation_scheme
 from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, QuantConv2d, _QuantWeight
 from edgekit.quant.observers import make_observer
-
-
-@dataclass
-class PTQOptions:
-    method: str = "mse"  # calibration method (observer name)
-    samples: int = 256
-    batch_size: int = 32
-    percentile: float = 99.99
-    symmetric_activations: bool = False
-    ops: tuple[str, ...] = qdq.QUANT_OPS
-    ignore: list[str] = field(default_factory=list)
-    bias_correction: bool = True
-    equalization: bool = False
-    fuse: bool = True
 
 
 def check_calibration(x: Any, example: torch.Tensor, samples: int) -> torch.Tensor:
@@ -60,40 +46,42 @@ def check_calibration(x: Any, example: torch.Tensor, samples: int) -> torch.Tens
     return x[:samples].float()
 
 
-def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> fx.GraphModule:
-    """Fused (BN folded, reparameterized) fx graph with shapes in ``node.meta['tensor_meta']``.
+def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> tuple[fx.GraphModule, Capture]:
+    """Fused (BN folded, reparameterized) graph with shapes in ``node.meta['tensor_meta']``, and its capture.
 
-    Identity and Dropout nodes (what BN folding leaves behind) are removed, so a conv's fused activation
-    follows it directly in the graph.
+    The graph comes from :func:`edgekit.capture.capture` (torch.fx when it traces the model, else torch.export
+    on ``example``); ATen ``conv2d`` / ``linear`` calls become ``nn.Conv2d`` / ``nn.Linear`` modules named after
+    the user's layers. Identity and Dropout nodes (what BN folding leaves behind) are removed, so a conv's
+    fused activation follows it directly in the graph.
     """
     model = copy.deepcopy(model).eval()
     if fuse:
         from edgekit.fusion import fuse as fuse_fn
 
-        model = fuse_fn(model, mode="deploy")[0]
+        model = fuse_fn(model, mode="deploy", example_inputs=(example,))[0]
     if isinstance(model, fx.GraphModule):
-        gm = model
+        cap = Capture(FX, model, {n.name: str(n.target) for n in model.graph.nodes if n.op == "call_module"})
     else:
-        try:
-            gm = fx.symbolic_trace(model)
-        except Exception as exc:  # noqa: BLE001 - fx raises many types
-            raise UserInputError(
-                f"quantize: the model cannot be traced by torch.fx ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                "the quantizer needs a traceable forward"
-            ) from None
+        cap = capture(model, (example,), fx=True, what="quantize")
+        layers_as_modules(cap)
+    gm = cap.graph_module
     mods = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(mods.get(node.target), (nn.Identity, nn.Dropout)):
+        if (node.op == "call_module" and isinstance(mods.get(node.target), (nn.Identity, nn.Dropout))) or (
+                node.op == "call_function" and qdq.target_of(node) in _DROPOUT_FNS):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    ShapeProp(gm).propagate(example)
-    return gm
+    ShapeProp(gm).propagate(example[: cap.batch_size] if cap.batch_size else example)
+    return gm, cap
 
 
-def prepare(gm: fx.GraphModule, opts: PTQOptions) -> tuple[fx.GraphModule, qdq.Plan]:
+_DROPOUT_FNS = {torch.ops.aten.dropout, torch.ops.aten.dropout_, torch.ops.aten.feature_dropout}
+
+
+def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Plan]:
     """Swap conv/linear for int8-weight layers and insert observing ActFakeQuant modules (in place)."""
     p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore)
     for target in p.layers:
@@ -108,8 +96,8 @@ def prepare(gm: fx.GraphModule, opts: PTQOptions) -> tuple[fx.GraphModule, qdq.P
         qname = f"act_quant_{i}"
         # probabilities (softmax outputs) keep their full [0, 1] range: clipping observers (MSE, percentile,
         # entropy) would cut the few large attention weights that matter most
-        method = "minmax" if _is_softmax(node, gm) else opts.method
-        obs = make_observer(method, scheme, percentile=opts.percentile)
+        method = "minmax" if _is_softmax(node, gm) else opts.calibration.method
+        obs = make_observer(method, scheme, percentile=opts.calibration.percentile)
         gm.add_module(qname, ActFakeQuant(scheme, obs))
         with gm.graph.inserting_after(node):
             qn = gm.graph.call_module(qname, (node,))
@@ -125,7 +113,7 @@ def _is_softmax(node: fx.Node, gm: fx.GraphModule) -> bool:
         return isinstance(gm.get_submodule(node.target), nn.Softmax)
     if node.op == "call_method":
         return node.target == "softmax"
-    return node.op == "call_function" and node.target in (torch.softmax, torch.nn.functional.softmax)
+    return node.op == "call_function" and qdq.target_of(node) in qdq.SOFTMAX_FNS
 
 
 def act_quants(gm: nn.Module) -> dict[str, ActFakeQuant]:
@@ -202,7 +190,7 @@ def freeze(gm: fx.GraphModule) -> fx.GraphModule:
         if q.mode == "lsq":
             q.end_lsq()
         q.observer = None
-    gm.recompile()
+    graph_of(gm).recompile()
     return gm.eval()
 
 
@@ -211,24 +199,30 @@ def set_weight_mode(gm: nn.Module, mode: str) -> None:
         m.wmode = mode
 
 
-def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, opts: PTQOptions | None = None,
-                 do_freeze: bool = True) -> tuple[fx.GraphModule, dict[str, Any]]:
-    """Int8 PTQ of ``model`` (not modified); returns the quantized GraphModule and a report dict."""
-    opts = opts or PTQOptions()
-    calib = check_calibration(calib, example, opts.samples)
+def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, opts: PTQConfig | None = None,
+                 do_freeze: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Int8 PTQ of ``model`` (not modified); returns the quantized model and a report dict.
+
+    The model is the quantized ``fx.GraphModule``, or a :class:`~edgekit.capture.FixedBatch` around it when the
+    model's forward fixes its batch size (``report["capture"]["batch_size"]``); :func:`graph_of` gives the graph.
+    """
+    opts = opts or PTQConfig()
+    cal = opts.calibration
+    calib = check_calibration(calib, example, cal.samples)
     t0 = time.perf_counter()
-    gm = trace(model, example, fuse=opts.fuse)
-    report: dict[str, Any] = {"method": opts.method, "samples": int(len(calib))}
+    gm, cap = trace(model, example, fuse=opts.fuse)
+    batch = cap.batch_size or cal.batch_size
+    report: dict[str, Any] = {"method": cal.method, "samples": int(len(calib)), "capture": cap.summary()}
     if opts.equalization:
         from edgekit.quant.equalize import equalize
 
         report["equalized_pairs"] = equalize(gm)
     gm, p = prepare(gm, opts)
     set_weight_mode(gm, "float")
-    calibrate(gm, calib, opts.batch_size)
+    calibrate(gm, calib, batch)
     set_weight_mode(gm, "fake")
     if opts.bias_correction:
-        shifts = bias_correct(gm, calib, opts.batch_size)
+        shifts = bias_correct(gm, calib, batch)
         report["bias_correction_max_shift"] = max(shifts.values(), default=0.0)
     if do_freeze:
         freeze(gm)
@@ -242,4 +236,9 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         "float_ops": p.float_ops,
         "seconds": round(time.perf_counter() - t0, 2),
     })
-    return gm, report
+    return (gm if cap.batch_size is None else FixedBatch(gm, cap.batch_size)), report
+
+
+def graph_of(model: nn.Module) -> fx.GraphModule:
+    """The quantized graph of a :func:`quantize_ptq` result (unwrapping a :class:`FixedBatch`)."""
+    return model.graph if isinstance(model, FixedBatch) else model

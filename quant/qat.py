@@ -16,20 +16,21 @@ from torch import nn
 
 from edgekit.data import DataBundle
 from edgekit.errors import UserInputError
-from edgekit.quant.ptq import PTQOptions, act_quants, freeze, quantize_ptq, weight_layers
+from edgekit.quant.config import PTQConfig
+from edgekit.quant.ptq import act_quants, freeze, quantize_ptq, weight_layers
 
 
-def quantize_qat(model: nn.Module, data: DataBundle, example: torch.Tensor, opts: PTQOptions | None = None,
+def quantize_qat(model: nn.Module, data: DataBundle, example: torch.Tensor, opts: PTQConfig | None = None,
                  epochs: int = 3, lr: float = 1e-4, distill_weight: float = 0.5, seed: int = 0,
                  teacher: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Int8 QAT of ``model`` (not modified); returns the int8 GraphModule and a report."""
+    """Int8 QAT of ``model`` (not modified); returns the int8 model (as :func:`quantize_ptq` does) and a report."""
     from edgekit.training import evaluate, train
 
     if data.train.y is None:
         raise UserInputError(f"quantize mode 'qat' needs labeled training data; {data.name} has none")
     if epochs < 1:
         raise UserInputError(f"quantize.qat.epochs: {epochs}; accepted: >= 1")
-    opts = opts or PTQOptions()
+    opts = opts or PTQConfig()
     t0 = time.perf_counter()
     gm, report = quantize_ptq(model, data.calib.x, example, opts, do_freeze=False)
     ptq_top1 = evaluate(gm, data.calib)

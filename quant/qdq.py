@@ -28,18 +28,35 @@ from torch import fx, nn
 
 QUANT_OPS = ("conv", "linear", "matmul", "add")
 
+aten = torch.ops.aten
+
+# Ops are looked up by target: torch functions / methods (torch.fx graphs) and ATen overload packets
+# (torch.export graphs, see edgekit.capture), so one table serves both graph dialects.
 _FUSED_ACTS_MOD = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-_FUSED_ACTS_FN = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.clamp, torch.clip}
-_ADD_FNS = {operator.add, operator.iadd, torch.add}
-_MATMUL_FNS = {operator.matmul, torch.matmul, torch.bmm}
+_FUSED_ACTS_FN = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.clamp, torch.clip,
+                  aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.clamp, aten.clamp_, aten.clip, aten.relu6}
+_ADD_FNS = {operator.add, operator.iadd, torch.add, aten.add, aten.add_}
+_MATMUL_FNS = {operator.matmul, torch.matmul, torch.bmm, aten.matmul, aten.bmm}
+SOFTMAX_FNS = {torch.softmax, torch.nn.functional.softmax, aten.softmax, aten._softmax}
 # Ops that move or pool values without arithmetic a quantizer would care about: not reported as float.
 _PASSTHROUGH_MOD = (nn.ZeroPad2d, nn.ConstantPad2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _PASSTHROUGH_FN = {torch.nn.functional.pad, torch.flatten, torch.reshape, operator.getitem, torch.cat, torch.relu, torch.nn.functional.relu,
                    torch.nn.functional.relu6, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.max_pool2d,
                    torch.nn.functional.avg_pool2d, torch.transpose, torch.permute, torch.clamp, torch.chunk, torch.split,
-                   getattr, operator.mul, operator.truediv, torch.mean}
+                   getattr, operator.mul, operator.truediv, torch.mean,
+                   aten.pad, aten.constant_pad_nd, aten.flatten, aten.reshape, aten.view, aten._unsafe_view, aten.cat,
+                   aten.adaptive_avg_pool2d, aten.adaptive_avg_pool1d, aten.max_pool2d, aten.avg_pool2d, aten.transpose,
+                   aten.permute, aten.chunk, aten.split, aten.split_with_sizes, aten.unbind, aten.mul, aten.div, aten.mean,
+                   aten.contiguous, aten.clone, aten.expand, aten.unsqueeze, aten.squeeze, aten.select, aten.slice,
+                   aten.unflatten, aten.t, aten.dropout, aten.dropout_, aten.sym_size, aten.softmax, aten._softmax,
+                   aten.roll, aten.index, aten.alias, aten.detach}
 _PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "chunk", "split",
                         "unsqueeze", "squeeze", "mean", "expand", "__getitem__", "relu", "clamp", "softmax", "mul", "dim"}
+
+
+def target_of(node: fx.Node) -> object:
+    """A call_function's target, ATen overloads folded into their packet (``aten.add.Tensor`` -> ``aten.add``)."""
+    return getattr(node.target, "overloadpacket", node.target)
 
 
 @dataclass
@@ -76,7 +93,7 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
             return "linear"
         return None
     if node.op == "call_function" or node.op == "call_method":
-        t = node.target
+        t = target_of(node) if node.op == "call_function" else node.target
         if t in _ADD_FNS or t == "add":
             a = node.args[:2]
             if len(a) == 2 and all(_is_float_tensor(x) for x in a) and a[0].meta["tensor_meta"].shape == a[1].meta["tensor_meta"].shape:
@@ -93,7 +110,7 @@ def _fused_output(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
     if len(users) == 1:
         u = users[0]
         if (u.op == "call_module" and isinstance(modules.get(u.target), _FUSED_ACTS_MOD)) or (
-            u.op == "call_function" and u.target in _FUSED_ACTS_FN) or (u.op == "call_method" and u.target in ("relu", "clamp")):
+            u.op == "call_function" and target_of(u) in _FUSED_ACTS_FN) or (u.op == "call_method" and u.target in ("relu", "clamp")):
             return u
     return node
 
@@ -105,7 +122,8 @@ def _is_passthrough(node: fx.Node, modules) -> bool:
         return isinstance(modules.get(node.target), _PASSTHROUGH_MOD)
     if node.op == "call_method":
         return node.target in _PASSTHROUGH_METHODS
-    return node.target in _PASSTHROUGH_FN or node.target in _ADD_FNS or node.target in _MATMUL_FNS
+    t = target_of(node)
+    return t in _PASSTHROUGH_FN or t in _FUSED_ACTS_FN or t in _ADD_FNS or t in _MATMUL_FNS
 
 
 def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=()) -> Plan:
@@ -126,7 +144,8 @@ def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=()) -> Plan:
             continue
         p.op_nodes.append(node.name)
         if kind in ("conv", "linear"):
-            p.layers.append(node.target)
+            if node.target not in p.layers:  # a layer called twice is one module
+                p.layers.append(node.target)
             ins = [node.args[0]]
         else:
             ins = list(node.args[:2])
@@ -152,7 +171,7 @@ def _output_names(gm: fx.GraphModule) -> set[str]:
 def _describe(node: fx.Node, modules) -> str:
     if node.op == "call_module":
         return type(modules.get(node.target)).__name__
-    t = node.target
+    t = target_of(node)
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import fx
 
+from edgekit.outputs import logits
 from edgekit.progress import track
-from edgekit.quant.ptq import act_quants, layer_input_quantizers, weight_layers
+from edgekit.quant.ptq import act_quants, graph_of, layer_input_quantizers, weight_layers
 
 
 def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
@@ -41,12 +42,13 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
 @torch.no_grad()
 def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
     """Sensitivity of each quantized layer of a calibrated, not yet frozen model, most sensitive first."""
-    quants, layers = act_quants(gm), weight_layers(gm)
-    inputs = layer_input_quantizers(gm)
+    graph = graph_of(gm)  # names are the graph's; gm (maybe a FixedBatch around it) is what runs
+    quants, layers = act_quants(graph), weight_layers(graph)
+    inputs = layer_input_quantizers(graph)
     saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
 
     def run() -> torch.Tensor:
-        return torch.cat([gm(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([logits(gm(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
     try:
         for q in quants.values():
@@ -81,7 +83,8 @@ def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | Non
 
 def layer_relevance(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
     """Relevance share of each quantized layer's output for the predicted class (float weights, no act quant)."""
-    quants, layers = act_quants(gm), weight_layers(gm)
+    graph = graph_of(gm)
+    quants, layers = act_quants(graph), weight_layers(graph)
     saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
     outs: dict[str, list[torch.Tensor]] = {}
     hooks = []
@@ -99,7 +102,7 @@ def layer_relevance(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -
         for i in range(0, len(x), batch_size):
             outs.clear()
             with torch.enable_grad():
-                y = gm(x[i : i + batch_size])
+                y = logits(gm(x[i : i + batch_size]))
                 if y.dim() != 2:
                     return {}
                 y.gather(1, y.argmax(1, keepdim=True)).sum().backward()

@@ -14,18 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.errors import UserInputError
+from edgekit.quant.config import PTQConfig
 from edgekit.stages import StageConfig, StageContext, register_stage
-
-Method = Literal["minmax", "moving_average", "percentile", "mse", "entropy"]
-Op = Literal["conv", "linear", "matmul", "add"]
-
-
-class CalibrationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Method = "mse"
-    samples: int = Field(256, ge=1)
-    percentile: float = Field(99.99, gt=50.0, le=100.0)
-    batch_size: int = Field(32, ge=1)
 
 
 class KeepFloatConfig(BaseModel):
@@ -45,38 +35,17 @@ class QATConfig(BaseModel):
     distill_weight: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class QuantizeConfig(StageConfig):
+class QuantizeConfig(StageConfig, PTQConfig):
+    """The ``quantize`` stage: the PTQ options (:class:`~edgekit.quant.config.PTQConfig`) plus mode and mixed precision."""
+
     mode: Literal["ptq", "qat"] = "ptq"
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
-    ignore: list[str] = Field(default_factory=list)
-    # int8 symmetric activations (TensorRT) instead of uint8 affine (ORT/OpenVINO). On ONNX Runtime CPU symmetric
-    # is slower: with a zero point of 0 a ReLU before Q cannot be dropped, so ORT keeps Conv in float (measured).
-    symmetric_activations: bool = False
-    bias_correction: bool = True
-    equalization: bool = False  # cross-layer equalization before calibration
     keep_float: KeepFloatConfig | None = None
-    fuse: bool = True
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
-class SensitivityConfig(StageConfig):
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    ops: list[Op] = Field(default_factory=lambda: ["conv", "linear", "matmul", "add"])
-    ignore: list[str] = Field(default_factory=list)
-    symmetric_activations: bool = False
+class SensitivityConfig(StageConfig, PTQConfig):
     samples: int = Field(256, ge=1)  # samples the SQNR/accuracy are measured on
     worst: int = Field(10, ge=1)
-
-
-def _options(cfg) -> "Any":
-    from edgekit.quant.ptq import PTQOptions
-
-    c = cfg.calibration
-    return PTQOptions(method=c.method, samples=c.samples, batch_size=c.batch_size, percentile=c.percentile,
-                      symmetric_activations=cfg.symmetric_activations, ops=tuple(cfg.ops), ignore=list(cfg.ignore),
-                      bias_correction=getattr(cfg, "bias_correction", True), equalization=getattr(cfg, "equalization", False),
-                      fuse=getattr(cfg, "fuse", True))
 
 
 def _need_data(ctx: StageContext, stage: str):
@@ -85,7 +54,7 @@ def _need_data(ctx: StageContext, stage: str):
     return ctx.data
 
 
-def sensitivity_table(model, ctx: StageContext, opts, samples: int) -> list[dict[str, Any]]:
+def sensitivity_table(model, ctx: StageContext, opts: PTQConfig, samples: int) -> list[dict[str, Any]]:
     from edgekit.quant.ptq import quantize_ptq
     from edgekit.quant.sensitivity import layer_sensitivity
 
@@ -101,15 +70,15 @@ def apply(model, cfg: QuantizeConfig, ctx: StageContext):
 
     data = _need_data(ctx, "quantize")
     example = ctx.example_inputs[0]
-    opts = _options(cfg)
-    check_calibration(data.calib.x, example, opts.samples)
+    opts: PTQConfig = cfg
+    check_calibration(data.calib.x, example, cfg.calibration.samples)
     extra: dict[str, Any] = {}
     if cfg.keep_float is not None and (cfg.keep_float.top_n or cfg.keep_float.sqnr_budget_db is not None):
         from edgekit.quant.sensitivity import choose_float_layers
 
-        sens = sensitivity_table(model, ctx, opts, opts.samples)
+        sens = sensitivity_table(model, ctx, cfg, cfg.calibration.samples)
         keep = choose_float_layers(sens, cfg.keep_float.top_n, cfg.keep_float.sqnr_budget_db, cfg.keep_float.criterion)
-        opts.ignore = list(opts.ignore) + keep
+        opts = cfg.model_copy(update={"ignore": [*cfg.ignore, *keep]})
         extra = {"sensitivity_worst": sens[:10], "kept_float": keep}
     if cfg.mode == "qat":
         from edgekit.quant.qat import quantize_qat
@@ -131,7 +100,6 @@ def sensitivity(model, cfg: SensitivityConfig, ctx: StageContext):
     from edgekit.quant.ptq import check_calibration
 
     data = _need_data(ctx, "sensitivity")
-    opts = _options(cfg)
-    check_calibration(data.calib.x, ctx.example_inputs[0], opts.samples)
-    sens = sensitivity_table(model, ctx, opts, cfg.samples)
+    check_calibration(data.calib.x, ctx.example_inputs[0], cfg.calibration.samples)
+    sens = sensitivity_table(model, ctx, cfg, cfg.samples)
     return model, {"layers": len(sens), "worst": sens[: cfg.worst], "all": sens}

@@ -9,7 +9,8 @@ import torch
 from edgekit import models
 from edgekit.data import load_data
 from edgekit.errors import UserInputError
-from edgekit.quant.ptq import PTQOptions, quantize_ptq
+from edgekit.quant.config import PTQConfig
+from edgekit.quant.ptq import quantize_ptq
 from edgekit.stages import StageContext, get_stage
 from edgekit.training import evaluate, predict
 
@@ -23,7 +24,7 @@ def setup():
     data = load_data()
     model = models.create("convnet")
     example = data.test.x[:1]
-    q, rep = quantize_ptq(model, data.calib.x, example, PTQOptions(method="mse", samples=128))
+    q, rep = quantize_ptq(model, data.calib.x, example, PTQConfig(calibration={"method": "mse", "samples": 128}))
     return data, model, example, q, rep
 
 
@@ -96,7 +97,7 @@ def test_bad_calibration_data_fails_before_work():
 def test_ignore_pattern_keeps_layer_float():
     data = load_data()
     model = models.create("convnet")
-    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQOptions(method="minmax", samples=64, ignore=["head", "features.0.*"]))
+    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQConfig(calibration={"method": "minmax", "samples": 64}, ignore=["head", "features.0.*"]))
     assert "head" in rep["ignored"] and "features.0.0" in rep["ignored"]
     assert "head" not in rep["quantized_layers"]
     assert isinstance(q.get_submodule("head"), torch.nn.Linear)
@@ -144,6 +145,6 @@ def test_sensitivity_stage_ranks_layers_and_leaves_model():
 def test_equalization_option_keeps_accuracy():
     data = load_data()
     model = models.create("mobilenetv2")
-    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQOptions(method="minmax", samples=64, equalization=True))
+    q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQConfig(calibration={"method": "minmax", "samples": 64}, equalization=True))
     assert rep["equalized_pairs"] >= 1
     assert evaluate(q, data.test) >= evaluate(model, data.test) - ACC_TOL

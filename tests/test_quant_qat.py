@@ -7,7 +7,7 @@ import torch
 from edgekit import models
 from edgekit.data import load_data
 from edgekit.quant.fakequant import QuantConv2d
-from edgekit.quant.ptq import PTQOptions
+from edgekit.quant.config import PTQConfig
 from edgekit.quant.qat import quantize_qat
 from edgekit.training import evaluate
 
@@ -15,7 +15,7 @@ from edgekit.training import evaluate
 def test_qat_one_epoch_int8_and_accurate():
     data = load_data()
     model = models.create("convnet")
-    q, rep = quantize_qat(model, data, data.test.x[:1], PTQOptions(method="minmax", samples=64), epochs=1, lr=1e-4,
+    q, rep = quantize_qat(model, data, data.test.x[:1], PTQConfig(calibration={"method": "minmax", "samples": 64}), epochs=1, lr=1e-4,
                           distill_weight=0.5, teacher=model)
     assert rep["mode"] == "qat" and rep["final_loss"] is not None
     convs = [m for m in q.modules() if isinstance(m, QuantConv2d)]
