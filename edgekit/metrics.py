@@ -1,15 +1,22 @@
-"""Model figures: parameters, storage size, MACs per layer, output shapes, latency and output fidelity."""
+"""Model figures: parameters, storage size, MACs per layer, output shapes, latency and output fidelity.
+
+Before/after latency is compared with :func:`compare_latency`: both models timed interleaved in one loop,
+medians with a bootstrap confidence interval of their ratio (Efron & Tibshirani, *An Introduction to the
+Bootstrap*, 1993, percentile interval); tails (p90, p99) are reported as values, never as ratios.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from edgekit.nn_utils import eval_mode
+from edgekit.records import Record
 
 
 def count_params(model: nn.Module) -> int:
@@ -100,10 +107,78 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return int(counter.get_total_flops() // 2)
 
 
+def _pct(s: list[float], q: float) -> float:
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
 def summarize_ms(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
-    p90 = s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
-    return {"median": statistics.median(s), "p90": p90, "min": s[0], "runs": len(s)}
+    return {"median": statistics.median(s), "p90": _pct(s, 0.9), "p99": _pct(s, 0.99), "min": s[0], "runs": len(s)}
+
+
+@dataclass
+class LatencyComparison(Record):
+    """Before/after latency measured interleaved in one loop (ms).
+
+    ``ratio`` is after/before of the medians, with a bootstrap confidence interval (``ratio_low`` ..
+    ``ratio_high`` at ``confidence``); only that median ratio is meant to be read as a ratio: ``before`` /
+    ``after`` carry p90 and p99 as values (tail ratios of two noisy distributions mean little).
+    """
+
+    before: dict[str, float]
+    after: dict[str, float]
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    confidence: float = 0.95
+    method: str = "interleaved ABBA, bootstrap of the median ratio"
+
+    def summary(self) -> str:
+        pct = f"{self.confidence:.0%}"
+        return (
+            f"median {self.before['median']:.4g} -> {self.after['median']:.4g} ms, ratio {self.ratio:.3f}x "
+            f"({pct} CI {self.ratio_low:.3f}-{self.ratio_high:.3f}); p90 {self.before['p90']:.4g} / "
+            f"{self.after['p90']:.4g} ms, p99 {self.before['p99']:.4g} / {self.after['p99']:.4g} ms"
+        )
+
+
+def bootstrap_ratio_ci(before: list[float], after: list[float], confidence: float = 0.95, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of median(after) / median(before) (each sample resampled on its own)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    ma = np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
+    mb = np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1)
+    ratios = mb / np.maximum(ma, 1e-12)
+    tail = (1.0 - confidence) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+
+
+def compare_latency(before_fn: Callable[[], object], after_fn: Callable[[], object], runs: int = 50, warmup: int = 10,
+                    confidence: float = 0.95, n_boot: int = 2000, seed: int = 0,
+                    clock: Callable[[], float] = time.perf_counter) -> LatencyComparison:
+    """Time ``before_fn`` and ``after_fn`` interleaved in one loop (ABBA order, so neither always runs first
+    or second), ``runs`` timed calls each after ``warmup`` each; medians, p90/p99 and a bootstrap CI of the
+    median ratio after/before. Load drifts hit both sides alike instead of one of them."""
+    if runs < 2 or warmup < 0 or not 0 < confidence < 1:
+        from edgekit.errors import UserInputError
+
+        raise UserInputError(f"runs={runs}, warmup={warmup}, confidence={confidence}: need runs >= 2, warmup >= 0, 0 < confidence < 1")
+    for _ in range(warmup):
+        before_fn()
+        after_fn()
+    samples: dict[int, list[float]] = {0: [], 1: []}
+    fns = (before_fn, after_fn)
+    for i in range(runs):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = clock()
+            fns[k]()
+            samples[k].append((clock() - t0) * 1e3)
+    b, a = summarize_ms(samples[0]), summarize_ms(samples[1])
+    low, high = bootstrap_ratio_ci(samples[0], samples[1], confidence, n_boot, seed)
+    return LatencyComparison(b, a, a["median"] / max(b["median"], 1e-12), low, high, confidence)
 
 
 def time_callable(fn: Callable[[], object], runs: int = 50, warmup: int = 10) -> dict[str, float]:
