@@ -106,4 +106,7 @@ def render_table(results: dict[str, Profile | Exception]):
         rows["validation"].append(vtxt)
     for k, vals in rows.items():
         table.add_row(k, *vals)
+    kinds = {r.latency_kind for r in results.values() if not isinstance(r, Exception)}
+    if kinds == {"emulated", "native"}:
+        table.caption = "emulated and native latencies are side by side here but not comparable"
     return table

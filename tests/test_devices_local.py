@@ -39,6 +39,55 @@ def test_profile_onnx_and_openvino_locally(onnx_art, tmp_path):
         assert r.validation.status == "passed" and r.validation.max_abs < 1e-3
 
 
+def test_emulated_latency_is_labelled_wherever_it_is_shown(onnx_art, tmp_path):
+    import dataclasses
+
+    from rich.console import Console
+
+    from edgekit.devices.output import render_table, write_plots
+
+    native = profile(read_artifact(onnx_art), LocalDevice(name="local"), ProfileOptions(**FAST))
+    assert native.latency_kind == "native" and native.emulation is None and not native.emulated
+    emu = dataclasses.replace(native, latency_kind="emulated", emulation={"emulated": True, "qemu": "qemu 7.2"})
+    console = Console(record=True, width=200)
+    console.print(render_table({"local": native, "board": emu}))
+    text = console.export_text()
+    median_row = next(line for line in text.splitlines() if "latency median ms" in line)
+    assert median_row.count("emulated") == 1  # the board's cell, not the native one
+    assert "not comparable" in text
+    assert Profile.from_json(emu.to_json()).latency_kind == "emulated"
+    write_plots(emu, tmp_path)
+    assert (tmp_path / "latency_hist.png").stat().st_size > 1000
+
+
+def test_architecture_of_a_compiled_artifact_is_checked_before_the_push(tmp_path):
+    from edgekit.devices.artifact import ArchitectureMismatch, Artifact, check_architecture
+
+    lib = tmp_path / "model.so"
+    header = bytearray(64)
+    header[:4], header[4], header[5], header[18:20] = b"\x7fELF", 2, 1, (62).to_bytes(2, "little")  # x86_64
+    lib.write_bytes(bytes(header))
+    art = Artifact(root=tmp_path, target="tvm", model_file="model.so", files={})
+    assert art.machine_code_arch() == "x86_64"
+    check_architecture(art, "x86_64", "here")
+    with pytest.raises(ArchitectureMismatch, match="x86_64 machine code but device pi is aarch64; refused before"):
+        check_architecture(art, "arm64", "pi")  # macOS / Android spellings are normalized
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07")  # portable: any architecture
+    check_architecture(Artifact(root=tmp_path, target="onnx", model_file="model.onnx", files={}), "aarch64", "pi")
+
+
+def test_runner_archive_is_deterministic_and_runs(tmp_path):
+    import subprocess
+
+    from edgekit.devices.remote import archive
+
+    first = archive._archive_bytes()
+    assert first == archive._archive_bytes()
+    out = subprocess.run([sys.executable, str(archive.runner_archive()), "info"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and '"event": "info"' in out.stdout
+
+
 def test_no_power_sensor_is_said_plainly(onnx_art, tmp_path):
     # an empty sysfs tree: nothing to read, so no power figure at all (never an estimate)
     dev = LocalDevice(name="local", sysfs_root=str(tmp_path))
