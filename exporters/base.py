@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError, UserInputError
+from edgekit.exporters.options import Option, parse_options
 from edgekit.exporters.runtimes import contract_for
 from edgekit.exporters.source import ExportSource, compress_recipe, digest
 from edgekit.exporters.torch2onnx import safe_eval
@@ -38,7 +39,7 @@ Runner = Callable[[np.ndarray], np.ndarray]  # batch-1 float32 input -> output
 class Capabilities:
     suffix: str  # the main model file's suffix
     precisions: tuple[str, ...]
-    options: dict[str, Any]  # allowed option -> default
+    options: dict[str, Option]  # option name -> its typed declaration (default, type, accepted values)
     needs_gpu: bool = False
     source: str = "onnx"  # the graph it converts from: "onnx" (the hub) or "torch"
     runtime: str = ""  # what validates it here
@@ -52,16 +53,13 @@ class Exporter:
     caps: Capabilities
 
     def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
-        """Reject what this target cannot do before any work; return options with defaults filled in."""
+        """Reject what this target cannot do before any work; return every option typed, defaults filled in.
+        Options are parsed here once, from typed API values or ``-O KEY=VALUE`` strings alike."""
         if precision not in self.caps.precisions:
             raise UserInputError(
                 f"target {self.name!r} does not support precision {precision!r}; accepted: {', '.join(self.caps.precisions)}"
             )
-        unknown = sorted(set(options) - set(self.caps.options))
-        if unknown:
-            allowed = ", ".join(sorted(self.caps.options)) or "(none)"
-            raise UserInputError(f"target {self.name!r}: unknown option(s) {', '.join(unknown)}; allowed: {allowed}")
-        return {**self.caps.options, **options}
+        return parse_options(self.name, self.caps.options, options)
 
     def preflight(self, source: "ExportSource", precision: str, options: dict[str, Any]) -> None:
         """Refuse, before any work, a model this target cannot take (a UserInputError naming the reason and

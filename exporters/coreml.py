@@ -26,6 +26,7 @@ import numpy as np
 
 from edgekit.errors import UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
+from edgekit.exporters.options import Option
 
 COMPRESSIONS = ("none", "palettize4", "palettize8", "sparse")
 # MIL ops that carry compressed weights, per compression
@@ -110,21 +111,15 @@ def _exported(model, example):
     Capabilities(
         suffix=".mlpackage",
         precisions=("fp32", "fp16", "int8"),
-        options={"compression": "none", "minimum_deployment_target": "iOS17"},
+        options={"compression": Option("none", str, choices=COMPRESSIONS),
+                 "minimum_deployment_target": Option("iOS17", str, check=lambda v: v.startswith(("iOS", "macOS")),
+                                                     help="like iOS17 or macOS14")},
         source="torch",
         runtime="coremltools (Linux: structural checks only)",
         notes="numeric validation only on macOS",
     ),
 )
 class CoreMLExporter(Exporter):
-    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
-        opts = super().check_options(precision, options)
-        if opts["compression"] not in COMPRESSIONS:
-            raise UserInputError(f"target coreml: compression {opts['compression']!r}; accepted: {', '.join(COMPRESSIONS)}")
-        if not str(opts["minimum_deployment_target"]).startswith(("iOS", "macOS")):
-            raise UserInputError("target coreml: minimum_deployment_target like iOS17 or macOS14")
-        return opts
-
     def build(self, ctx: ExportContext) -> dict[str, Any]:
         from edgekit.backends import require
 

@@ -27,6 +27,7 @@ from torch import nn
 from edgekit.errors import EdgekitError, UserInputError
 from edgekit.records import OnnxWriter
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
+from edgekit.exporters.options import hub_options
 from edgekit.exporters.torch2onnx import (  # noqa: F401  (public helpers)
     DEFAULT_OPSET,
     fake_quant_layers,
@@ -300,21 +301,13 @@ def ort_runner(path: Path, threads: int = 1):
     Capabilities(
         suffix=".onnx",
         precisions=("fp32", "fp16", "int8"),
-        options={"opset": DEFAULT_OPSET, "dynamic_batch": False, "cleanup": True, "exporter": "auto"},
+        options=hub_options(DEFAULT_OPSET),
         source="torch",
         runtime="onnxruntime",
         notes="the hub graph; int8 = QDQ",
     ),
 )
 class OnnxExporter(Exporter):
-    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
-        opts = super().check_options(precision, options)
-        if int(opts["opset"]) < 17:
-            raise UserInputError(f"target onnx: opset {opts['opset']}; accepted: >= 17")
-        if opts["exporter"] not in ("auto", "torchscript", "dynamo"):
-            raise UserInputError(f"target onnx: exporter {opts['exporter']!r}; accepted: auto, torchscript, dynamo")
-        return opts
-
     def build(self, ctx: ExportContext) -> dict[str, Any]:
         import onnxruntime
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.errors import UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
+from edgekit.exporters.options import hub_options
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
 
 
@@ -31,7 +32,7 @@ INTEGER_ONLY_REFUSAL = (
     Capabilities(
         suffix=".xml",
         precisions=("fp32", "fp16", "int8"),
-        options={"opset": DEFAULT_OPSET, "dynamic_batch": False, "cleanup": True, "exporter": "auto"},
+        options=hub_options(DEFAULT_OPSET),
         source="onnx",
         runtime="openvino CPU plugin",
         notes="IR from the hub ONNX; int8 from QDQ",

@@ -22,6 +22,7 @@ import numpy as np
 from edgekit.errors import UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, ExportSource, register_target
 from edgekit.exporters.graph_weights import nm_layers
+from edgekit.exporters.options import Option, hub_options
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
 from edgekit.exporters.trt_rules import UNSUPPORTED_OPS, check_graph, check_onnx, needs_symmetric  # noqa: F401
 
@@ -105,7 +106,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, sparse: boo
     Capabilities(
         suffix=".engine",
         precisions=("fp32", "fp16", "int8"),
-        options={"sparse_weights": "auto", "workspace_mb": 1024, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
+        options={"sparse_weights": Option("auto", str, choices=("auto", True, False), help="auto: on for 2:4 sparse weights"),
+                 "workspace_mb": Option(1024, int, minimum=1), **hub_options(DEFAULT_OPSET)},
         needs_gpu=True,
         source="onnx",
         runtime="tensorrt (GPU)",
@@ -113,12 +115,6 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, sparse: boo
     ),
 )
 class TensorRTExporter(Exporter):
-    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
-        opts = super().check_options(precision, options)
-        if opts["sparse_weights"] not in ("auto", True, False):
-            raise UserInputError(f"target tensorrt: sparse_weights {opts['sparse_weights']!r}; accepted: auto, true, false")
-        return opts
-
     def preflight(self, source: ExportSource, precision: str, options: dict[str, Any]) -> None:
         if precision == "int8":
             refuse_asymmetric(source)

@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, UserInputError
 from edgekit.exporters.base import Capabilities, ExportContext, Exporter, register_target
+from edgekit.exporters.options import Option, hub_options
 from edgekit.exporters.torch2onnx import DEFAULT_OPSET
 
 DEVICES = ("host", "aarch64", "cuda")
@@ -125,21 +126,14 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
     Capabilities(
         suffix=".so",
         precisions=("fp32", "fp16", "int8"),
-        options={"device": "host", "llvm_opt_level": None, "opset": DEFAULT_OPSET, "cleanup": True, "exporter": "auto"},
+        options={"device": Option("host", str, choices=DEVICES), "llvm_opt_level": Option(None, int, choices=(0, 1, 2, 3), nullable=True),
+                 **hub_options(DEFAULT_OPSET)},
         source="onnx",
         runtime="tvm relax VM (host llvm)",
         notes="host llvm validated; aarch64 and cuda compiled only; int8: QDQ numerics, float kernels",
     ),
 )
 class TVMExporter(Exporter):
-    def check_options(self, precision: str, options: dict[str, Any]) -> dict[str, Any]:
-        opts = super().check_options(precision, options)
-        if opts["device"] not in DEVICES:
-            raise UserInputError(f"target tvm: device {opts['device']!r}; accepted: {', '.join(DEVICES)}")
-        if opts["llvm_opt_level"] is not None and opts["llvm_opt_level"] not in (0, 1, 2, 3):
-            raise UserInputError(f"target tvm: llvm_opt_level {opts['llvm_opt_level']!r}; accepted: 0, 1, 2, 3 (default: TVM's)")
-        return opts
-
     def build(self, ctx: ExportContext) -> dict[str, Any]:
         from edgekit.backends import require
 

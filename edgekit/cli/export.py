@@ -11,19 +11,14 @@ from typing import List, Optional
 import typer
 
 
-def _parse_option(text: str):
+def _parse_option(text: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; the target converts and checks VALUE against its declared option type."""
     from edgekit.errors import UserInputError
 
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise UserInputError(f"--option {text!r}: expected KEY=VALUE, e.g. --option dynamic_batch=true")
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    try:
-        return key, int(raw)
-    except ValueError:
-        return key, raw
+    return key, raw
 
 
 def register(app: typer.Typer) -> None:
@@ -111,9 +106,10 @@ def _print_targets(as_json: bool) -> None:
 
     rows = {n: capabilities(n) for n in target_names()}
     if as_json:
-        from dataclasses import asdict
-
-        emit_json({n: asdict(c) for n, c in rows.items()})
+        emit_json({n: {"suffix": c.suffix, "precisions": list(c.precisions), "needs_gpu": c.needs_gpu, "source": c.source,
+                       "runtime": c.runtime, "notes": c.notes,
+                       "options": {k: {"default": o.default, "accepted": o.accepted()} for k, o in c.options.items()}}
+                   for n, c in rows.items()})
         return
     from rich.table import Table
 
