@@ -106,10 +106,9 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tu
     try:
         ep = torch.export.export(root, tuple(example_inputs), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure in user terms
-        raise CaptureError(
-            f"structured pruning could not capture {type(model).__name__} with torch.export: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        from edgekit.capture import explain_export_error
+
+        raise CaptureError(f"prune: {explain_export_error(exc, model)}") from None
     return ep.module(), prefix, tuple(example_inputs), False
 
 

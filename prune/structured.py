@@ -27,7 +27,7 @@ from torch import nn
 from edgekit.errors import UserInputError
 from edgekit.metrics import count_macs, count_params, torch_latency
 from edgekit.prune.apply import zero_units
-from edgekit.prune.capture import tensor_leaves
+from edgekit.prune.capture import CaptureMethod, tensor_leaves
 from edgekit.prune.depgraph import DependencyGraph
 from edgekit.prune.importance import IMPORTANCE
 from edgekit.prune.slots import Group, Unit
@@ -50,7 +50,7 @@ def torch_latency_ms(model: nn.Module, example_inputs: Sequence[torch.Tensor], r
 def _accumulate_grads(graph: DependencyGraph, data, batches: int = 4, batch_size: int = 64) -> None:
     if data is None or data.train.y is None:
         raise UserInputError("prune: importance 'taylor' needs labeled data (--data with labels)")
-    model = graph.gm
+    model = graph.model  # shares its parameters with the captured graph (which may be fixed to one batch size)
     model.eval()
     model.zero_grad(set_to_none=True)
     for i, (xb, yb) in enumerate(data.train.batches(batch_size, shuffle=True, seed=0)):
@@ -84,6 +84,7 @@ def make_plan(
     max_group_ratio: float = 0.9,
     ratios: dict[str, float] | None = None,
     criterion=None,
+    method: CaptureMethod | None = None,
 ) -> PrunePlan:
     """Build the dependency graph and choose the units to remove (nothing is removed yet)."""
     if not 0.0 <= ratio < 1.0:
@@ -91,7 +92,7 @@ def make_plan(
     if round_to < 1:
         raise UserInputError(f"prune: round_to {round_to} must be >= 1")
     fn = criterion or IMPORTANCE.get(importance)
-    graph = DependencyGraph(model, example_inputs, ignore=ignore)
+    graph = DependencyGraph(model, example_inputs, ignore=ignore, method=method)
     if criterion is None and IMPORTANCE.meta(importance).get("needs_data"):
         _accumulate_grads(graph, data)
     ratios = dict(ratios or {})
@@ -159,13 +160,17 @@ def prune(
     ratios: dict[str, float] | None = None,
     measure_latency: bool = False,
     plan: PrunePlan | None = None,
+    method: CaptureMethod | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``."""
+    """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``.
+
+    ``method``: force a capture method (default: torch.fx when the model traces, else torch.export).
+    """
     example_inputs = tuple(example_inputs)
     model = model.eval()
     if plan is None:
         plan = make_plan(model, example_inputs, ratio, importance, global_pruning, round_to, ignore, data,
-                         max_group_ratio, ratios)
+                         max_group_ratio, ratios, method=method)
     params0, macs0 = count_params(model), count_macs(model, example_inputs[0])
     lat0 = torch_latency_ms(model, example_inputs) if measure_latency else None
     new, info = plan.graph.prune(plan.remove)

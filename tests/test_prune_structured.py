@@ -215,3 +215,23 @@ def test_unknown_layer_is_frozen_not_broken():
     x = torch.randn(3, 8)
     new, report = prune(Net(), (x,), ratio=0.5)
     assert new.a.out_features == 16 and new(x).shape == (3, 4)
+
+
+@pytest.mark.parametrize("factory", [my_resnet, my_vit, Branchy, TinyTransformer], ids=lambda f: f.__name__)
+def test_export_path_equals_zeroed_dense(factory):
+    """The same fx-traceable models through the torch.export (ATen) path: cat, chunk, grouped and depthwise
+    convs, an SE gate, flatten into a Linear, hand-written heads."""
+    from edgekit.prune.capture import CaptureMethod
+
+    torch.manual_seed(0)
+    model = _randomize_bn(factory())
+    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    plan = make_plan(model, (X,), ratio=0.4, ignore=ignore, method=CaptureMethod.EXPORT)
+    assert plan.graph.capture_method is CaptureMethod.EXPORT and plan.remove
+    zeroed = zero_units(model, plan.remove)
+    new, report = prune(model, (X,), plan=plan)
+    with torch.no_grad():
+        dense, z, p = model(X), zeroed(X), new(X)
+    assert (dense - p).abs().max() > 10 * ATOL
+    torch.testing.assert_close(p, z, atol=ATOL, rtol=1e-4)
+    assert report["macs"]["after"] < report["macs"]["before"] and report["capture"] == "torch.export"

@@ -157,3 +157,21 @@ def test_multihead_attention_refuses_heads_when_its_width_cannot_shrink():
     _, report = prune(model, (example(2),), ratio=0.5, ignore=["head", "norm"])  # the final norm pins the width
     assert not any(g["kind"] == "heads" for g in report["groups"])
     assert any("nn.MultiheadAttention heads not pruned" in n for n in report["frozen_notes"])
+
+
+def test_uncapturable_model_is_one_clear_user_error():
+    from edgekit.errors import UserInputError
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            if h.sum() > 0:  # a branch on tensor values: neither fx nor torch.export can capture it
+                h = h * 2
+            return self.b(h)
+
+    with pytest.raises(UserInputError, match="torch.export cannot capture DataDependent"):
+        prune(DataDependent(), (torch.randn(2, 8),), ratio=0.5)
