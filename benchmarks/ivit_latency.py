@@ -1,5 +1,7 @@
 """I-ViT latency: fp32 vs integer-only DeiT-Tiny-shaped `vit` (batch 1, 3x224x224) on ONNX Runtime and TVM,
-side by side in one run, plus where the integer graph's time goes per ONNX op type (ORT profiling).
+side by side in one run (runs interleaved, so load changes hit both sides alike; the load average is
+recorded), plus where the integer graph's time goes per ONNX op type (ORT profiling). The integer graph is
+checked bit-exact against the fake-integer PyTorch model and free of float ops before it is timed.
 
     flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.ivit_latency [--no-tvm] [--runs 20]
 """
@@ -7,6 +9,7 @@ side by side in one run, plus where the integer graph's time goes per ONNX op ty
 from __future__ import annotations
 
 import argparse
+import os
 import io
 import json
 import shutil
@@ -15,6 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgekit.metrics import time_callable
@@ -23,6 +27,17 @@ from benchmarks._report import command_line, machine_note, markdown_table, write
 
 def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
     return time_callable(lambda: fn(x), runs, warmup)["median"]
+
+
+def _interleaved_ms(fns: dict, x, runs: int, warmup: int = 3) -> dict:
+    """Median ms of each callable, the runs alternating between them."""
+    samples: dict = {k: [] for k in fns}
+    for k, fn in fns.items():
+        time_callable(lambda: fn(x), 1, warmup)
+    for _ in range(runs):
+        for k, fn in fns.items():
+            samples[k].append(time_callable(lambda: fn(x), 1, 0)["median"])
+    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def _ort(proto_bytes: bytes, threads: int, profile: bool = False):
@@ -56,15 +71,23 @@ def main() -> None:
     q = freeze(convert(model, calib, batch_size=4, max_batches=1))
     int_proto = onnx_export.build(q, x)
     assert checker.float_tensors(int_proto) == []
+    with torch.no_grad():
+        assert np.array_equal(onnx_export.run_onnxruntime(int_proto, x), q(x).numpy()), "integer graph != PyTorch model"
+    fallbacks = {p.key: p.value for p in int_proto.metadata_props}.get("int64_fallbacks", "?")
     buf = io.BytesIO()
     torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False)
     fp_proto = onnx.load_from_string(buf.getvalue())
     xn = x.numpy()
     rows, ms = [], {}
+    load_before = os.getloadavg()[0]
+    runners = {}
     for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
         sess = _ort(proto.SerializeToString(), 2)
         name = sess.get_inputs()[0].name
-        ms[("ort", label)] = _median_ms(lambda a: sess.run(None, {name: a}), xn, args.runs)
+        runners[label] = lambda a, sess=sess, name=name: sess.run(None, {name: a})
+    for label, v in _interleaved_ms(runners, xn, args.runs).items():
+        ms[("ort", label)] = v
+    load_after = os.getloadavg()[0]
     if not args.no_tvm:
         from edgekit.quant.ivit import tvm_build
 
@@ -96,11 +119,14 @@ def main() -> None:
         "## I-ViT latency (integer-only vs fp32, DeiT-Tiny-shaped `vit`, batch 1, 3x224x224)",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine_note()}. Medians of {args.runs} runs; random weights (latency only).",
+        f"Machine: {machine_note()}. Medians of {args.runs} runs, fp32 and integer interleaved; random weights "
+        f"(latency only). Load average (`uptime`, 1 min) {load_before:.1f} before / {load_after:.1f} after the ORT "
+        "runs: measured on a shared, loaded machine, so absolute times are inflated; the ratio is the figure.",
         "",
         markdown_table(["runtime", "fp32 ms", "I-ViT integer ms", "fp32 / integer"], rows),
         "",
-        f"Integer graph: {len(int_proto.graph.node)} ONNX nodes, checker: no float tensor inside. "
+        f"Integer graph: {len(int_proto.graph.node)} ONNX nodes ({fallbacks} requantizations left in int64), "
+        "bit-exact with the PyTorch model, checker: no float tensor inside. "
         + (f"TVM build s: fp32 {ms[('tvm-build-s', 'fp32')]:.0f}, integer {ms[('tvm-build-s', 'I-ViT int')]:.0f}." if not args.no_tvm else "TVM not run (--no-tvm)."),
         "",
         "Where the integer graph's time goes on ONNX Runtime (kernel time per op type, ms per inference):",

@@ -87,9 +87,15 @@ def test_int_layernorm_tracks_layernorm_with_int64():
     assert np.array_equal(yt.numpy(), y)
 
 
-def test_layernorm_constants_stay_in_int64_for_tiny_gamma():
-    m, e, big = IF.layernorm_constants(np.array([1e-4, 1.0]), np.array([3.0, 0.1]), 192, 0.02)
-    assert np.all(np.abs(big) + np.abs(m) * 2.0**30 + 2.0**e < 2.0**62)
+def test_layernorm_constants_keep_the_requant_in_int32():
+    m, e, big = IF.layernorm_constants(np.array([1e-4, 1.0, -0.5]), np.array([3.0, 0.1, 50.0]), 192, 0.02)
+    assert np.all(e <= IF.shift_cap(8)) and np.all(np.abs(big) < 2**29)
+
+
+def test_dyadic_shift_cap_rounds_the_multiplier():
+    m, e = IF.dyadic(np.array([1e-4, 0.3]), max_shift=IF.shift_cap(8))
+    assert np.all(e <= 22)
+    assert np.allclose(m / 2.0**e, [1e-4, 0.3], rtol=2 / 2**22 / 1e-4)
 
 
 def test_kernels_reject_float_tensors():

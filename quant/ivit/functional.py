@@ -22,8 +22,10 @@ import torch
 INT32_MAX = 2**31 - 1
 LOG2E_SHIFTS = "x + (x >> 1) - (x >> 4)"  # 1.0111b = 1.4375 ~ log2(e)
 GELU_ALPHA = 1.702  # GELU(x) ~ x * sigmoid(1.702 x); folded into the sigmoid's input scale
-ISQRT_STEPS = 8  # Newton steps unrolled in graphs; 6 suffice from a start within 2x (see isqrt)
+ISQRT_STEPS = 6  # Newton steps unrolled in graphs: enough from a start within 2x for v < 2**62 (tested)
 MAX_SHIFT = 62
+SOFTMAX_SUM = 2**22  # Shiftmax row sums stay below this (when the scale allows), so 2**30 // sum keeps 8 bits
+NORM_BITS = 15  # I-LayerNorm's normalised value: |z| <= 2**15 at scale sqrt(C) / 2**15
 
 
 # ----------------------------------------------------------------------------------- array namespaces
@@ -102,11 +104,21 @@ def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------- dyadic
 
 
-def dyadic(scale: Any, bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
+def shift_cap(out_bits: int) -> int:
+    """The largest right shift of a requantization to ``out_bits`` whose arithmetic fits int32 once its input
+    is clamped to the range that can still reach the output (``(2**out_bits + 2) * 2**e < 2**31``): graphs
+    then run it in int32 (deviation: the reference keeps 31-bit multipliers and int64 products; ``m`` keeps
+    ``e + log2(scale)`` bits, plenty for the ``out_bits``-bit result)."""
+    return 30 - out_bits
+
+
+def dyadic(scale: Any, bits: int = 31, max_shift: int = MAX_SHIFT) -> tuple[np.ndarray, np.ndarray]:
     """``scale ~ m / 2**e`` with ``m`` a ``bits``-bit integer (the frexp mantissa in [0.5, 1) times 2**bits,
     rounded half up) and ``e = bits - exponent``. Works element-wise (per-channel scales); the sign of the
-    scale is kept in ``m``. Returns int64 arrays (0-d for a scalar). ``e`` is capped at 62 (``m`` shifted
-    down to match) so that ``x * m + 2**(e-1)`` stays in int64."""
+    scale is kept in ``m``. Returns int64 arrays (0-d for a scalar). ``e`` is capped at ``max_shift`` (at most
+    62; ``m`` shifted down to match, rounded) so that ``x * m + 2**(e-1)`` stays in int64 (or int32, see
+    :func:`shift_cap`)."""
+    max_shift = min(int(max_shift), MAX_SHIFT)
     s = np.asarray(scale, dtype=np.float64)
     if not np.all(np.isfinite(s)):
         raise ValueError(f"dyadic: scale must be finite, got {scale}")
@@ -118,7 +130,7 @@ def dyadic(scale: Any, bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
     e = bits - exp
     if np.any((e < 1) & (m != 0)):
         raise ValueError(f"dyadic: scale {scale} is too large for a {bits}-bit multiplier with a right shift")
-    over = np.maximum(e - MAX_SHIFT, 0)
+    over = np.maximum(e - max_shift, 0)
     m = (m + np.where(over > 0, (np.int64(1) << np.maximum(over - 1, 0)), 0)) >> over  # round half up
     e = e - over
     m = np.where(m == 0, 0, m)
@@ -152,16 +164,16 @@ def exp_x0(scale: float) -> int:
     return min(-1, math.floor(-1.0 / float(scale)))
 
 
-def exp_shift(row_len: int, scale: float, n_max: int = 15, terms: int = 1) -> int:
+def exp_shift(row_len: int, scale: float, n_max: int = 15, terms: int = 1, limit: int = INT32_MAX) -> int:
     """The exponent ``n`` of ShiftExp, as large as ``n_max`` while ``terms * row_len`` values of at most
-    ``-x0 * 2**n`` still sum below 2**31 (deviation: the reference fixes n and clamps the sum, which loses
-    the normalisation for long rows at fine input scales)."""
-    budget = INT32_MAX // (max(1, terms * row_len) * -exp_x0(scale))
-    if budget < 2:
+    ``-x0 * 2**n`` still sum to at most ``limit`` (at least n = 0; deviation: the reference fixes n and clamps
+    the sum, which loses the normalisation for long rows at fine input scales)."""
+    unit = max(1, terms * row_len) * -exp_x0(scale)
+    if unit > INT32_MAX // 2:
         raise ValueError(
             f"shift-exp: input scale {scale:.3g} is too fine for rows of {row_len} (the row sum would overflow int32)"
         )
-    return min(n_max, int(budget).bit_length() - 1)
+    return max(0, min(n_max, (limit // unit).bit_length() - 1))
 
 
 def shift_exp(x_int: Any, scale: float, n: int):
@@ -179,17 +191,17 @@ def shift_exp(x_int: Any, scale: float, n: int):
 
 def shiftmax(x_int: Any, scale: float, out_bits: int = 8, n: int | None = None):
     """Shiftmax over the last axis: k-bit probabilities at scale ``2**-(k-1)`` (a row sums to ~2**(k-1)).
-    Deviation: the final shift rounds half up instead of flooring (with f = (2**31-1) // sum, flooring turns
-    a uniform row of 64 into 1/128 each instead of 2/128)."""
+    Deviation: the final shift rounds half up instead of flooring (with f = 2**30 // sum, flooring turns a
+    uniform row of 64 into 1/128 each instead of 2/128)."""
     _check_int(x_int, "shiftmax")
     xp = ops(x_int)
     if n is None:
-        n = exp_shift(int(x_int.shape[-1]), scale)
+        n = exp_shift(int(x_int.shape[-1]), scale, limit=SOFTMAX_SUM)
     x = x_int - xp.rowmax(x_int)
     exp, _ = shift_exp(x, scale, n)
     total = xp.clamp(xp.rowsum(exp), 1, INT32_MAX)
-    factor = INT32_MAX // total
-    out = (exp * factor + (1 << (31 - out_bits))) >> (31 - out_bits + 1)  # deviation: rounded, not floored
+    factor = (1 << 30) // total  # exp * factor <= 2**30: the normalisation stays in int32 (deviation: 2**31 - 1)
+    out = (exp * factor + (1 << (30 - out_bits))) >> (31 - out_bits)  # deviation: rounded, not floored
     return out, 2.0 ** -(out_bits - 1)
 
 
@@ -240,18 +252,18 @@ def isqrt(v: Any, steps: int | None = None):
     return k
 
 
-def layernorm_constants(weight: Any, bias: Any, channels: int, out_scale: float, bits: int = 31):
-    """Per-channel ``(m, e, b)`` folding LayerNorm's gamma, beta and the normalised scale sqrt(C)/2**30 into
-    the output requantization: ``out = clamp((y * m + b + 2**(e-1)) >> e)``. Channels whose constant would
-    overflow int64 lose low multiplier bits (reported by their smaller m)."""
+def layernorm_constants(weight: Any, bias: Any, channels: int, out_scale: float, out_bits: int = 8):
+    """Per-channel ``(m, e, b)`` folding LayerNorm's gamma, beta and the normalised scale sqrt(C)/2**15 into
+    the output requantization: ``out = clamp((z * m + b + 2**(e-1)) >> e)``, ``e <= shift_cap(out_bits)`` so
+    that graphs run it in int32 (|z| <= 2**15)."""
     w = np.asarray(weight, dtype=np.float64).reshape(-1)
     b = np.asarray(bias, dtype=np.float64).reshape(-1)
-    m, e = dyadic(w * math.sqrt(channels) / 2**30 / out_scale, bits)
+    m, e = dyadic(w * math.sqrt(channels) / 2**NORM_BITS / out_scale, max_shift=shift_cap(out_bits))
     m, e = np.array(m, ndmin=1), np.array(e, ndmin=1)
     big = np.zeros_like(m)
-    for _ in range(64):
+    for _ in range(64):  # a bias far outside the output range: drop multiplier bits until it fits int32
         big = np.round(b / out_scale * np.exp2(e.astype(np.float64)))
-        bad = np.abs(big) + np.abs(m).astype(np.float64) * 2.0**30 + np.exp2(e.astype(np.float64)) >= 2.0**62
+        bad = np.abs(big) >= 2.0**29
         if not bad.any():
             break
         m, e = np.where(bad, (m + 1) >> 1, m), np.where(bad, e - 1, e)
@@ -261,15 +273,17 @@ def layernorm_constants(weight: Any, bias: Any, channels: int, out_scale: float,
 
 
 def layernorm_normalize(x_int: Any, steps: int | None = ISQRT_STEPS):
-    """``(x - mu) / std`` on integers: ``mu = round(mean)``, ``V = sum((x-mu)**2)``, ``k = isqrt(V)``,
-    ``f = (2**31-1) // k``, ``y = ((x - mu) * f) >> 1`` at scale ``sqrt(C) / 2**30`` (int64: int32 overflows)."""
+    """``(x - mu) / std`` on integers: ``mu = round(mean)``, ``V = sum((x-mu)**2)`` (int64), ``k = isqrt(V)``,
+    ``f = 2**29 // k``, ``z = ((x - mu) * f) >> 14`` at scale ``sqrt(C) / 2**15``. Since ``|x - mu| <= k``,
+    ``|(x - mu) * f| <= 2**29`` and ``|z| <= 2**15``: everything but V fits int32 (deviation: the reference
+    uses ``f = (2**31-1) // k`` and int64 products; 15 bits of the normalised value remain)."""
     xp = ops(x_int)
     c = int(x_int.shape[-1])
     mu = (xp.rowsum(x_int) + c // 2) // c
     y = x_int - mu
     k = isqrt(xp.rowsum(y * y), steps)
-    factor = INT32_MAX // k
-    return (y * factor) >> 1, math.sqrt(c) / 2**30
+    factor = (1 << (NORM_BITS + 14)) // k
+    return (y * factor) >> 14, math.sqrt(c) / 2**NORM_BITS
 
 
 def int_layernorm(x_int: Any, scale: float, weight: Any, bias: Any, out_bits: int = 8,
@@ -283,7 +297,7 @@ def int_layernorm(x_int: Any, scale: float, weight: Any, bias: Any, out_bits: in
     b = np.asarray(bias, dtype=np.float64)
     if out_scale is None:
         out_scale = float(np.max(np.abs(w) * 3 + np.abs(b))) / qrange(out_bits)[1]
-    m, e, big = layernorm_constants(w, b, c, out_scale)
+    m, e, big = layernorm_constants(w, b, c, out_scale, out_bits)
     y, _ = layernorm_normalize(x_int, steps)
     return layernorm_output(y, m, e, big, out_bits), out_scale
 

@@ -168,7 +168,7 @@ class IntRequant(IntModule):
         self.out_lo, self.out_hi = _bits_range(bits)
 
     def live_params(self):
-        m, e = IF.dyadic(self.s_in / self.s_out)
+        m, e = IF.dyadic(self.s_in / self.s_out, max_shift=IF.shift_cap(self.bits))
         return {"m": torch.as_tensor(m), "e": torch.as_tensor(e)}
 
     def kernel(self, x, p):
@@ -200,7 +200,7 @@ class IntLinear(IntModule):
     def live_params(self):
         w, s_w = self._wq()
         b = torch.clamp(torch.round(self.bias.detach().double() / (self.s_in * s_w)), -IF.INT32_MAX, IF.INT32_MAX)
-        m, e = IF.dyadic(self._ratio(s_w).numpy())
+        m, e = IF.dyadic(self._ratio(s_w).numpy(), max_shift=IF.shift_cap(self.bits))
         return {"w": w.long(), "b": b.long(), "m": torch.as_tensor(m), "e": torch.as_tensor(e)}
 
     def kernel(self, x, p):
@@ -256,7 +256,7 @@ class IntMatMul(IntModule):
         self.out_lo, self.out_hi = _bits_range(bits)
 
     def live_params(self):
-        m, e = IF.dyadic(self.s_a * self.s_b / self.s_out)
+        m, e = IF.dyadic(self.s_a * self.s_b / self.s_out, max_shift=IF.shift_cap(self.bits))
         return {"m": torch.as_tensor(m), "e": torch.as_tensor(e)}
 
     def kernel(self, a, b, p):
@@ -321,7 +321,7 @@ class IntLayerNorm(IntModule):
         self.out_lo, self.out_hi = _bits_range(bits)
 
     def live_params(self):
-        m, e, b = IF.layernorm_constants(self.weight.detach().numpy(), self.bias.detach().numpy(), self.channels, self.s_out)
+        m, e, b = IF.layernorm_constants(self.weight.detach().numpy(), self.bias.detach().numpy(), self.channels, self.s_out, self.bits)
         return {"m": torch.as_tensor(m), "e": torch.as_tensor(e), "b": torch.as_tensor(b)}
 
     def kernel(self, x, p, steps: int | None = IF.ISQRT_STEPS):
@@ -344,8 +344,8 @@ class IntAdd(IntModule):
         self.out_lo, self.out_hi = _bits_range(bits)
 
     def live_params(self):
-        ma, ea = IF.dyadic(self.s_a / self.s_out)
-        mb, eb = IF.dyadic(self.s_b / self.s_out)
+        ma, ea = IF.dyadic(self.s_a / self.s_out, max_shift=IF.shift_cap(self.bits))  # int32 in graphs
+        mb, eb = IF.dyadic(self.s_b / self.s_out, max_shift=IF.shift_cap(self.bits))
         return {k: torch.as_tensor(v) for k, v in zip(self.PARAMS, (ma, ea, mb, eb))}
 
     def kernel(self, a, b, p):
@@ -369,7 +369,7 @@ class IntMean(IntModule):
         self.out_lo, self.out_hi = _bits_range(bits)
 
     def live_params(self):
-        m, e = IF.dyadic(self.s_in / (self.count * self.s_out))
+        m, e = IF.dyadic(self.s_in / (self.count * self.s_out), max_shift=IF.shift_cap(self.bits))
         return {"m": torch.as_tensor(m), "e": torch.as_tensor(e)}
 
     def kernel(self, x, p):

@@ -2,13 +2,19 @@
 Inference", Li & Gu, ICCV 2023) with integer ops only between the input quantizer and the output dequantizer.
 
 The graph is written directly with ``onnx.helper`` (deterministic names, opset 17), lowering each integer
-module op by op: MatMulInteger (int8/uint8 x int8 -> int32) for Linear, MatMul and Conv (im2col with Slice/
-Concat; TVM's ONNX importer has no ConvInteger), int64 Mul/Add/Sub/Div/Max/Min/Clip/Where/Gather/ReduceMax/
-ReduceSum for requantization, Shiftmax, ShiftGELU and I-LayerNorm. Floor semantics: ONNX integer Div
-truncates toward zero, so every division here has non-negative operands -- a floor shift of a signed value
-adds 2**62 first (``(v + 2**62) / 2**k - 2**(62-k)``) and variable powers of two come from a Gather table
-(BitShift exists for unsigned types only). Shapes are specialised to the example input (batch included).
-Activations between modules are stored in their narrowest integer type (int8, uint8, int16, int32).
+module op by op, fast on ONNX Runtime and bit-exact with the model (see :mod:`.onnx_builder` for storage
+and the int32 requantization):
+
+* Linear, MatMul and Conv: ``MatMulInteger`` on uint8 activations with zero point 128 (the u8 x s8 kernel;
+  convolutions as patchify / im2col, TVM's ONNX importer has no ConvInteger), then one int32 requantization.
+* Shiftmax: ``x - rowmax`` (int32), the shift-exponential as a table of the row's possible values (one
+  Gather), an int32 row sum, one integer division per row, the normalisation in int32.
+* ShiftGELU: its input is int8, so the whole function (requantization included) is a 256-entry table.
+* I-LayerNorm: mean and centring in int32, the variance in int64, Newton's integer square root on the rows
+  only, the normalised value and its per-channel requantization in int32.
+* Residual add: each branch's dyadic rescale and the sum in int32.
+
+Shapes are specialised to the example input (batch included).
 """
 
 from __future__ import annotations
@@ -25,96 +31,9 @@ from edgekit.errors import UserInputError
 from edgekit.quant.ivit import executor
 from edgekit.quant.ivit import functional as IF
 from edgekit.quant.ivit import modules as M
+from edgekit.quant.ivit.onnx_builder import Builder, Meta
 
 OPSET = 17
-OFF = 2**62
-_NP = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
-       "float32": np.float32, "bool": np.bool_}
-
-
-class Builder:
-    """A tiny deterministic ONNX graph builder (constants deduplicated, names t0, t1, ...)."""
-
-    def __init__(self) -> None:
-        onnx = require("onnx", "I-ViT ONNX export")
-        self.h, self.T = onnx.helper, onnx.TensorProto
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-        self.dtype: dict[str, str] = {}
-        self._consts: dict[tuple, str] = {}
-        self._n = 0
-
-    def name(self, hint: str = "t") -> str:
-        self._n += 1
-        return f"{hint}{self._n}"
-
-    def const(self, value: Any, dtype: str = "int64") -> str:
-        arr = np.ascontiguousarray(np.asarray(value, dtype=_NP[dtype]))
-        key = (dtype, arr.shape, arr.tobytes())
-        if key not in self._consts:
-            from onnx import numpy_helper
-
-            name = self.name("c")
-            self.inits.append(numpy_helper.from_array(arr, name))
-            self._consts[key] = name
-            self.dtype[name] = dtype
-        return self._consts[key]
-
-    def op(self, op_type: str, inputs: list[str], dtype: str | None = None, n_out: int = 1, **attrs: Any):
-        outs = [self.name() for _ in range(n_out)]
-        self.nodes.append(self.h.make_node(op_type, inputs, outs, **attrs))
-        for o in outs:
-            self.dtype[o] = dtype or self.dtype.get(inputs[0], "int64")
-        return outs[0] if n_out == 1 else outs
-
-    # integer helpers -----------------------------------------------------------------------------
-    def cast(self, x: str, dtype: str) -> str:
-        if self.dtype.get(x) == dtype:
-            return x
-        return self.op("Cast", [x], dtype, to=getattr(self.T, "FLOAT" if dtype == "float32" else dtype.upper()))
-
-    def i64(self, x: str) -> str:
-        return self.cast(x, "int64")
-
-    def add(self, a, b):
-        return self.op("Add", [a, b])
-
-    def sub(self, a, b):
-        return self.op("Sub", [a, b])
-
-    def mul(self, a, b):
-        return self.op("Mul", [a, b])
-
-    def div(self, a, b):  # operands are non-negative wherever this is used: truncation == floor
-        return self.op("Div", [a, b])
-
-    def clip(self, x: str, lo: int | None, hi: int | None) -> str:
-        return self.op("Clip", [x, self.const(lo) if lo is not None else "", self.const(hi) if hi is not None else ""])
-
-    def floor_shift(self, x: str, k: Any) -> str:
-        """floor(x / 2**k) for signed int64 x (|x| < 2**62), k a constant (scalar or per-channel array)."""
-        k = np.asarray(k, dtype=np.int64)
-        return self.sub(self.div(self.add(x, self.const(OFF)), self.const(np.left_shift(1, k))),
-                        self.const(OFF >> k))
-
-    def requant(self, x: str, m: Any, e: Any, lo: int, hi: int, extra: Any = 0) -> str:
-        """clamp((x*m + extra + 2**(e-1)) >> e): the dyadic requantization (m, e, extra may be per-channel)."""
-        e = np.asarray(e, dtype=np.int64)
-        half = np.left_shift(np.int64(1), e - 1) + np.asarray(extra, dtype=np.int64)
-        y = self.add(self.mul(x, self.const(m)), self.const(half))
-        return self.clip(self.floor_shift(y, e), lo, hi)
-
-
-def _shift_exp(b: Builder, x: str, scale: float, n: int) -> str:
-    x0 = IF.exp_x0(scale)
-    t = b.sub(b.add(x, b.floor_shift(x, 1)), b.floor_shift(x, 4))
-    t = b.op("Max", [t, b.const(n * x0)])
-    q = b.div(t, b.const(x0))  # both negative: truncation == floor
-    r = b.sub(t, b.mul(q, b.const(x0)))
-    a = b.mul(b.sub(r, b.const(2 * x0)), b.const(2**n))
-    pow2 = b.op("Gather", [b.const([2 ** (i + 1) for i in range(n + 1)]), q], "int64", axis=0)
-    return b.div(a, pow2)
-
 
 # --------------------------------------------------------------------------------- module lowerings
 
@@ -131,154 +50,219 @@ def lowering(*types: type):
     return deco
 
 
-def _store(b: Builder, x: str, m: nn.Module) -> str:
-    return b.cast(x, M.storage_dtype(m.out_lo, m.out_hi))
-
-
 @lowering(M.IntQuantize)
 def _quant(b, m, ins, vals, out):
     y = b.op("Round", [b.op("Mul", [ins[0], b.const(np.float32(m.inv), "float32")], "float32")], "float32")
     y = b.op("Clip", [y, b.const(np.float32(m.out_lo), "float32"), b.const(np.float32(m.out_hi), "float32")], "float32")
-    return b.cast(y, M.storage_dtype(m.out_lo, m.out_hi))
+    y = b.op("Sub", [y, b.const(np.float32(m.out_lo), "float32")], "float32")  # exact: integers below 2**24
+    meta = Meta("uint8" if m.out_hi - m.out_lo <= 255 else "int32", -m.out_lo, m.out_lo, m.out_hi)
+    return b.cast(y, meta.dtype, meta)
 
 
 @lowering(M.IntDequantize)
 def _dequant(b, m, ins, vals, out):
-    return b.op("Mul", [b.cast(ins[0], "float32"), b.const(np.float32(m.scale.item()), "float32")], "float32")
+    return b.op("Mul", [b.cast(b.value(ins[0]), "float32"), b.const(np.float32(m.scale.item()), "float32")], "float32")
 
 
 @lowering(M.IntConst)
 def _const(b, m, ins, vals, out):
-    return b.const(m.params_np()["value"], M.storage_dtype(m.out_lo, m.out_hi))
+    v = m.params_np()["value"]
+    name = b.const(v, "int32")
+    b.meta[name] = Meta("int32", 0, int(v.min()), int(v.max()))
+    return name
 
 
 @lowering(M.IntRequant)
 def _requant(b, m, ins, vals, out):
     p = m.params_np()
-    return _store(b, b.requant(b.i64(ins[0]), p["m"], p["e"], m.out_lo, m.out_hi), m)
+    return b.requant(ins[0], p["m"], p["e"], m.out_lo, m.out_hi)
 
 
-def _int8_operand(b: Builder, x: str) -> str:
-    return x if b.dtype[x] in ("int8", "uint8") else b.cast(x, "int8")
+def _matmul_integer(b: Builder, a: str, w: str, w_range: tuple[int, int], k: int, b_zp: int | None = None) -> str:
+    """int32 ``a @ w`` of an 8-bit activation ``a`` (uint8 + zero point) and ``w`` (int8 weights or uint8 +
+    ``b_zp``); the result's range from the operands' ranges and the inner dimension ``k``."""
+    ua, za = b.to_u8(a)
+    ma = b.meta[a]
+    inputs = [ua, w, b.const(za, "uint8") if za or b_zp else ""]
+    if b_zp:
+        inputs.append(b.const(b_zp, "uint8"))
+    bound = k * max(abs(ma.lo), abs(ma.hi)) * max(abs(w_range[0]), abs(w_range[1]))
+    return b.op("MatMulInteger", [i for i in inputs if i is not None], Meta("int32", 0, -bound, bound))
 
 
 @lowering(M.IntLinear)
 def _linear(b, m, ins, vals, out):
     p = m.params_np()
-    acc = b.op("MatMulInteger", [_int8_operand(b, ins[0]), b.const(p["w"].T, "int8")], "int32")
-    acc = b.add(b.i64(acc), b.const(p["b"]))
-    return _store(b, b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi), m)
+    w = p["w"].T
+    acc = _matmul_integer(b, ins[0], b.const(w, "int8"), (int(w.min()), int(w.max())), w.shape[0])
+    return b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi, bias=p["b"], shape=(-1,))
 
 
 @lowering(M.IntConv2d)
 def _conv(b, m, ins, vals, out):
     p = m.params_np()
-    x = _int8_operand(b, ins[0])
+    x = ins[0]
+    xm = b.meta[x]
     bsz, c, h, w = vals[0].shape
     o, cg, kh, kw = p["w"].shape
     (sh, sw), (ph, pw), g = m.stride, m.padding, m.groups
     ho, wo = out.shape[2], out.shape[3]
+    ux, zx = b.to_u8(x)
     if g == 1 and (sh, sw) == (kh, kw) and (ph, pw) == (0, 0) and h % kh == 0 and w % kw == 0:  # patchify
-        t = b.op("Reshape", [x, b.const([bsz, c, ho, kh, wo, kw])])
+        t = b.op("Reshape", [ux, b.const([bsz, c, ho, kh, wo, kw])])
         t = b.op("Transpose", [t], perm=[0, 2, 4, 1, 3, 5])
         t = b.op("Reshape", [t, b.const([bsz, ho * wo, c * kh * kw])])
-        acc = b.op("MatMulInteger", [t, b.const(p["w"].reshape(o, -1).T, "int8")], "int32")
-        acc = b.op("Transpose", [acc], perm=[0, 2, 1])
-    else:  # im2col: one strided Slice per kernel tap
-        if ph or pw:
-            x = b.op("Pad", [x, b.const([0, 0, ph, pw, 0, 0, ph, pw])])
-        taps = []
-        for i in range(kh):
-            for j in range(kw):
-                s = b.op("Slice", [x, b.const([i, j]), b.const([i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1]),
-                                   b.const([2, 3]), b.const([sh, sw])])
-                taps.append(b.op("Unsqueeze", [s, b.const([2])]))
-        t = taps[0] if len(taps) == 1 else b.op("Concat", taps, axis=2)
-        t = b.op("Reshape", [t, b.const([bsz, g, cg * kh * kw, ho * wo])])
-        t = b.op("Transpose", [t], perm=[0, 1, 3, 2])
-        wmat = p["w"].reshape(g, o // g, cg * kh * kw).transpose(0, 2, 1)
-        acc = b.op("MatMulInteger", [t, b.const(wmat, "int8")], "int32")
-        acc = b.op("Transpose", [acc], perm=[0, 1, 3, 2])
+        wmat = p["w"].reshape(o, -1).T
+        acc = _matmul_integer(b, t, b.const(wmat, "int8"), (int(wmat.min()), int(wmat.max())), wmat.shape[0])
+        y = b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi, bias=p["b"], shape=(-1,))  # B, HW, O
+        return b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1]), b.const([bsz, o, ho, wo])])
+    if ph or pw:  # pad with the zero point: the padded value is 0
+        ux = b.op("Pad", [ux, b.const([0, 0, ph, pw, 0, 0, ph, pw]), b.const(zx, "uint8")])
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            s = b.op("Slice", [ux, b.const([i, j]), b.const([i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1]),
+                               b.const([2, 3]), b.const([sh, sw])])
+            taps.append(b.op("Unsqueeze", [s, b.const([2])]))
+    t = taps[0] if len(taps) == 1 else b.op("Concat", taps, axis=2)
+    t = b.op("Reshape", [t, b.const([bsz, g, cg * kh * kw, ho * wo])])
+    t = b.op("Transpose", [t], perm=[0, 1, 3, 2])
+    wmat = p["w"].reshape(g, o // g, cg * kh * kw).transpose(0, 2, 1)
+    b.meta[t] = Meta("uint8", zx, xm.lo, xm.hi)
+    acc = _matmul_integer(b, t, b.const(wmat, "int8"), (int(wmat.min()), int(wmat.max())), cg * kh * kw)
+    acc = b.op("Transpose", [acc], perm=[0, 1, 3, 2])
     acc = b.op("Reshape", [acc, b.const([bsz, o, ho, wo])])
-    acc = b.add(b.i64(acc), b.const(p["b"].reshape(o, 1, 1)))
-    return _store(b, b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi), m)
+    return b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi, bias=p["b"], shape=(-1, 1, 1))
 
 
 @lowering(M.IntMatMul)
 def _matmul(b, m, ins, vals, out):
     p = m.params_np()
-    acc = b.op("MatMulInteger", [_int8_operand(b, ins[0]), _int8_operand(b, ins[1])], "int32")
-    return _store(b, b.requant(b.i64(acc), p["m"], p["e"], m.out_lo, m.out_hi), m)
+    ub, zb = b.to_u8(ins[1])
+    mb = b.meta[ins[1]]
+    acc = _matmul_integer(b, ins[0], ub, (mb.lo, mb.hi), int(vals[1].shape[-2]), b_zp=zb)
+    return b.requant(acc, p["m"], p["e"], m.out_lo, m.out_hi)
 
 
 @lowering(M.IntSoftmax)
 def _softmax(b, m, ins, vals, out):
-    x = b.i64(ins[0])
-    n = IF.exp_shift(int(vals[0].shape[-1]), m.s_in)
-    x = b.sub(x, b.op("ReduceMax", [x], axes=[-1], keepdims=1))
-    e = _shift_exp(b, x, m.s_in, n)
-    total = b.clip(b.op("ReduceSum", [e, b.const([-1])], keepdims=1), 1, IF.INT32_MAX)
-    y = b.add(b.mul(e, b.div(b.const(IF.INT32_MAX), total)), b.const(1 << (31 - m.bits)))
-    y = b.div(y, b.const(2 ** (31 - m.bits + 1)))
-    return _store(b, y, m)
+    x = b.cast(ins[0], "int32")  # the storage offset cancels in x - rowmax
+    xm = b.meta[ins[0]]
+    n = IF.exp_shift(int(vals[0].shape[-1]), m.s_in, limit=IF.SOFTMAX_SUM)
+    u = b.op("Sub", [b.op("ReduceMax", [x], axes=[-1], keepdims=1), x], Meta("int32", 0, 0, xm.hi - xm.lo))
+    table, _ = IF.shift_exp(-np.arange(xm.hi - xm.lo + 1, dtype=np.int64), m.s_in, n)
+    last = int(np.flatnonzero(table != table[-1])[-1]) + 1 if np.any(table != table[-1]) else 0
+    if last < len(table) - 1:  # beyond ``last`` the shift-exponential is constant: clamp there
+        u = b.op("Min", [u, b.const(last, "int32")], Meta("int32", 0, 0, last))
+        table = table[: last + 1]
+    e = b.lut(u, table, Meta("int32", 0, int(table.min()), int(table.max())))
+    total = b.op("ReduceSum", [e, b.const([-1])], keepdims=1)  # <= 2**30 by the choice of n
+    f = b.op("Div", [b.const(1 << 30, "int32"), total])  # per row
+    y = b.op("Add", [b.op("Mul", [e, f]), b.const(1 << (30 - m.bits), "int32")])  # e * f <= 2**30
+    y = b.op("Div", [y, b.const(1 << (31 - m.bits), "int32")], Meta("int32", 0, m.out_lo, m.out_hi))
+    return b.cast(y, "uint8")
 
 
 @lowering(M.IntGELU)
 def _gelu(b, m, ins, vals, out):
-    p = m.params_np()
-    x = b.i64(ins[0])
-    s_sig = m.s_in * IF.GELU_ALPHA
-    n = IF.exp_shift(1, s_sig, terms=2)
-    big = b.clip(x, 0, None)
-    e1 = _shift_exp(b, b.sub(x, big), s_sig, n)
-    e2 = _shift_exp(b, b.sub(b.const(0), big), s_sig, n)
-    f = b.div(b.const(IF.INT32_MAX), b.clip(b.add(e1, e2), 1, None))
-    sigma = b.div(b.add(b.mul(e1, f), b.const(1 << (31 - m.sigmoid_bits))), b.const(2 ** (31 - m.sigmoid_bits + 1)))
-    return _store(b, b.requant(b.mul(x, sigma), p["m"], p["e"], m.out_lo, m.out_hi), m)
+    xm = b.meta[ins[0]]
+    if xm.hi - xm.lo > 65535:
+        raise UserInputError(f"I-ViT ONNX export: GELU input range [{xm.lo}, {xm.hi}] is too wide for a table")
+    table = executor.run_module(m, [np.arange(xm.lo, xm.hi + 1, dtype=np.int64)]) - m.out_lo
+    meta = Meta("uint8" if m.out_hi - m.out_lo <= 255 else "int32", -m.out_lo, m.out_lo, m.out_hi)
+    return b.lut(ins[0], table, meta)
 
 
 @lowering(M.IntLayerNorm)
 def _layernorm(b, m, ins, vals, out):
     p = m.params_np()
-    x = b.i64(ins[0])
+    x = b.value(ins[0])
+    xm = b.meta[ins[0]]
     c = int(vals[0].shape[-1])
-    k_off = OFF // c  # floor((s + c//2) / c) with a non-negative dividend
-    s = b.op("ReduceSum", [x, b.const([-1])], keepdims=1)
-    mu = b.sub(b.div(b.add(s, b.const(c // 2 + c * k_off)), b.const(c)), b.const(k_off))
-    y = b.sub(x, mu)
-    v = b.op("ReduceSum", [b.mul(y, y), b.const([-1])], keepdims=1)
+    s = b.op("ReduceSum", [x, b.const([-1])], keepdims=1)  # |s| < c * 2**16
+    k_off = (c * max(abs(xm.lo), abs(xm.hi))) // c + 2  # floor((s + c//2) / c) from a non-negative dividend
+    mu = b.op("Sub", [b.op("Div", [b.op("Add", [s, b.const(c // 2 + c * k_off, "int32")]), b.const(c, "int32")]),
+                      b.const(k_off, "int32")])
+    y = b.op("Sub", [x, mu])
+    v = b.op("ReduceSumSquare", [b.cast(y, "int64")], "int64", axes=[-1], keepdims=1)
+    k = _isqrt(b, v, m)
+    f = b.cast(b.op("Div", [b.const(1 << (IF.NORM_BITS + 14)), k]), "int32")  # 2**29 // k, per row
+    z = b.op("Mul", [y, f])  # |y| <= k, so |y * f| <= 2**29
+    z = b.op("Div", [b.op("Add", [z, b.const(1 << 29, "int32")]), b.const(1 << 14, "int32")],
+             Meta("int32", 1 << IF.NORM_BITS, -(1 << IF.NORM_BITS), 1 << IF.NORM_BITS))  # z + 2**15
+    return b.requant(z, p["m"], p["e"], m.out_lo, m.out_hi, extra=p["b"], shape=(-1,))
+
+
+def _isqrt(b: Builder, v: str, m: nn.Module) -> str:
+    """:func:`functional.isqrt` on the row variances (int64; rows only, so its op count does not scale).
+    ``v`` is raised to at least 1 first: the result is the same (1), and no Newton step can reach 0, so the
+    steps need no clamp."""
+    v = b.op("Max", [v, b.const(1)])
     rest, k = v, b.const(2)
     for sh in (32, 16, 8, 4, 2, 1):  # k0 = 2**(floor(log2 v)//2 + 1), within 2x above sqrt(v)
         cond = b.op("GreaterOrEqual", [rest, b.const(1 << sh)], "bool")
-        rest = b.op("Where", [cond, b.div(rest, b.const(1 << sh)), rest], "int64")
+        rest = b.op("Where", [cond, b.op("Div", [rest, b.const(1 << sh)]), rest], "int64")
         if sh > 1:
-            k = b.op("Where", [cond, b.mul(k, b.const(1 << (sh // 2))), k], "int64")
-    k = b.clip(k, 1, None)
+            k = b.op("Where", [cond, b.op("Mul", [k, b.const(1 << (sh // 2))], "int64"), k], "int64")
     for _ in range(IF.ISQRT_STEPS):
-        k = b.clip(b.op("Min", [k, b.div(b.add(k, b.div(v, k)), b.const(2))]), 1, None)
-    yn = b.floor_shift(b.mul(y, b.div(b.const(IF.INT32_MAX), k)), 1)
-    return _store(b, b.requant(yn, p["m"], p["e"], m.out_lo, m.out_hi, extra=p["b"]), m)
+        k = b.op("Min", [k, b.op("Div", [b.op("Add", [k, b.op("Div", [v, k])]), b.const(2)])])
+    return k
 
 
 @lowering(M.IntAdd)
 def _add(b, m, ins, vals, out):
     p = m.params_np()
-    lo, hi = IF.qrange(32)
-    ya = b.requant(b.i64(ins[0]), p["ma"], p["ea"], lo, hi)
-    yb = b.requant(b.i64(ins[1]), p["mb"], p["eb"], lo, hi)
-    return _store(b, b.clip(b.add(ya, yb), m.out_lo, m.out_hi), m)
+    plans, offset, top = [], 0, 0
+    for x, mm, ee in ((ins[0], int(p["ma"]), int(p["ea"])), (ins[1], int(p["mb"]), int(p["eb"]))):
+        xm = b.meta[x]
+        half = 1 << ee >> 1
+        lo, hi = sorted((mm * xm.lo + half, mm * xm.hi + half))
+        shift = max(0, -(lo >> ee))  # floor(v / 2**e) + shift >= 0: the truncating Div is a floor
+        const = half - mm * xm.offset + (shift << ee)
+        prods = (mm * (xm.lo + xm.offset), mm * (xm.hi + xm.offset))
+        plans.append((x, mm, ee, const))
+        offset += shift
+        top += (hi >> ee) + shift
+        if max(abs(t) for t in prods) >= 2**31 or max(abs(t + const) for t in prods) >= 2**31:
+            return _add_int64(b, m, ins, p)
+    if top + abs(m.out_lo) >= 2**31:
+        return _add_int64(b, m, ins, p)
+    terms = []
+    for x, mm, ee, const in plans:
+        t = b.cast(x, "int32")
+        t = t if mm == 1 else b.op("Mul", [t, b.const(mm, "int32")])
+        t = t if const == 0 else b.op("Add", [t, b.const(const, "int32")])
+        terms.append(t if ee == 0 else b.op("Div", [t, b.const(1 << ee, "int32")]))
+    y = b.op("Add", terms)
+    return b.op("Clip", [y, b.const(m.out_lo + offset, "int32"), b.const(m.out_hi + offset, "int32")],
+                Meta("int32", offset, m.out_lo, m.out_hi))
+
+
+def _add_int64(b: Builder, m: nn.Module, ins: list[str], p: dict[str, np.ndarray]) -> str:
+    b.int64_fallbacks.append(ins[0])
+    lo32, hi32 = IF.qrange(32)
+    terms = []
+    for x, mm, ee in ((ins[0], p["ma"], p["ea"]), (ins[1], p["mb"], p["eb"])):
+        v = b.op("Add", [b.op("Mul", [b.value(x, "int64"), b.const(mm)]), b.const(1 << int(ee) >> 1)])
+        terms.append(b.op("Clip", [b.floor_shift(v, ee), b.const(lo32), b.const(hi32)]))
+    y = b.op("Clip", [b.op("Add", terms), b.const(m.out_lo), b.const(m.out_hi)], Meta("int64", 0, m.out_lo, m.out_hi))
+    return b.cast(y, "int32")
 
 
 @lowering(M.IntMean)
 def _mean(b, m, ins, vals, out):
     p = m.params_np()
-    s = b.op("ReduceSum", [b.i64(ins[0]), b.const(list(m.dims))], keepdims=int(m.keepdim))
-    return _store(b, b.requant(s, p["m"], p["e"], m.out_lo, m.out_hi), m)
+    xm = b.meta[ins[0]]
+    s = b.op("ReduceSum", [b.cast(ins[0], "int32"), b.const(list(m.dims))], keepdims=int(m.keepdim))
+    b.meta[s] = Meta("int32", xm.offset * m.count, xm.lo * m.count, xm.hi * m.count)  # the offset sums too
+    return b.requant(s, p["m"], p["e"], m.out_lo, m.out_hi)
 
 
 @lowering(M.IntReLU)
 def _relu(b, m, ins, vals, out):
-    return b.cast(b.clip(b.i64(ins[0]), 0, None), b.dtype[ins[0]])
+    xm = b.meta[ins[0]]
+    zero = b.const(xm.offset, xm.dtype)  # value >= 0 <=> stored >= offset
+    return b.op("Max", [ins[0], zero], Meta(xm.dtype, xm.offset, 0, xm.hi))
 
 
 # ------------------------------------------------------------------------------------- shape ops
@@ -315,10 +299,12 @@ def _shape_node(b: Builder, node: fx.Node, args: list[Any], kwargs: dict, vals: 
         return x[vals[1]]
     if name in ("cat", "concat"):
         items = list(x)
-        widest = M.storage_dtype(min(int(np.iinfo(_NP[b.dtype[i]]).min) for i in items),
-                                 max(int(np.iinfo(_NP[b.dtype[i]]).max) for i in items))
-        dim = kwargs.get("dim", vals[1] if len(vals) > 1 else 0)
-        return b.op("Concat", [b.cast(i, widest) for i in items], axis=int(dim) % out.ndim)
+        metas = [b.meta[i] for i in items]
+        dim = int(kwargs.get("dim", vals[1] if len(vals) > 1 else 0)) % out.ndim
+        lo, hi = min(mt.lo for mt in metas), max(mt.hi for mt in metas)
+        if all((mt.dtype, mt.offset) == (metas[0].dtype, metas[0].offset) for mt in metas):
+            return b.op("Concat", items, Meta(metas[0].dtype, metas[0].offset, lo, hi), axis=dim)
+        return b.op("Concat", [b.value(i) for i in items], Meta("int32", 0, lo, hi), axis=dim)
     if name in ("contiguous", "clone"):
         return x
     if name in ("permute", "transpose", "t"):
@@ -370,7 +356,7 @@ def build(model: fx.GraphModule, example: torch.Tensor, opset: int = OPSET):
 
         if node.op == "placeholder":
             graph_in = node.name
-            b.dtype[node.name] = "float32"
+            b.meta[node.name] = Meta("float32")
             names[node.name] = node.name
         elif node.op == "call_module":
             mod = mods[node.target]
@@ -396,6 +382,7 @@ def build(model: fx.GraphModule, example: torch.Tensor, opset: int = OPSET):
         b.inits,
     )
     proto = b.h.make_model(graph, opset_imports=[b.h.make_opsetid("", OPSET)], producer_name="edgekit-ivit", ir_version=8)
+    b.h.set_model_props(proto, {"int64_fallbacks": str(len(b.int64_fallbacks))})
     onnx.checker.check_model(proto)
     return proto
 

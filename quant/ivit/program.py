@@ -25,7 +25,7 @@ from torch import fx, nn
 from edgekit.errors import UserInputError
 from edgekit.quant.ivit import modules as M
 
-FORMAT = 1
+FORMAT = 2  # 2: int32 requantization (shift caps), I-LayerNorm at 2**15, Shiftmax sum below 2**22
 KIND = "ivit"
 GRAPH_FILE = "ivit.json"
 TENSOR_FILE = "ivit.npz"
