@@ -17,9 +17,6 @@ from edgekit.errors import EdgekitError, UserInputError
 
 REQUIRED_KEYS = ("target", "files", "model_file", "input_name", "input_shape", "precision")
 BARE_SUFFIXES = {".onnx": "onnx", ".xml": "openvino"}
-# default runtime per artifact target
-DEFAULT_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "tvm": "tvm",
-                   "coreml": "coreml"}
 # ELF e_machine -> architecture name as platform.machine() spells it on Linux
 ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 ARCH_ALIASES = {"arm64": "aarch64", "arm64-v8a": "aarch64", "amd64": "x86_64", "x64": "x86_64",
@@ -66,7 +63,13 @@ class Artifact:
         return COSINE_THRESHOLD.get(self.precision, COSINE_THRESHOLD["int8"])
 
     def default_runtime(self) -> str:
-        return DEFAULT_RUNTIME.get(self.target, "onnxruntime")
+        """The runtime that runs this artifact's target (edgekit.exporters.runtimes, the one runtime registry)."""
+        from edgekit.exporters.runtimes import runtime_for_target
+
+        try:
+            return runtime_for_target(self.target)
+        except UserInputError:
+            return "onnxruntime"
 
     def machine_code_arch(self) -> str | None:
         """The architecture of a compiled model file (an ELF library, e.g. TVM's model.so); None when the

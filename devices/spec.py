@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekit.errors import UserInputError
 
-RUNTIME_NAMES = ("onnxruntime", "openvino", "tensorrt", "tvm", "coreml")
 POWER_CHOICES = ("auto", "none")  # besides the registered power sensors (edgekit.devices.power.SENSORS)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -43,12 +42,19 @@ class DeviceBase(BaseModel):
     sysfs_root: str = "/"  # where /sys lives (tests point it at fixture trees)
     tags: list[str] = Field(default_factory=list)
 
+    def where(self) -> str:
+        """How the device is reached, for listings (each transport's model says it)."""
+        return self.transport
+
     @field_validator("runtimes")
     @classmethod
     def _runtimes(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if r not in RUNTIME_NAMES]
+        from edgekit.exporters.runtimes import RUNTIMES  # the one runtime registry
+
+        names = [n for n in RUNTIMES.names() if n != "torch"]  # eager torch is a latency baseline, not a runtime
+        bad = [r for r in v if r not in names]
         if bad:
-            raise ValueError(f"unknown runtime(s) {bad}; accepted: {', '.join(RUNTIME_NAMES)}")
+            raise ValueError(f"unknown runtime(s) {bad}; accepted: {', '.join(names)}")
         return v
 
     @field_validator("power")
@@ -74,6 +80,9 @@ class LocalDevice(DeviceBase):
     transport: Literal["local"] = "local"
     python: str | None = None  # interpreter for the runner; default: the one running edgekit
 
+    def where(self) -> str:
+        return "this machine"
+
 
 class SSHDevice(DeviceBase):
     transport: Literal["ssh"]
@@ -86,6 +95,9 @@ class SSHDevice(DeviceBase):
     remote_dir: str | None = None  # board-side cache; default ~/.cache/edgekit
     connect_timeout_s: float = Field(default=10.0, gt=0)
 
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
 
 class ADBDevice(DeviceBase):
     transport: Literal["adb"]
@@ -93,6 +105,9 @@ class ADBDevice(DeviceBase):
     python: str | None = None  # a python on the device (e.g. Termux) to run the runner; else benchmark binary
     benchmark_binary: str | None = None  # e.g. /data/local/tmp/onnxruntime_perf_test
     remote_dir: str = "/data/local/tmp/edgekit"
+
+    def where(self) -> str:
+        return f"serial {self.serial}"
 
 
 

@@ -105,7 +105,7 @@ def compress(
         else:
             loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if not isinstance(data, DataBundle):
-        data = load_data(data, loaded.input_shape or (3, 32, 32), seed=seed)
+        data = load_data(data, loaded.input_shape or (3, 32, 32), seed=seed, options=recipe.data)
     check_fits(data, loaded.input_shape, loaded.name)
     _check_data(loaded.model, data, loaded.name)
 

@@ -121,10 +121,15 @@ def test_wrong_architecture_is_refused_before_the_push(farm, artifacts):
 
 
 def test_a_board_killed_mid_run_keeps_the_other_results_and_its_partial_samples(farm, artifacts):
+    from typer.testing import CliRunner
+
+    from edgekit.cli.main import app
     from edgekit.devices.farm.board import kill_board, start_board, stop_board
+    from edgekit.devices.spec import load_devices
 
     c = f"ekt-{WORKER}-c"
     start_board(c, "aarch64", farm["devices"], force=True, log=lambda _: None)
+    stopped = False
     try:
         spec_c = get_device(c, farm["devices"])
         chunks: dict[str, int] = {}
@@ -144,8 +149,13 @@ def test_a_board_killed_mid_run_keeps_the_other_results_and_its_partial_samples(
         assert ok.status == "ok" and ok.validation.status == "passed"
         assert dead.status == "partial" and dead.samples.n >= 3
         assert "connection lost" in dead.error and dead.latency_ms.median > 0
+        res = CliRunner().invoke(app, ["devices", "emulate", c, "--stop", "--devices", str(farm["devices"])])
+        assert res.exit_code == 0, res.output
+        stopped = True
+        assert c not in load_devices(farm["devices"]) and farm["a"].name in load_devices(farm["devices"])
     finally:
-        stop_board(c, farm["devices"], quiet=True)
+        if not stopped:
+            stop_board(c, farm["devices"], quiet=True)
 
 
 def _sampled_vs_truth(farm, spec, load: tuple[float, float] | None, window: tuple[float, float]):

@@ -38,9 +38,7 @@ def register(app: typer.Typer) -> None:
             for col in ("name", "transport", "where", "runtimes", "power", "tags"):
                 t.add_column(col)
             for n, d in devs.items():
-                where = {"local": "this machine", "ssh": f"{getattr(d, 'user', '')}@{getattr(d, 'host', '')}:"
-                         f"{getattr(d, 'port', '')}", "adb": f"serial {getattr(d, 'serial', '')}"}[d.transport]
-                t.add_row(n, d.transport, where, ",".join(d.runtimes) or "auto", d.power, ",".join(d.tags))
+                t.add_row(n, d.transport, d.where(), ",".join(d.runtimes) or "auto", d.power, ",".join(d.tags))
             from edgekit.tables import print_table
 
             print_table(t)
