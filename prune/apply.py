@@ -25,7 +25,7 @@ from torch import fx, nn
 from edgekit.prune.capture import CaptureMethod, tensor_leaves
 from edgekit.prune.fx_rules import SIZE_ARG_TARGETS, SPLIT_TARGETS, kept_count
 from edgekit.prune.handlers import find_handler
-from edgekit.prune.slots import Labeled, LayerSlot, ParamSlot, Side, Unit, norm_dim
+from edgekit.prune.slots import Labeled, LayerSlot, ParamSlot, Side, TypeRegistry, Unit, norm_dim
 
 
 class PrunedModelKind(Enum):
@@ -46,16 +46,8 @@ class PruneResult:
 # ---------------------------------------------------------------------------------------------- attributes
 
 AttributeSync = Callable[[nn.Module], None]
-ATTRIBUTE_SYNC: dict[type, AttributeSync] = {}
-
-
-def register_attribute_sync(*types: type) -> Callable[[AttributeSync], AttributeSync]:
-    def decorator(fn: AttributeSync) -> AttributeSync:
-        for t in types:
-            ATTRIBUTE_SYNC[t] = fn
-        return fn
-
-    return decorator
+ATTRIBUTE_SYNC: TypeRegistry[AttributeSync] = TypeRegistry()
+register_attribute_sync = ATTRIBUTE_SYNC.register
 
 
 @register_attribute_sync(nn.modules.conv._ConvNd)
@@ -105,10 +97,9 @@ def _sync_mha(m: nn.MultiheadAttention) -> None:
 def sync_attributes(model: nn.Module) -> None:
     """Bring every module's size attributes in line with its parameters (children before parents)."""
     for _, m in reversed(list(model.named_modules())):
-        for t in type(m).__mro__:
-            if t in ATTRIBUTE_SYNC:
-                ATTRIBUTE_SYNC[t](m)
-                break
+        sync = ATTRIBUTE_SYNC.find(type(m))
+        if sync is not None:
+            sync(m)
 
 
 # ---------------------------------------------------------------------------------------------- removal

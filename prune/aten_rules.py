@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from edgekit.prune.labels import LabelSpace
+from edgekit.prune.labels import LabelSpace, NodeRules
 from edgekit.prune.slots import (
-    Depthwise, Grouped, Independent, Labeled, ParamSlot, Same, Side, UnsupportedPattern, norm_dim,
+    Depthwise, Grouped, Independent, Labeled, ParamSlot, Same, Side, TypeRegistry, UnsupportedPattern, norm_dim,
 )
 
 aten = torch.ops.aten
@@ -54,12 +54,11 @@ class ParamRef(Labeled):
         self.param = param
 
 
-class AtenRules:
+class AtenRules(NodeRules):
     """Translate the nodes of an exported (ATen) graph into label operations."""
 
     def __init__(self, space: LabelSpace, values: dict, prefix: str = "") -> None:
-        self.space = space
-        self.values = values
+        super().__init__(space, values)
         self.prefix = prefix
         self.labeled_params: dict[str, Labeled] = {}
         self.layer_params: set[str] = set()
@@ -103,15 +102,6 @@ class AtenRules:
             raise UnsupportedPattern(f"{v.param}: a parameter read both as a layer weight and by another op")
         self.layer_params.add(v.param)
         return v.param
-
-    def arg_tree(self, a: Any) -> Any:
-        if isinstance(a, fx.Node):
-            return self.arg(a)
-        if isinstance(a, (tuple, list)):
-            return [self.arg_tree(x) for x in a]
-        if isinstance(a, dict):
-            return [self.arg_tree(x) for x in a.values()]
-        return None
 
     def visit(self, node: fx.Node, shapes: Any) -> Any:
         if node.op == "placeholder":
@@ -413,16 +403,8 @@ def getitem_rule(r: AtenRules, node: fx.Node, shapes: Any) -> Any:
 
 # A constraint may return ``(label id, reason)``: the reason is reported when that label ends up frozen.
 ModuleConstraint = Callable[[LabelSpace, str, nn.Module, dict], "tuple[int, str] | None"]
-MODULE_CONSTRAINTS: dict[type, ModuleConstraint] = {}
-
-
-def register_module_constraint(*types: type) -> Callable[[ModuleConstraint], ModuleConstraint]:
-    def decorator(fn: ModuleConstraint) -> ModuleConstraint:
-        for t in types:
-            MODULE_CONSTRAINTS[t] = fn
-        return fn
-
-    return decorator
+MODULE_CONSTRAINTS: TypeRegistry[ModuleConstraint] = TypeRegistry()
+register_module_constraint = MODULE_CONSTRAINTS.register
 
 
 def apply_module_constraints(space: LabelSpace, model: nn.Module) -> list[tuple[int, str]]:
@@ -434,12 +416,10 @@ def apply_module_constraints(space: LabelSpace, model: nn.Module) -> list[tuple[
             if isinstance(s, ParamSlot):
                 ids[(s.param, s.dim, s.index)] = i
     for name, m in model.named_modules():
-        for t in type(m).__mro__:
-            if t in MODULE_CONSTRAINTS:
-                found = MODULE_CONSTRAINTS[t](space, name, m, ids)
-                if found is not None:
-                    watch.append(found)
-                break
+        constraint = MODULE_CONSTRAINTS.find(type(m))
+        found = constraint(space, name, m, ids) if constraint is not None else None
+        if found is not None:
+            watch.append(found)
     return watch
 
 

@@ -117,8 +117,7 @@ class DependencyGraph:
     # ------------------------------------------------------------------------------------------ tensors
     def param(self, name: str) -> torch.Tensor:
         """A parameter / buffer of the captured graph by its qualified name in the user's model."""
-        return self.gm.get_parameter(self.captured.prefix + name) if _is_param(self.gm, self.captured.prefix + name) \
-            else _get(self.gm, self.captured.prefix + name)
+        return _get(self.gm, self.captured.prefix + name)
 
     def slot_tensors(self, family: tuple, get) -> list[tuple[torch.Tensor, int]]:
         """``(tensor, dim)`` pairs whose slices along ``dim`` belong to the indices of one slot family."""
@@ -148,14 +147,6 @@ class DependencyGraph:
         from edgekit.prune.apply import apply_removal
 
         return apply_removal(self, list(remove))
-
-
-def _is_param(root: nn.Module, name: str) -> bool:
-    try:
-        root.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def _get(root: nn.Module, name: str) -> torch.Tensor:

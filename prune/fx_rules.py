@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from edgekit.prune.handlers import Handler, find_handler
-from edgekit.prune.labels import LabelSpace, along
+from edgekit.prune.labels import LabelSpace, NodeRules, along
 from edgekit.prune.slots import LayerSlot, Labeled, ParamSlot, Side, UnsupportedPattern, norm_dim
 
 _SPATIAL_MODULES = (
@@ -53,25 +53,12 @@ SIZE_ARG_TARGETS = {"view", "reshape", "expand", torch.reshape}  # targets whose
 SPLIT_TARGETS = {"split", torch.split}
 
 
-class FxRules:
+class FxRules(NodeRules):
     """Translate the nodes of a handler-leaf fx graph into label operations."""
 
     def __init__(self, space: LabelSpace, modules: dict[str, nn.Module], values: dict) -> None:
-        self.space = space
+        super().__init__(space, values)
         self.modules = modules
-        self.values = values
-
-    def arg(self, a: Any) -> Any:
-        return self.values.get(a) if isinstance(a, fx.Node) else None
-
-    def arg_tree(self, a: Any) -> Any:
-        if isinstance(a, fx.Node):
-            return self.values.get(a)
-        if isinstance(a, (tuple, list)):
-            return [self.arg_tree(x) for x in a]
-        if isinstance(a, dict):
-            return [self.arg_tree(x) for x in a.values()]
-        return None
 
     def visit(self, node: fx.Node, shapes: Any) -> Any:
         if node.op == "placeholder":

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from torch import fx
 
 from edgekit.prune.slots import (
     Coupling, Depthwise, Grouped, Labeled, Same, Slot, UnionFind, UnsupportedPattern, norm_dim,
@@ -356,6 +357,26 @@ class LabelSpace:
         return Labeled(shapes, f)
 
 
+class NodeRules:
+    """Base of the graph front ends: the value of a node argument (nested arguments as lists)."""
+
+    def __init__(self, space: LabelSpace, values: dict) -> None:
+        self.space = space
+        self.values = values
+
+    def arg(self, a: Any) -> Any:
+        return self.values.get(a) if isinstance(a, fx.Node) else None
+
+    def arg_tree(self, a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            return self.arg(a)
+        if isinstance(a, (tuple, list)):
+            return [self.arg_tree(x) for x in a]
+        if isinstance(a, dict):
+            return [self.arg_tree(x) for x in a.values()]
+        return None
+
+
 def along(ids: np.ndarray, dim: int, ndim: int) -> np.ndarray:
     shape = [1] * ndim
     shape[dim] = len(ids)
@@ -427,4 +448,4 @@ def reshape_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[tuple[i
     return groups
 
 
-__all__ = ["LabelSpace", "along", "reshape_groups"]
+__all__ = ["LabelSpace", "NodeRules", "along", "common_refinement", "reshape_groups"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, Union
+from typing import Callable, Generic, NamedTuple, TypeVar, Union
 
 import numpy as np
 
@@ -188,9 +188,34 @@ class Labeled:
         return [d for d, s in enumerate(self.field.shape) if s > 1]
 
 
+T = TypeVar("T")
+
+
+class TypeRegistry(Generic[T]):
+    """Functions keyed by module type, found along the MRO (a subclass uses its base's entry)."""
+
+    def __init__(self) -> None:
+        self._items: dict[type, T] = {}
+
+    def register(self, *types: type) -> Callable[[T], T]:
+        def decorator(fn: T) -> T:
+            for t in types:
+                self._items[t] = fn
+            return fn
+
+        return decorator
+
+    def unregister(self, *types: type) -> None:
+        for t in types:
+            self._items.pop(t, None)
+
+    def find(self, t: type) -> T | None:
+        return next((self._items[b] for b in t.__mro__ if b in self._items), None)
+
+
 def norm_dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
 
 __all__ = ["BLOCK", "UnsupportedPattern", "Side", "LayerSlot", "ParamSlot", "Slot", "Independent", "Same",
-           "Depthwise", "Grouped", "Coupling", "Unit", "Group", "UnionFind", "Labeled", "norm_dim"]
+           "Depthwise", "Grouped", "Coupling", "Unit", "Group", "UnionFind", "Labeled", "TypeRegistry", "norm_dim"]
