@@ -27,6 +27,10 @@ _LAZY = {
     "TOLERANCES": "edgekit.exporters.validation",
     "measure_latency": "edgekit.exporters.latency",
     "to_onnx": "edgekit.exporters.torch2onnx",
+    "RUNTIMES": "edgekit.exporters.runtimes",
+    "contract_for": "edgekit.exporters.runtimes",
+    "run_cell": "edgekit.exporters.composition",
+    "CellRecord": "edgekit.exporters.composition",
 }
 
 __all__ = sorted(_LAZY)

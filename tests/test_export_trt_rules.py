@@ -110,3 +110,72 @@ def test_asymmetric_int8_is_refused_before_any_work_naming_int8_sym(tmp_path):
         export(model.eval(), "tensorrt", "int8", out=tmp_path / "a", info=ModelInfo(name="m", input_shape=(3, 8, 8)))
     assert "symmetric" in str(err.value)
     assert not (tmp_path / "a").exists()
+
+
+# ---- int8 on the other targets, N:M kept in exported weights ---------------------------------------------
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def int8_sym_model():
+    from edgekit.quant.config import CalibrationConfig, PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    calib = torch.randn(32, 3, 16, 16)
+    cfg = PTQConfig(calibration=CalibrationConfig(method="minmax", samples=32), symmetric_activations=True, bias_correction=False)
+    q, _ = quantize_ptq(model, calib, calib[:1], cfg)
+    return q.eval()
+
+
+@pytest.mark.slow
+def test_coreml_int8_carries_the_calibrated_qdq(int8_sym_model, tmp_path):
+    """CoreML: activation quantizers become MIL quantize/dequantize, weights stay 8-bit (structural on Linux)."""
+    pytest.importorskip("coremltools")
+    from edgekit.exporters import export
+    from edgekit.records import ModelInfo
+
+    art = export(int8_sym_model, "coreml", "int8", out=tmp_path / "c", data="random:3x16x16",
+                 info=ModelInfo(name="tiny", input_shape=(3, 16, 16)))
+    checks = {c["name"]: c for c in art.report.checks}
+    assert checks["int8 activation quantize/dequantize ops present"]["passed"], checks
+    assert checks["int8 weights present"]["passed"], checks
+    assert art.manifest["coreml_qdq"] is True and art.report.passed
+
+
+@pytest.mark.slow
+def test_tvm_int8_imports_qdq_and_validates(int8_sym_model, tmp_path):
+    pytest.importorskip("tvm")
+    from edgekit.exporters import export
+    from edgekit.records import ModelInfo
+
+    art = export(int8_sym_model, "tvm", "int8", out=tmp_path / "t", data="random:3x16x16", llvm_opt_level=1,
+                 info=ModelInfo(name="tiny", input_shape=(3, 16, 16)))
+    assert art.report.numeric and art.report.passed, art.report.summary()
+    assert "float32 kernels" in art.manifest["tvm_int8"]
+
+
+def test_nm_pattern_found_through_int8_weights():
+    """The N:M finder reads int8 weights behind DequantizeLinear, along the input-channel axis."""
+    from edgekit.exporters.graph_weights import nm_layers
+
+    model = _graph()
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w")).copy()
+    assert nm_layers(model, 2, 4)["layers_with_pattern"] == []  # dense random weights
+    rows = np.moveaxis(w, 1, -1)  # (out, kh, kw, in): groups of 4 input channels
+    rows[..., 2:] = 0
+    w2 = np.moveaxis(rows, -1, 1)
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "w":
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(w2, "w"))
+    assert nm_layers(model, 2, 4)["layers_with_pattern"] == ["conv"]
