@@ -12,6 +12,7 @@ is a typed :class:`~edgekit.records.CompressReport` (``report.json`` is its ``to
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ from edgekit import __version__
 from edgekit.data import DataBundle, check_fits, load_data
 from edgekit.errors import UserInputError
 from edgekit.loading import LoadedModel, load_model, save_model
-from edgekit.records import BeforeAfter, CompressReport, ModelInfo, StageReport
-from edgekit.metrics import count_macs, count_params, fidelity, measure_latency, storage_bytes
+from edgekit.records import BeforeAfter, CompressReport, LatencyComparison, ModelInfo, StageReport
+from edgekit.outputs import select_output
+from edgekit.metrics import compare_latency, count_macs, count_params, fidelity, storage_bytes
 from edgekit.progress import task
 from edgekit.recipe import Recipe, load_recipe
 from edgekit.stages import StageContext, get_stage
@@ -49,20 +51,25 @@ def default_out_dir(model_name: str, recipe: Recipe) -> Path:
     return Path("edgekit-out") / f"{model_name.replace(':', '_').replace('/', '_')}-{recipe.name}"
 
 
-def _figures(model: nn.Module, data: DataBundle, example: torch.Tensor, recipe: Recipe, latency: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _figures(model: nn.Module, data: DataBundle, example: torch.Tensor) -> dict[str, Any]:
+    return {
         "params": count_params(model),
         "size_bytes": storage_bytes(model),
         "macs": count_macs(model, example),
         "accuracy": evaluate(model, data.test),
     }
-    if latency:
-        m = recipe.measure
-        with task(f"measuring latency ({m.latency_runtime}, {m.latency_runs} runs)"):
-            out["latency_ms"] = measure_latency(model, example, m.latency_runtime, m.latency_runs, m.latency_warmup, m.threads)
-    else:
-        out["latency_ms"] = None
-    return out
+
+
+def _latency(before: nn.Module, after: nn.Module, example: torch.Tensor, recipe: Recipe) -> LatencyComparison:
+    """Before and after timed interleaved in one loop on the recipe's runtime (load drifts hit both alike)."""
+    from edgekit.exporters.latency import latency_runner
+
+    m = recipe.measure
+    with task(f"measuring latency ({m.latency_runtime}, {m.latency_runs} runs each, interleaved)"), \
+            tempfile.TemporaryDirectory(prefix="edgekit-latency-") as tmp, \
+            latency_runner(before, example, m.latency_runtime, m.threads, Path(tmp) / "before") as run_before, \
+            latency_runner(after, example, m.latency_runtime, m.threads, Path(tmp) / "after") as run_after:
+        return compare_latency(run_before, run_after, m.latency_runs, m.latency_warmup)
 
 
 def _check_data(model: nn.Module, data: DataBundle, name: str) -> None:
@@ -92,10 +99,13 @@ def compress(
     arch: str | None = None,
     trust_pickle: bool = False,
     info: ModelInfo | None = None,
+    output: str | None = None,
 ) -> CompressResult:
     """Run ``recipe`` on ``model`` with ``data``; write the result to ``out`` if given (atomically).
 
     ``model``: an ``nn.Module`` (described by ``info`` when given), a :class:`LoadedModel` or a MODEL spec.
+    ``output``: the output leaf that holds the logits when the model returns a tuple / dict / ModelOutput
+    (default: ``info.output``, else the first tensor; see :mod:`edgekit.outputs`).
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     loaded = model if isinstance(model, LoadedModel) else None
@@ -108,6 +118,9 @@ def compress(
         data = load_data(data, loaded.input_shape or (3, 32, 32), seed=seed, options=recipe.data)
     check_fits(data, loaded.input_shape, loaded.name)
     _check_data(loaded.model, data, loaded.name)
+    # a tuple / dict / ModelOutput output: everything downstream sees its logits tensor (edgekit.outputs)
+    selected, choice = select_output(loaded.model, (data.test.x[:2],), output or loaded.info.output)
+    loaded = LoadedModel(selected, loaded.info.replace(output=choice.path or None))
 
     out_path = Path(out) if out is not None else None
     if out_path is not None:
@@ -118,7 +131,7 @@ def compress(
     original = eval_mode(loaded.model)
     reference = eval_mode(copy.deepcopy(original))
     example = data.test.x[:1].clone()
-    before = _figures(original, data, example, recipe, latency)
+    before = _figures(original, data, example)
 
     model_ = copy.deepcopy(original)
     ctx = StageContext(data=data, reference=reference, example_inputs=(example,), seed=seed)
@@ -154,24 +167,30 @@ def _run_stages(model: nn.Module, recipe: Recipe, ctx: StageContext, reports: li
 
 def _report(loaded: LoadedModel, recipe: Recipe, data: DataBundle, reference: nn.Module, model: nn.Module,
             example: torch.Tensor, before: dict[str, Any], stage_reports: list[StageReport], latency: bool) -> CompressReport:
-    after = _figures(model, data, example, recipe, latency)
+    after = _figures(model, data, example)
     n = min(recipe.measure.fidelity_samples, len(data.test))
+    cmp = _latency(reference, model, example, recipe) if latency else None
+    if cmp is not None:
+        extra = {"runtime": recipe.measure.latency_runtime, "threads": recipe.measure.threads}
+        before["latency_ms"], after["latency_ms"] = {**cmp.before, **extra}, {**cmp.after, **extra}
+    else:
+        before["latency_ms"] = after["latency_ms"] = None
     figures = {k: BeforeAfter(before[k], after[k]) for k in CompressReport.FIGURES}
     return CompressReport(
         model=loaded.name, recipe=recipe.name, data=data.name, **figures,
         fidelity=fidelity(reference, model, data.test.x[:n]), stages=stage_reports,
-        model_info=_info_after(loaded.info, data), notes=_notes(figures, recipe),
+        latency=cmp, model_info=_info_after(loaded.info, data), notes=_notes(cmp, recipe),
     )
 
 
-def _notes(figures: dict[str, Any], recipe: Recipe) -> list[str]:
+def _notes(cmp: LatencyComparison | None, recipe: Recipe) -> list[str]:
     """Plain-words caveats printed next to the figures (e.g. a compressed model slower than the original)."""
     notes = []
-    lat = figures.get("latency_ms")
-    if lat.before and lat.after and lat.after["median"] > lat.before["median"] * 1.05:
+    if cmp is not None and cmp.ratio_low > 1.0:  # slower, and the whole confidence interval says so
         notes.append(
-            f"the compressed model is slower than the original on {recipe.measure.latency_runtime} "
-            f"(median {lat.after['median']:.3g} ms vs {lat.before['median']:.3g} ms); "
+            f"the compressed model is slower than the original on {recipe.measure.latency_runtime}: median "
+            f"{cmp.after['median']:.3g} ms vs {cmp.before['median']:.3g} ms ({cmp.ratio:.2f}x, "
+            f"{cmp.confidence:.0%} CI {cmp.ratio_low:.2f}-{cmp.ratio_high:.2f}); "
             "`edgekit inspect OUT --timing` times each layer"
         )
     return notes

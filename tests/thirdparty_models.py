@@ -12,8 +12,8 @@ FAILS on it (asserted by :func:`assert_fx_fails`), so a test that compresses it 
 - ``sdpa_deit``: DeiT-style ViT with a hand-written qkv Linear and ``F.scaled_dot_product_attention``,
   class + distillation tokens, returning ``(logits, dist_logits)``.
 - ``swin_tiny``: one Swin-like stage (window attention with a relative position bias table, shifted windows).
-- ``hf_*``: ``transformers`` classes (ResNet, MobileNetV2, ConvNeXt, ViT, Swin) from tiny configs, random init,
-  nothing downloaded. They need ``transformers``; :data:`HF_MODELS` is empty when it is not installed.
+- ``hf_*``: ``transformers`` classes (ResNet, MobileNetV2, ConvNeXt, ViT, Swin) from tiny configs, random init
+  (PyTorch's default init for conv / linear), nothing downloaded. They need ``transformers``; :data:`HF_MODELS` is empty when it is not installed.
 
 ``MODELS`` maps a name to a :class:`ThirdPartyModel` (factory + what its output is + which leaf is the logits);
 use ``ALL`` / ``params()`` to parametrize tests.
@@ -350,7 +350,13 @@ def _hf(config_cls: str, model_cls: str, **config) -> Callable[[], nn.Module]:
 
         cfg = getattr(transformers, config_cls)(num_labels=NUM_CLASSES, **config)
         torch.manual_seed(0)
-        return getattr(transformers, model_cls)(cfg).eval()
+        model = getattr(transformers, model_cls)(cfg).eval()
+        # PyTorch's default init instead of the library's (std 0.02): with 0.02 the activations of a random
+        # 20-layer CNN shrink below float32's resolution and any int8 comparison on them is meaningless
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.reset_parameters()
+        return model
 
     factory.__name__ = f"hf_{model_cls}"
     return factory
