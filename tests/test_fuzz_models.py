@@ -289,3 +289,84 @@ def test_user_factory_errors(case, tmp_path):
 @pytest.mark.parametrize("spec", ["nosuchmodule_zz:make", ":make", "a:b:c", "../../etc:passwd"])
 def test_weird_model_specs(spec, tmp_path):
     assert_clean_error(invoke(["inspect", spec], cwd=tmp_path), 2, "model")
+
+
+# ------------------------------------------------------------------------------------------------ model outputs
+
+OUTPUT_MODELS = '''
+import torch
+from torch import nn
+
+
+class T(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.f = nn.Linear(8, 10)
+
+    def feat(self, x):
+        return self.f(self.c(x).mean((2, 3)))
+
+
+class Tup(T):
+    def forward(self, x):
+        y = self.feat(x)
+        return y, y * 2
+
+
+class Dic(T):
+    def forward(self, x):
+        return {"logits": self.feat(x), "aux": x.mean()}
+
+
+class Non(T):
+    def forward(self, x):
+        return None
+
+
+class Boom(T):
+    def forward(self, x):
+        raise RuntimeError("forward exploded")
+
+
+class TwoArgs(T):
+    def forward(self, x, y):
+        return self.feat(x)
+
+
+def tup():
+    return Tup()
+
+
+def dic():
+    return Dic()
+
+
+def non():
+    return Non()
+
+
+def boom():
+    return Boom()
+
+
+def twoargs():
+    return TwoArgs()
+'''
+
+
+@pytest.mark.parametrize("factory,code,needle", [
+    ("non", 2, "NoneType"), ("boom", 2, "forward exploded"), ("twoargs", 2, "missing 1 required"),
+    ("tup", None, None), ("dic", None, None),
+])
+def test_model_output_errors_are_clean(factory, code, needle, tmp_path):
+    """A model that returns nothing usable or raises: one line, exit 2. Tuple/dict outputs (made to work by the
+    capture work) either succeed or fail in one clean line, never with a traceback."""
+    (tmp_path / "outmods.py").write_text(OUTPUT_MODELS)
+    res = invoke(["compress", f"outmods:{factory}", "-r", "deploy", "--no-latency", "--out", tmp_path / "o"], cwd=tmp_path)
+    if code is None:
+        assert "Traceback" not in res.err + res.out
+        assert res.code == 0 or len(res.error_lines) == 1, res.err[-2000:]
+    else:
+        assert_clean_error(res, code, needle)
+        assert not (tmp_path / "o").exists()
