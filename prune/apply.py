@@ -295,9 +295,17 @@ def _choose(graph, changes: dict) -> tuple[nn.Module, PrunedModelKind, list[str]
         ref = graph.gm(*graph.example_inputs)
     if _runs_like(graph.model, ref, graph.example_inputs):
         return graph.model, PrunedModelKind.USER_CLASS, []
-    updates = _update_int_attributes(graph, changes)
-    if updates and _runs_like(graph.model, ref, graph.example_inputs):
-        return graph.model, PrunedModelKind.USER_CLASS, updates
+    edits = _int_attribute_edits(graph, changes)
+    for m, attr, _, new in edits:
+        setattr(m, attr, new)
+    if edits and _runs_like(graph.model, ref, graph.example_inputs):
+        kept = []
+        for m, attr, old, new in edits:  # keep only the edits the forward needs
+            setattr(m, attr, old)
+            if not _runs_like(graph.model, ref, graph.example_inputs):
+                setattr(m, attr, new)
+                kept.append(f"{type(m).__name__}.{attr}: {old} -> {new}")
+        return graph.model, PrunedModelKind.USER_CLASS, kept
     return _plain_graph_module(graph), PrunedModelKind.GRAPH_MODULE, []
 
 
@@ -314,8 +322,9 @@ def _plain_graph_module(graph) -> fx.GraphModule:
     return FixedBatch(gm, int(graph.example_inputs[0].shape[0]))
 
 
-def _update_int_attributes(graph, changes: dict) -> list[str]:
-    """Integer attributes of the module owning a rewritten size (``self.num_heads`` in a view) follow it."""
+def _int_attribute_edits(graph, changes: dict) -> list[tuple[nn.Module, str, int, int]]:
+    """Integer attributes of the module owning a rewritten size (``self.num_heads`` in a view) that may follow
+    it: ``(module, attribute, old, new)``."""
     edits: dict[tuple[int, str], tuple[nn.Module, str, int, int]] = {}
     for node, (old, new) in changes.items():
         stack = node.meta.get("nn_module_stack") or {}
@@ -333,11 +342,7 @@ def _update_int_attributes(graph, changes: dict) -> list[str]:
             for attr, val in vars(m).items():
                 if type(val) is int and val == o and not attr.startswith("_"):
                     edits[(id(m), attr)] = (m, attr, o, n)
-    out = []
-    for m, attr, o, n in edits.values():
-        setattr(m, attr, n)
-        out.append(f"{type(m).__name__}.{attr}: {o} -> {n}")
-    return out
+    return list(edits.values())
 
 
 # ---------------------------------------------------------------------------------------------- zeroing
