@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from edgekit.prune.capture import CaptureMethod, tensor_leaves
+from edgekit.prune.capture import CaptureMethod, output_tensors
 from edgekit.prune.fx_rules import SIZE_ARG_TARGETS, SPLIT_TARGETS, kept_count
 from edgekit.prune.handlers import find_handler
 from edgekit.prune.slots import Labeled, LayerSlot, ParamSlot, Side, TypeRegistry, Unit, norm_dim
@@ -277,7 +277,7 @@ def _aten_rewrite(graph, node: fx.Node, v: Any, removed: np.ndarray) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    la, lb = tensor_leaves(a), tensor_leaves(b)
+    la, lb = output_tensors(a), output_tensors(b)
     return len(la) == len(lb) and all(x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(la, lb))
 
 

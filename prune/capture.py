@@ -7,7 +7,6 @@ their qualified names in the user's model and every node keeps ``meta["nn_module
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
 from edgekit.errors import UserInputError
+from edgekit.outputs import tensor_leaves
 from edgekit.prune.handlers import find_handler
 
 
@@ -52,17 +52,9 @@ def trace_with_handlers(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def tensor_leaves(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
     """The tensors of a model output (tensor, tuple, list, dict, dataclass or ModelOutput), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if dataclasses.is_dataclass(out) and not isinstance(out, type):
-        return [t for f in dataclasses.fields(out) for t in tensor_leaves(getattr(out, f.name))]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in tensor_leaves(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in tensor_leaves(v)]
-    return []
+    return [t for _, t in tensor_leaves(out)]
 
 
 class _TensorLeaves(nn.Module):
@@ -73,7 +65,7 @@ class _TensorLeaves(nn.Module):
         self.model = model
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(tensor_leaves(self.model(*args)))
+        return tuple(output_tensors(self.model(*args)))
 
 
 def _pytree_only(out: Any) -> bool:
@@ -112,7 +104,7 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tu
     return ep.module(), prefix, tuple(example_inputs), False
 
 
-def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor], method: CaptureMethod | None = None) -> CapturedGraph:
+def capture_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor], method: CaptureMethod | None = None) -> CapturedGraph:
     """Capture ``model`` (fx first unless ``method`` says otherwise) and propagate the example's shapes."""
     fx_error = None
     if method in (None, CaptureMethod.FX):
@@ -131,5 +123,5 @@ def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor], method: Ca
     return CapturedGraph(gm, CaptureMethod.EXPORT, inputs, prefix, fx_error, dynamic)
 
 
-__all__ = ["CaptureMethod", "CaptureError", "CapturedGraph", "capture", "export_graph", "trace_with_handlers",
-           "tensor_leaves"]
+__all__ = ["CaptureMethod", "CaptureError", "CapturedGraph", "capture_graph", "export_graph", "trace_with_handlers",
+           "output_tensors"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgekit.prune.aten_rules import AtenRules, apply_module_constraints
-from edgekit.prune.capture import CaptureMethod, capture
+from edgekit.prune.capture import CaptureMethod, capture_graph
 from edgekit.prune.fx_rules import FxRules
 from edgekit.prune.handlers import find_handler
 from edgekit.prune.labels import LabelSpace
@@ -40,7 +40,7 @@ class DependencyGraph:
         self.model = copy.deepcopy(model).eval()
         self.example_inputs = tuple(example_inputs)
         self.ignore = list(ignore)
-        self.captured = capture(self.model, self.example_inputs, method)
+        self.captured = capture_graph(self.model, self.example_inputs, method)
         self.example_inputs = self.captured.inputs
         self.gm = self.captured.gm
         self.space = LabelSpace()

@@ -27,7 +27,7 @@ from torch import nn
 from edgekit.errors import UserInputError
 from edgekit.metrics import count_macs, count_params, torch_latency
 from edgekit.prune.apply import zero_units
-from edgekit.prune.capture import CaptureMethod, tensor_leaves
+from edgekit.prune.capture import CaptureMethod, output_tensors
 from edgekit.prune.depgraph import DependencyGraph
 from edgekit.prune.importance import IMPORTANCE
 from edgekit.prune.slots import Group, Unit
@@ -56,7 +56,7 @@ def _accumulate_grads(graph: DependencyGraph, data, batches: int = 4, batch_size
     for i, (xb, yb) in enumerate(data.train.batches(batch_size, shuffle=True, seed=0)):
         if i >= batches:
             break
-        F.cross_entropy(tensor_leaves(model(xb))[0], yb).backward()
+        F.cross_entropy(output_tensors(model(xb))[0], yb).backward()
 
 
 def _round_keep(n: int, keep: int, round_to: int) -> int:
