@@ -41,6 +41,9 @@ class ProfileOptions:
     chunk_s: float = 0.2  # how often samples are streamed back
     validate: bool = True
     idle_s: float = 2.0  # idle-power measurement before the run (when a sensor exists)
+    # the idle window opens this long after the sampler starts, so that a sensor's own averaging (250 ms on the
+    # emulated INA3221, up to a second for tegrastats) does not carry the setup's activity into the idle figure
+    idle_settle_s: float = 0.3
     power_interval_s: float = 0.05
     timeout_s: float | None = None  # whole run; default budget + warm-up + 60 s (+ 240 s on an emulated board)
 
@@ -51,7 +54,7 @@ class ProfileOptions:
         d["input_shape"] = self.input_shape or art.input_shape
         d["cosine_threshold"] = art.cosine_threshold
         d["validate"] = self.validate and not art.bare  # a bare model has no reference outputs
-        for k in ("idle_s", "power_interval_s", "timeout_s"):
+        for k in ("idle_s", "idle_settle_s", "power_interval_s", "timeout_s"):
             d.pop(k)
         return d
 
@@ -119,6 +122,8 @@ def profile(art: Artifact, spec, opts: ProfileOptions | None = None,
             from edgekit.devices.power import PowerSampler
 
             sampler = PowerSampler(readers, opts.power_interval_s).start()
+            if opts.idle_s > 0:
+                time.sleep(opts.idle_settle_s)
             t0 = time.monotonic()
             time.sleep(opts.idle_s)
             idle_window = (t0, time.monotonic())  # evaluated once the sampler has stopped (edges covered)
