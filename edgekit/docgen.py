@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from edgekit.data import DataOptions
 from edgekit.recipe import MeasureConfig, builtin_dir, builtin_names
 from edgekit.stages import discover
 
@@ -53,7 +54,8 @@ def render() -> str:
         "",
         "A recipe is YAML: `name`, `description`, optional `base` (a recipe to extend), `version: 1`, ordered",
         "`stages` (each `- <stage>: {options}`) and `measure` (how before/after figures are taken). Any field can",
-        "be overridden on the command line: `--set <stage>.<field>[.<sub>]=<value>` (or `--set measure.<field>=...`).",
+        "be overridden on the command line: `--set <stage>.<field>[.<sub>]=<value>` (or `--set measure.<field>=...`,",
+        "`--set data.<field>=...`). A recipe may also hold `data` (preprocessing and splits of the data).",
         "",
         "## Built-in recipes",
         "",
@@ -68,6 +70,9 @@ def render() -> str:
         base = f" (base: {data['base']})" if data.get("base") else ""
         out.append(f"| `{name}` | {stages}{base} | {data.get('description', '')} |")
     out += ["", "## `measure`", "", "| field | type | default | description |", "|---|---|---|---|", *_fields(MeasureConfig)]
+    out += ["", "## `data`", "", (DataOptions.__doc__ or "").strip() + " Example: `data: {resize: 256, crop: 224, "
+            "mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}`, or `--set data.crop=224`.", "",
+            "| field | type | default | description |", "|---|---|---|---|", *_fields(DataOptions)]
     for name in reg.names():
         meta = reg.meta(name)
         status = "" if meta.get("implemented", True) else " (declared, not implemented yet)"

@@ -26,12 +26,13 @@ from typing import Any, Iterable, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.data import DataOptions
 from edgekit.errors import UserInputError
 from edgekit.limits import load_yaml, read_text, yaml_error_message
 from edgekit.stages import StageConfig, discover, get_stage
 
 RECIPE_VERSION = 1
-_TOP_FIELDS = ("name", "description", "base", "version", "stages", "measure")
+_TOP_FIELDS = ("name", "description", "base", "version", "stages", "measure", "data")
 
 
 class MeasureConfig(BaseModel):
@@ -61,6 +62,7 @@ class Recipe:
     stages: list[RecipeStage] = field(default_factory=list)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     sources: list[str] = field(default_factory=list)
+    data: DataOptions = field(default_factory=DataOptions)  # preprocessing and splits (edgekit.data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class Recipe:
             "description": self.description,
             "version": RECIPE_VERSION,
             "measure": self.measure.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json", exclude_defaults=True),
             "stages": [{s.name: s.config.to_dict()} for s in self.stages],
         }
 
@@ -154,8 +157,9 @@ def _read(path: Path) -> tuple[dict[str, Any], _Lines]:
     for key in ("name", "description", "base"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise UserInputError(f"{path}:{lines.line((key,))}: field {key!r} must be a string")
-    if data.get("measure") is not None and not isinstance(data["measure"], dict):
-        raise UserInputError(f"{path}:{lines.line(('measure',))}: field 'measure' must be a mapping")
+    for key in ("measure", "data"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise UserInputError(f"{path}:{lines.line((key,))}: field {key!r} must be a mapping")
     return data, lines
 
 
@@ -271,6 +275,7 @@ def _load_raw(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[di
         stages = _merge_stages(base_stages, stages)
         sources = base_sources + sources
         measure = _deep_merge(base_top.get("measure") or {}, measure)
+        data = {**data, "data": _deep_merge(base_top.get("data") or {}, data.get("data") or {})}
     top = dict(data)
     top["measure"] = measure
     top["_lines"] = lines
@@ -362,18 +367,30 @@ def load_recipe(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
         raise UserInputError("no recipe given; built-in recipes: " + ", ".join(builtin_names()))
     stages: list[_RawStage] = []
     measure: dict = {}
+    data_opts: dict = {}
     names, descriptions, sources = [], [], []
     for ref in recipes:
         top, raw, src = _load_raw(ref)
         stages = _merge_stages(stages, raw)
         measure = _deep_merge(measure, top.get("measure") or {})
+        data_opts = _deep_merge(data_opts, top.get("data") or {})
         names.append(str(top.get("name") or top["_path"].stem))
         if top.get("description"):
             descriptions.append(str(top["description"]))
         sources += src
     measure_set: dict[tuple, str] = {}
     for item in overrides:
+        if item.partition("=")[0].strip().startswith("data."):  # the data section: --set data.resize=256
+            parts, value = _parse_set(item)
+            _deep_set(data_opts, parts[1:], value)
+            continue
         _apply_set(stages, measure, item, measure_set)
+    try:
+        data_cfg = DataOptions.model_validate(data_opts)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise UserInputError(f"recipe field 'data.{'.'.join(map(str, e['loc']))}': {e['msg']}; accepted fields: "
+                             f"{', '.join(DataOptions.model_fields)}") from None
     _check_order(stages)
 
     registry = discover()
@@ -397,4 +414,12 @@ def load_recipe(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
         where = f"--set {by_set!r}: field" if by_set else "recipe field"
         got = f" (got {e['input']!r})" if "input" in e and e["type"] != "missing" else ""
         raise UserInputError(f"{where} 'measure.{field_path}': {e['msg']}{got}") from None
-    return Recipe("+".join(names), " ".join(descriptions), out, measure_cfg, sources)
+    return Recipe("+".join(names), " ".join(descriptions), out, measure_cfg, sources, data_cfg)
+
+
+def _deep_set(node: dict, path: list[str], value: Any) -> None:
+    for p in path[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[path[-1]] = value

@@ -258,3 +258,29 @@ def test_compress_streams_an_image_folder(tmp_path):
     report = result.report if isinstance(result.report, dict) else result.report.to_dict()
     assert report["data"] == "folder:imgs" and report["accuracy"]["after"] is not None
     assert report["stages"][-1]["report"]["samples"] == len(data.calib)
+
+
+def test_recipe_data_section_and_set(tmp_path):
+    from edgekit.recipe import load_recipe
+
+    (tmp_path / "r.yaml").write_text("name: r\nbase: int8\ndata:\n  resize: 256\n  crop: 224\n  split: {train: 0.8, calibration: 0.1, test: 0.1}\n")
+    r = load_recipe(str(tmp_path / "r.yaml"), ["data.mean=[0.485, 0.456, 0.406]", "data.std=[0.229, 0.224, 0.225]"])
+    assert r.data.resize == 256 and r.data.crop == 224 and r.data.split.train == 0.8 and r.data.mean[0] == 0.485
+    assert r.to_dict()["data"]["crop"] == 224 and r.stages[-1].name == "quantize"
+    with pytest.raises(UserInputError, match=r"data.rezise.*accepted fields: resize, crop"):
+        load_recipe("int8", ["data.rezise=3"])
+    with pytest.raises(UserInputError, match="add up to 1"):
+        load_recipe("int8", ["data.split.test=0.5"])
+
+
+def test_compress_uses_the_recipe_data_section(tmp_path):
+    """`--set data.crop=...` reaches the loader through compress (the CLI passes --set as overrides)."""
+    import edgekit
+    from edgekit import models
+
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), per_class=10, size=(40, 48))
+    result = edgekit.compress(models.create("convnet", pretrained=False, num_classes=2), "deploy", data=str(root),
+                              overrides=["data.resize=36", "data.crop=24", "data.mean=[0.5]", "data.std=[0.5]"], latency=False)
+    report = result.report if isinstance(result.report, dict) else result.report.to_dict()
+    assert report["data"] == "folder:imgs" and report["accuracy"]["before"] is not None
+    assert tuple(result.info.input_shape) == (3, 24, 24)  # the crop, not the default 32x32
