@@ -16,6 +16,7 @@ The dependency graph knows nothing of these; any callable with the same signatur
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
@@ -102,24 +103,33 @@ def dimap_scores(w: torch.Tensor) -> torch.Tensor:
     return out.reshape(w.shape)
 
 
-def _module_kind(graph, family: tuple) -> str:
-    """qkv / proj / mlp / aux, from the layer's name (DIMAP ranks within each kind)."""
+class ModuleKind(Enum):
+    """The module families DIMAP ranks separately."""
+
+    QKV = "qkv"
+    PROJ = "proj"
+    MLP = "mlp"
+    AUX = "aux"
+
+
+def _module_kind(graph, family: tuple) -> ModuleKind:
+    """The kind of a slot family's layer, from its type (handled attention) or its name."""
     name = str(family[0]).lower()
     if isinstance(family[1], Side):  # a handled layer
         if family[1] is Side.INTERNAL or isinstance(graph.modules[family[0]], Attention):
-            return "qkv"
+            return ModuleKind.QKV
         layer = name
     else:  # a parameter: classify its owner
         if "in_proj" in name:
-            return "qkv"
+            return ModuleKind.QKV
         layer = name.rsplit(".", 1)[0]
     if "qkv" in layer or layer.endswith(("q", "k", "v", "query", "key", "value")):
-        return "qkv"
+        return ModuleKind.QKV
     if ("proj" in layer and "attn" in layer) or layer.endswith(("out_proj", "attention.output.dense")):
-        return "proj"
+        return ModuleKind.PROJ
     if any(t in layer for t in ("mlp", "fc1", "fc2", "ffn", "intermediate", "output.dense")):
-        return "mlp"
-    return "aux"
+        return ModuleKind.MLP
+    return ModuleKind.AUX
 
 
 @register_importance("dimap", summary="DIMAP data-free module-aware criterion (transformer blocks)")
@@ -132,8 +142,8 @@ def dimap(graph, group, ctx: dict) -> np.ndarray:
             cache[key] = dimap_scores(p)
         return cache[key]
 
-    per_kind: dict[str, np.ndarray] = {}
-    for kind in ("qkv", "proj", "mlp", "aux"):
+    per_kind: dict[ModuleKind, np.ndarray] = {}
+    for kind in ModuleKind:
         s = _unit_scores(graph, group, lambda v: v.sum(1), get, keys=lambda k, kind=kind: _module_kind(graph, k) == kind)
         if np.any(s):
             per_kind[kind] = s
