@@ -154,7 +154,10 @@ def test_devices_file_validation(tmp_path):
     with pytest.raises(UserInputError, match="prot"):
         load_devices(f)
     f.write_text("devices:\n  - name: pi\n    transport: telnet\n")
-    with pytest.raises(UserInputError, match="transport must be one of"):
+    with pytest.raises(UserInputError, match="transport must be one of adb, local, ssh"):  # the registered ones
+        load_devices(f)
+    f.write_text("devices:\n  - name: pi\n    transport: local\n    power: magic\n")
+    with pytest.raises(UserInputError, match="unknown power sensor 'magic'; accepted: auto, none, .*ina3221"):
         load_devices(f)
     f.write_text("devices:\n  - name: pi\n    transport: ssh\n    host: h\n    user: u\n    runtimes: [tflite]\n")
     with pytest.raises(UserInputError, match="tflite"):

@@ -175,7 +175,6 @@ def start_board(name: str, arch: str = "aarch64", devices_file: str | Path | Non
             raise
     st.save()
     add_device(st.device_entry(), devices_file, force=True)
-    log(f"board {name} ({arch}, emulated) at root@{st.address}; devices-file entry written")
     return st
 
 
