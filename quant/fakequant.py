@@ -19,6 +19,7 @@ Small building blocks (reused by ``edgekit.quant.ivit`` / ``edgekit.quant.bivit`
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -73,17 +74,42 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, scheme: QScheme = WE
     return torch.ops.quantized_decomposed.dequantize_per_channel(q, scale, zp, 0, scheme.qmin, scheme.qmax, q.dtype)
 
 
+class ActMode(StrEnum):
+    """What an :class:`ActFakeQuant` does: record ranges, quantize, quantize with a learned scale, pass through."""
+
+    OBSERVE = "observe"
+    QUANT = "quant"
+    LSQ = "lsq"
+    OFF = "off"
+
+
+class WeightMode(StrEnum):
+    """How a :class:`QuantWeight` layer computes: float weights, fake-quantized weights, or frozen int8."""
+
+    FLOAT = "float"
+    FAKE = "fake"
+    INT8 = "int8"
+
+
 class ActFakeQuant(nn.Module):
-    """Per-tensor activation quantizer. ``mode``: ``observe`` | ``quant`` | ``lsq`` | ``off``."""
+    """Per-tensor activation quantizer; ``mode`` is an :class:`ActMode` (plain strings are converted)."""
 
     def __init__(self, scheme: QScheme, observer=None) -> None:
         super().__init__()
         self.scheme = scheme
         self.observer = observer
-        self.mode = "observe"
+        self.mode = ActMode.OBSERVE
         self.scale_f = 1.0
         self.zero_point_i = 0
         self.scale: nn.Parameter | None = None  # set by enable_lsq()
+
+    @property
+    def mode(self) -> ActMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: ActMode | str) -> None:
+        self._mode = ActMode(value)
 
     def freeze_from_observer(self) -> None:
         scale, zp = self.observer.qparams()
@@ -91,26 +117,26 @@ class ActFakeQuant(nn.Module):
 
     def set_qparams(self, scale: float, zero_point: int) -> None:
         self.scale_f, self.zero_point_i = float(scale), int(zero_point)
-        self.mode = "quant"
+        self.mode = ActMode.QUANT
 
     def enable_lsq(self) -> None:
         self.scale = nn.Parameter(torch.tensor(self.scale_f))
-        self.mode = "lsq"
+        self.mode = ActMode.LSQ
 
     def end_lsq(self) -> None:
         if self.scale is not None:
             self.scale_f = float(self.scale.detach().abs().clamp_min(1e-8))
         self.scale = None
-        self.mode = "quant"
+        self.mode = ActMode.QUANT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "observe":
+        if self.mode is ActMode.OBSERVE:
             if self.observer is not None:
                 self.observer.update(x)
             return x
-        if self.mode == "off":
+        if self.mode is ActMode.OFF:
             return x
-        if self.mode == "lsq":
+        if self.mode is ActMode.LSQ:
             zp = torch.tensor(float(self.zero_point_i))
             return lsq_fake_quant(x, self.scale.abs() + 1e-8, zp, self.scheme.qmin, self.scheme.qmax)
         return torch.fake_quantize_per_tensor_affine(x, self.scale_f, self.zero_point_i, self.scheme.qmin, self.scheme.qmax)
@@ -119,29 +145,37 @@ class ActFakeQuant(nn.Module):
         return f"mode={self.mode}, scale={self.scale_f:.4g}, zero_point={self.zero_point_i}, range=[{self.scheme.qmin},{self.scheme.qmax}]"
 
 
-class _QuantWeight(nn.Module):
-    """Shared by conv and linear. ``wmode``: ``float`` (calibration), ``fake`` (fake-quant, LSQ scales in QAT),
-    ``int8`` (frozen: int8 buffer + per-channel scales)."""
+class QuantWeight(nn.Module):
+    """Base of the int8-weight layers (conv, linear). ``wmode`` is a :class:`WeightMode`: ``float``
+    (calibration), ``fake`` (fake-quant, LSQ scales in QAT), ``int8`` (frozen: int8 buffer + per-channel scales)."""
 
     scheme = WEIGHT_INT8
+
+    @property
+    def wmode(self) -> WeightMode:
+        return self._wmode
+
+    @wmode.setter
+    def wmode(self, value: WeightMode | str) -> None:
+        self._wmode = WeightMode(value)
 
     def _init_weight(self, layer: nn.Module) -> None:
         self.weight = nn.Parameter(layer.weight.detach().clone())
         b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(layer.weight.shape[0])
         self.bias = nn.Parameter(b)
-        self.wmode = "float"
+        self.wmode = WeightMode.FLOAT
         self.weight_scale_lsq: nn.Parameter | None = None
 
     def enable_lsq(self) -> None:
         _, scale = quantize_weight(self.weight)
         self.weight_scale_lsq = nn.Parameter(scale)
-        self.wmode = "fake"
+        self.wmode = WeightMode.FAKE
 
     def qweight(self) -> torch.Tensor:
         """The weight as the layer computes with it in its current mode."""
-        if self.wmode == "int8":
+        if self.wmode is WeightMode.INT8:
             return dequantize_weight(self.weight_int8, self.weight_scale, self.scheme)
-        if self.wmode == "float":
+        if self.wmode is WeightMode.FLOAT:
             return self.weight
         if self.weight_scale_lsq is not None:
             s = self.weight_scale_lsq.abs().clamp_min(1e-8).reshape(_channel_shape(self.weight))
@@ -159,15 +193,15 @@ class _QuantWeight(nn.Module):
         self.weight_int8 = nn.Parameter(q, requires_grad=False)  # a parameter, so parameter counts still see it
         self.register_buffer("weight_scale", s)
         self.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
-        self.wmode = "int8"
+        self.wmode = WeightMode.INT8
 
     def storage_bytes(self) -> int:
-        if self.wmode == "int8":
+        if self.wmode is WeightMode.INT8:
             return self.weight_int8.numel() + 4 * self.weight_scale.numel() + 4 * self.bias.numel()
         return 4 * (self.weight.numel() + self.bias.numel())
 
 
-class QuantConv2d(_QuantWeight):
+class QuantConv2d(QuantWeight):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if conv.padding_mode != "zeros":
@@ -183,7 +217,7 @@ class QuantConv2d(_QuantWeight):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, weights={self.wmode}"
 
 
-class QuantLinear(_QuantWeight):
+class QuantLinear(QuantWeight):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -197,4 +231,6 @@ class QuantLinear(_QuantWeight):
 
 
 QUANT_LAYERS: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+FAKE_QUANT_MODULES: tuple[type, ...] = (ActFakeQuant, QuantWeight)
+"""Module types that carry fake quantization (exporters check ``isinstance(m, FAKE_QUANT_MODULES)``)."""
 """Float layer type -> its int8-weight replacement (add an entry to quantize another layer type)."""

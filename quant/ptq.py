@@ -25,7 +25,7 @@ from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
 from edgekit.quant.config import PTQConfig, activation_scheme
-from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, QuantConv2d, _QuantWeight
+from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantWeight, WeightMode
 from edgekit.quant.observers import make_observer
 
 
@@ -120,8 +120,8 @@ def act_quants(gm: nn.Module) -> dict[str, ActFakeQuant]:
     return {n: m for n, m in gm.named_modules() if isinstance(m, ActFakeQuant)}
 
 
-def weight_layers(gm: nn.Module) -> dict[str, _QuantWeight]:
-    return {n: m for n, m in gm.named_modules() if isinstance(m, _QuantWeight)}
+def weight_layers(gm: nn.Module) -> dict[str, QuantWeight]:
+    return {n: m for n, m in gm.named_modules() if isinstance(m, QuantWeight)}
 
 
 @torch.no_grad()
@@ -130,7 +130,7 @@ def calibrate(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> int:
     gm.eval()
     quants = act_quants(gm)
     for q in quants.values():
-        q.mode = "observe"
+        q.mode = ActMode.OBSERVE
     batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
     for xb in track(batches, "calibrating"):
         gm(xb)
@@ -147,7 +147,7 @@ def layer_input_quantizers(gm: fx.GraphModule) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     mods = dict(gm.named_modules())
     for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(mods.get(n.target), _QuantWeight):
+        if n.op == "call_module" and isinstance(mods.get(n.target), QuantWeight):
             a = n.args[0]
             out[n.target] = [a.target] if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(mods.get(a.target), ActFakeQuant) else []
     return out
@@ -169,9 +169,9 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> d
     for name, m in layers.items():
         xin = torch.cat(inputs[name])
         mode = m.wmode
-        m.wmode = "float"
+        m.wmode = WeightMode.FLOAT
         y_f = m(xin)
-        m.wmode = "fake" if mode == "float" else mode
+        m.wmode = WeightMode.FAKE if mode is WeightMode.FLOAT else mode
         y_q = m(xin)
         m.wmode = mode
         channel = 1 if isinstance(m, QuantConv2d) else y_f.dim() - 1  # conv: NCHW; linear: (..., C)
@@ -187,14 +187,14 @@ def freeze(gm: fx.GraphModule) -> fx.GraphModule:
     for m in weight_layers(gm).values():
         m.freeze()
     for q in act_quants(gm).values():
-        if q.mode == "lsq":
+        if q.mode is ActMode.LSQ:
             q.end_lsq()
         q.observer = None
     graph_of(gm).recompile()
     return gm.eval()
 
 
-def set_weight_mode(gm: nn.Module, mode: str) -> None:
+def set_weight_mode(gm: nn.Module, mode: WeightMode) -> None:
     for m in weight_layers(gm).values():
         m.wmode = mode
 
@@ -218,9 +218,9 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
 
         report["equalized_pairs"] = equalize(gm)
     gm, p = prepare(gm, opts)
-    set_weight_mode(gm, "float")
+    set_weight_mode(gm, WeightMode.FLOAT)
     calibrate(gm, calib, batch)
-    set_weight_mode(gm, "fake")
+    set_weight_mode(gm, WeightMode.FAKE)
     if opts.bias_correction:
         shifts = bias_correct(gm, calib, batch)
         report["bias_correction_max_shift"] = max(shifts.values(), default=0.0)

@@ -27,6 +27,7 @@ from torch import fx
 
 from edgekit.outputs import logits
 from edgekit.progress import track
+from edgekit.quant.fakequant import ActMode, WeightMode
 from edgekit.quant.ptq import act_quants, graph_of, layer_input_quantizers, weight_layers
 
 
@@ -52,23 +53,23 @@ def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | Non
 
     try:
         for q in quants.values():
-            q.mode = "off"
+            q.mode = ActMode.OFF
         for m in layers.values():
-            m.wmode = "float"
+            m.wmode = WeightMode.FLOAT
         ref = run()
         out = []
         for name in track(list(layers), "sensitivity"):
-            layers[name].wmode = "fake"
+            layers[name].wmode = WeightMode.FAKE
             for qn in inputs.get(name, []):
-                quants[qn].mode = "quant"
+                quants[qn].mode = ActMode.QUANT
             yq = run()
             row: dict[str, Any] = {"layer": name, "sqnr_db": round(sqnr_db(ref, yq), 2)}
             if y is not None and yq.dim() == 2:
                 row["top1"] = round(float((yq.argmax(1) == y[: len(yq)]).float().mean()), 4)
             out.append(row)
-            layers[name].wmode = "float"
+            layers[name].wmode = WeightMode.FLOAT
             for qn in inputs.get(name, []):
-                quants[qn].mode = "off"
+                quants[qn].mode = ActMode.OFF
     finally:
         for n, q in quants.items():
             q.mode = saved[0][n]
@@ -96,9 +97,9 @@ def layer_relevance(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -
     rel = {n: 0.0 for n in layers}
     try:
         for q in quants.values():
-            q.mode = "off"
+            q.mode = ActMode.OFF
         for m in layers.values():
-            m.wmode = "float"
+            m.wmode = WeightMode.FLOAT
         for i in range(0, len(x), batch_size):
             outs.clear()
             with torch.enable_grad():

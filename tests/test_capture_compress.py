@@ -8,7 +8,7 @@ import torch
 
 import edgekit
 from edgekit.outputs import logits
-from edgekit.quant.fakequant import ActFakeQuant, _QuantWeight
+from edgekit.quant.fakequant import ActFakeQuant, QuantWeight
 from edgekit.quant.ptq import graph_of
 from tests import thirdparty_models as tp
 
@@ -48,7 +48,7 @@ def test_int8_on_captured_graph_exports_to_onnx_and_openvino(m, tmp_path):
     rep = res.report.stage("quantize").report
     assert rep["capture"]["method"] == "torch.export"
     graph = graph_of(res.model)
-    layers = [mod for mod in graph.modules() if isinstance(mod, _QuantWeight)]
+    layers = [mod for mod in graph.modules() if isinstance(mod, QuantWeight)]
     assert len(layers) == len(rep["quantized_layers"]) > 0 and all(mod.wmode == "int8" for mod in layers)
     assert any(isinstance(mod, ActFakeQuant) for mod in graph.modules())
     targets = ["onnx"]
