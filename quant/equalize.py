@@ -7,7 +7,8 @@ Choosing ``s_i = sqrt(r1_i * r2_i) / r2_i`` (r1_i: range of output channel i of 
 channel i of W2) gives both layers the same per-channel range ``sqrt(r1_i r2_i)``, which helps
 per-tensor and per-channel weight quantization of layers with very uneven channel ranges (depthwise convs).
 
-Pairs: conv/linear -> [ReLU | nothing] -> conv/linear where the first output has exactly one user chain,
+Works on torch.fx and torch.export graphs alike (ATen conv/linear calls are layer modules after
+:func:`edgekit.capture.layers_as_modules`). Pairs: conv/linear -> [ReLU | nothing] -> conv/linear where the first output has exactly one user chain,
 the second is a plain (groups=1) or depthwise conv. ReLU6 is not homogeneous and stops a pair.
 """
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from edgekit.quant.qdq import target_of
+
 _HOMOGENEOUS = (nn.ReLU, nn.Identity)
-_HOMOGENEOUS_FN = {torch.relu, torch.nn.functional.relu}
+_HOMOGENEOUS_FN = {torch.relu, torch.nn.functional.relu, torch.ops.aten.relu, torch.ops.aten.relu_}
 
 
 def _single_user(n: fx.Node) -> fx.Node | None:
@@ -34,7 +37,7 @@ def find_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
             continue
         nxt = _single_user(n)
         if nxt is not None and ((nxt.op == "call_module" and isinstance(mods.get(nxt.target), _HOMOGENEOUS))
-                                or (nxt.op == "call_function" and nxt.target in _HOMOGENEOUS_FN)):
+                                or (nxt.op == "call_function" and target_of(nxt) in _HOMOGENEOUS_FN)):
             nxt = _single_user(nxt)
         if nxt is None or nxt.op != "call_module" or not isinstance(mods.get(nxt.target), layer_types):
             continue
