@@ -100,7 +100,7 @@ def check_architecture(art: Artifact, board_arch: str | None, device: str) -> No
     need, have = art.machine_code_arch(), normalize_arch(board_arch)
     if need is None or have is None or need == have:
         return
-    hint = " (export it with --target tvm and option device=aarch64)" if have == "aarch64" else ""
+    hint = " (export it for the board: --target tvm --option device=aarch64)" if have == "aarch64" else ""
     raise ArchitectureMismatch(f"artifact {art.name}: {art.model_file} is {need} machine code but device {device} "
                                f"is {have}; refused before the push{hint}")
 
