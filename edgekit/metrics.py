@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from edgekit.nn_utils import eval_mode
-from edgekit.records import Record
+from edgekit.records import LatencyComparison
 
 
 def count_params(model: nn.Module) -> int:
@@ -116,32 +115,6 @@ def summarize_ms(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(s), "p90": _pct(s, 0.9), "p99": _pct(s, 0.99), "min": s[0], "runs": len(s)}
 
 
-@dataclass
-class LatencyComparison(Record):
-    """Before/after latency measured interleaved in one loop (ms).
-
-    ``ratio`` is after/before of the medians, with a bootstrap confidence interval (``ratio_low`` ..
-    ``ratio_high`` at ``confidence``); only that median ratio is meant to be read as a ratio: ``before`` /
-    ``after`` carry p90 and p99 as values (tail ratios of two noisy distributions mean little).
-    """
-
-    before: dict[str, float]
-    after: dict[str, float]
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    confidence: float = 0.95
-    method: str = "interleaved ABBA, bootstrap of the median ratio"
-
-    def summary(self) -> str:
-        pct = f"{self.confidence:.0%}"
-        return (
-            f"median {self.before['median']:.4g} -> {self.after['median']:.4g} ms, ratio {self.ratio:.3f}x "
-            f"({pct} CI {self.ratio_low:.3f}-{self.ratio_high:.3f}); p90 {self.before['p90']:.4g} / "
-            f"{self.after['p90']:.4g} ms, p99 {self.before['p99']:.4g} / {self.after['p99']:.4g} ms"
-        )
-
-
 def bootstrap_ratio_ci(before: list[float], after: list[float], confidence: float = 0.95, n_boot: int = 2000,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of median(after) / median(before) (each sample resampled on its own)."""
@@ -211,14 +184,10 @@ def torch_latency(model: nn.Module, example: torch.Tensor, runs: int = 50, warmu
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, runtime: str = "torch", runs: int = 50, warmup: int = 10, threads: int = 2) -> dict[str, Any]:
-    if runtime == "torch":
-        out = torch_latency(model, example, runs, warmup, threads)
-    else:
-        from edgekit.exporters import measure_latency as runtime_latency
+    """Latency of ``model`` on ``runtime``: :func:`edgekit.exporters.latency.measure_latency` (the one latency function)."""
+    from edgekit.exporters.latency import measure_latency as _measure
 
-        out = dict(runtime_latency(model, example, runtime=runtime, threads=threads, runs=runs, warmup=warmup))
-    out["runtime"] = runtime
-    return out
+    return _measure(model, example, runtime, threads=threads, runs=runs, warmup=warmup)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -165,6 +165,7 @@ class CompressReport(Record):
     latency_ms: BeforeAfter
     fidelity: dict[str, Any]
     stages: list[StageReport] = field(default_factory=list)
+    latency: "LatencyComparison | None" = None  # the interleaved comparison behind latency_ms: ratio and its CI
     model_info: ModelInfo | None = None
     artifact_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -178,6 +179,8 @@ class CompressReport(Record):
         fields["stages"] = [StageReport.from_dict(s, "report.stages") for s in fields.get("stages", [])]
         if fields.get("model_info") is not None:
             fields["model_info"] = ModelInfo.from_dict(fields["model_info"], "report.model_info")
+        if fields.get("latency") is not None:
+            fields["latency"] = LatencyComparison.from_dict(fields["latency"], "report.latency")
         return cls(**fields)
 
     def stage(self, name: str) -> StageReport:
@@ -188,6 +191,32 @@ class CompressReport(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (ModelInfo, StageReport, CompressReport)
+
+
+@dataclass
+class LatencyComparison(Record):
+    """Before/after latency measured interleaved in one loop (ms).
+
+    ``ratio`` is after/before of the medians, with a bootstrap confidence interval (``ratio_low`` ..
+    ``ratio_high`` at ``confidence``); only that median ratio is meant to be read as a ratio: ``before`` /
+    ``after`` carry p90 and p99 as values (tail ratios of two noisy distributions mean little).
+    """
+
+    before: dict[str, float]
+    after: dict[str, float]
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    confidence: float = 0.95
+    method: str = "interleaved ABBA, bootstrap of the median ratio"
+
+    def summary(self) -> str:
+        pct = f"{self.confidence:.0%}"
+        return (
+            f"median {self.before['median']:.4g} -> {self.after['median']:.4g} ms, ratio {self.ratio:.3f}x "
+            f"({pct} CI {self.ratio_low:.3f}-{self.ratio_high:.3f}); p90 {self.before['p90']:.4g} / "
+            f"{self.after['p90']:.4g} ms, p99 {self.before['p99']:.4g} / {self.after['p99']:.4g} ms"
+        )
 
 
 # The records written at a boundary, by file name in docs/schemas/ (``python -m edgekit.records DIR`` writes them).

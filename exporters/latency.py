@@ -7,8 +7,10 @@ it) so the number is what a deployed artifact would see, not eager PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 import numpy as np
@@ -29,10 +31,24 @@ def measure_latency(
     runs: int = 50,
     warmup: int = 10,
 ) -> dict:
-    """Median / p90 latency (ms) of ``model`` on ``runtime`` for ``example`` (batch 1 is used).
+    """Median / p90 latency (ms) of ``model`` on ``runtime`` for ``example`` (batch 1 is used): the one latency
+    function of edgekit (the pipeline interleaves two :func:`latency_runner` calls instead, see
+    ``edgekit.metrics.compare_latency``).
 
     ``runtime``: ``torch`` (eager), ``onnxruntime`` (CPU EP), ``openvino`` (CPU plugin) or ``tvm`` (Relax VM,
     llvm for the host). Returns ``{"median", "p90", "runs", "runtime", "threads"}``.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgekit-latency-") as tmp, latency_runner(model, example, runtime, threads, Path(tmp)) as run:
+        res = time_callable(run, runs, warmup)
+    return {**res, "runtime": runtime, "threads": threads}
+
+
+@contextlib.contextmanager
+def latency_runner(model: nn.Module, example: torch.Tensor, runtime: str, threads: int, workdir: Path) -> Iterator[Callable[[], object]]:
+    """A no-argument callable that runs ``model`` once on ``runtime`` (batch 1, ``threads`` threads).
+
+    Non-torch runtimes run the model's ONNX graph (written into ``workdir``), so the time is what a deployed
+    artifact would see, not eager PyTorch.
     """
     if runtime not in latency_runtimes():
         raise UserInputError(f"runtime {runtime!r}: accepted: {', '.join(latency_runtimes())}")
@@ -40,41 +56,49 @@ def measure_latency(
         raise UserInputError(f"threads={threads}: need at least 1")
     x = example[:1].detach().float().contiguous()
     if runtime == "torch":
+        from edgekit.exporters.torch2onnx import safe_eval
+
+        model = safe_eval(model)
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                from edgekit.exporters.torch2onnx import safe_eval
 
-                model = safe_eval(model)
-                res = time_callable(lambda: model(x), runs, warmup)
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        try:
+            yield run
         finally:
             torch.set_num_threads(prev)
-    else:
-        from edgekit.exporters.torch2onnx import to_onnx
+        return
+    from edgekit.exporters.torch2onnx import to_onnx
 
-        with tempfile.TemporaryDirectory(prefix="edgekit-latency-") as tmp:
-            onnx_path = to_onnx(model, x, Path(tmp) / "model.onnx")
-            res = measure_file_latency(onnx_path, x.numpy(), runtime, threads, runs, warmup)
-    return {**res, "runtime": runtime, "threads": threads}
+    workdir.mkdir(parents=True, exist_ok=True)
+    onnx_path = to_onnx(model, x, workdir / "model.onnx")
+    yield file_runner(onnx_path, x.numpy(), runtime, threads)
+
+
+def file_runner(path: Path, x: np.ndarray, runtime: str, threads: int = 2) -> Callable[[], object]:
+    """A no-argument callable running an ONNX file once on ``onnxruntime`` / ``openvino`` / ``tvm``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if runtime == "onnxruntime":
+        sess = ort_session(path, threads)
+        name = sess.get_inputs()[0].name
+        return lambda: sess.run(None, {name: x})
+    if runtime == "openvino":
+        request = openvino_compiled(path, threads).create_infer_request()
+        return lambda: request.infer({0: x})
+    if runtime == "tvm":
+        from edgekit.exporters.tvm import compile_onnx_for_host
+
+        run = compile_onnx_for_host(path, x.shape, threads=threads)
+        return lambda: run(x)
+    raise UserInputError(f"runtime {runtime!r}: accepted for files: onnxruntime, openvino, tvm")
 
 
 def measure_file_latency(
     path: Path, x: np.ndarray, runtime: str, threads: int = 2, runs: int = 50, warmup: int = 10
 ) -> dict:
     """Latency of an ONNX file on ``onnxruntime`` / ``openvino`` / ``tvm`` (compiled on the fly)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if runtime == "onnxruntime":
-        sess = ort_session(path, threads)
-        name = sess.get_inputs()[0].name
-        return time_callable(lambda: sess.run(None, {name: x}), runs, warmup)
-    if runtime == "openvino":
-        compiled = openvino_compiled(path, threads)
-        request = compiled.create_infer_request()
-        return time_callable(lambda: request.infer({0: x}), runs, warmup)
-    if runtime == "tvm":
-        from edgekit.exporters.tvm import compile_onnx_for_host
+    return time_callable(file_runner(path, x, runtime, threads), runs, warmup)
 
-        run = compile_onnx_for_host(path, x.shape, threads=threads)
-        return time_callable(lambda: run(x), runs, warmup)
-    raise UserInputError(f"runtime {runtime!r}: accepted for files: onnxruntime, openvino, tvm")

@@ -107,7 +107,9 @@ def print_report(report: dict) -> None:
     lat = report["latency_ms"]
     if lat["before"]:
         rt = lat["before"].get("runtime", "torch")
-        row(f"latency median ms ({rt})", lat["before"]["median"], lat["after"]["median"])
+        cmp = report.get("latency")  # measured interleaved: the median ratio with its confidence interval
+        ratio = f"{cmp['ratio']:.3f}x ({cmp['confidence']:.0%} CI {cmp['ratio_low']:.2f}-{cmp['ratio_high']:.2f})" if cmp else "-"
+        t.add_row(f"latency median ms ({rt})", fmt_num(lat["before"]["median"]), fmt_num(lat["after"]["median"]), ratio)
         for q in ("p90", "p99"):  # tails as values only: a ratio of the tails of two noisy runs means little
             if q in lat["before"]:
                 t.add_row(f"latency {q} ms ({rt})", fmt_num(lat["before"][q]), fmt_num(lat["after"][q]), "")
