@@ -1,0 +1,56 @@
+"""Accuracy-controlled int8 (as NNCF's quantize_with_accuracy_control): layers go back to float, most
+sensitive first, until the drop holds; the best model is returned when it cannot."""
+
+from __future__ import annotations
+
+import torch
+
+from edgekit.quant.accuracy_control import quantize_with_max_drop
+from edgekit.quant.config import PTQConfig
+from edgekit.quant.fakequant import QuantWeight
+
+OPTS = PTQConfig(calibration={"method": "minmax", "samples": 64})
+
+
+def _int8_layers(m) -> int:
+    return sum(isinstance(x, QuantWeight) for x in m.modules())
+
+
+def _penalised(per_layer_pt: float):
+    """An evaluator whose accuracy falls by ``per_layer_pt`` points per int8 layer (0.9 in float)."""
+    return lambda m: 0.9 - per_layer_pt / 100 * _int8_layers(m)
+
+
+def test_reverts_the_most_sensitive_layers_until_the_drop_holds(digits):
+    from edgekit import models
+
+    model = models.create("convnet")
+    x, y = digits.calib.x[:64], digits.calib.y[:64]
+    q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=2.5, evaluate=_penalised(1.0))
+    ac = rep["accuracy_control"]
+    n = _int8_layers(q)
+    assert ac["met"] and ac["drop_pt"] == n <= 2.5  # one point per layer still in int8
+    assert len(ac["kept_float"]) == ac["steps"][0]["drop_pt"] - n  # exactly as many reverted as needed
+    assert [s["drop_pt"] for s in ac["steps"]] == sorted((s["drop_pt"] for s in ac["steps"]), reverse=True)
+    assert set(ac["kept_float"]).isdisjoint(rep["quantized_layers"])
+
+
+def test_no_revert_when_int8_already_holds(digits):
+    from edgekit import models
+
+    model = models.create("convnet")
+    x, y = digits.calib.x[:128], digits.calib.y[:128]
+    q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=0.5)
+    ac = rep["accuracy_control"]
+    assert ac["kept_float"] == [] and len(ac["steps"]) == 1 and ac["met"] == (ac["drop_pt"] <= 0.5)
+
+
+def test_budget_that_cannot_be_met_returns_the_best_found(digits):
+    from edgekit import models
+
+    model = models.create("convnet")
+    x, y = digits.calib.x[:64], digits.calib.y[:64]
+    q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=0.1, max_reverted=2, evaluate=_penalised(1.0))
+    ac = rep["accuracy_control"]
+    assert not ac["met"] and len(ac["kept_float"]) == 2 and ac["drop_pt"] == ac["steps"][-1]["drop_pt"]
+    assert ac["drop_pt"] == min(s["drop_pt"] for s in ac["steps"])
