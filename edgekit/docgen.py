@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from edgekit.data import DataOptions
+from edgekit.data_options import DataOptions
 from edgekit.recipe import MeasureConfig, builtin_dir, builtin_names
 from edgekit.stages import discover
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.data import DataOptions
+from edgekit.data_options import DataOptions
 from edgekit.errors import UserInputError
 from edgekit.limits import load_yaml, read_text, yaml_error_message
 from edgekit.stages import StageConfig, discover, get_stage
