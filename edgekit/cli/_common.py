@@ -93,7 +93,7 @@ def _logs_to_file() -> Iterator[logging.Handler | None]:
                 lg.addHandler(handler)
     root.addHandler(handler)
     if _state["verbose"]:
-        console(stderr=True).print(f"debug log: {esc(path)}", highlight=False)
+        console(stderr=True).print(f"debug log: {esc(path)}", highlight=False, soft_wrap=True)
     try:
         yield handler
     finally:

@@ -81,7 +81,7 @@ def compress(
             emit_json({**result.report.to_dict(), "out_dir": str(out_dir)})
         else:
             print_report(result.report.to_dict())
-            console().print(f"wrote [bold]{esc(out_dir)}[/]")
+            console().print(f"wrote [bold]{esc(out_dir)}[/]", soft_wrap=True)
 
     run(body)
 
