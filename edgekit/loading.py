@@ -169,9 +169,24 @@ def _user_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}{where}"
 
 
+def _check_archive_size(path: Path) -> None:
+    """A zip-format checkpoint is refused when its declared (uncompressed) size would not fit in memory."""
+    import zipfile
+
+    from edgekit.limits import check_allocation
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip: torch.load(weights_only=True) reports it
+    check_allocation(total, f"{path} (uncompressed)")
+
+
 def _load_weights(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
     from edgekit import models
 
+    _check_archive_size(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError for non-weights pickles

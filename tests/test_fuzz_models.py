@@ -370,3 +370,19 @@ def test_model_output_errors_are_clean(factory, code, needle, tmp_path):
     else:
         assert_clean_error(res, code, needle)
         assert not (tmp_path / "o").exists()
+
+
+def test_pt_zip_with_oversize_header(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(4)}, path)
+    path.write_bytes(_claim_all(path.read_bytes()))  # every entry claims ~4 GiB
+    assert_clean_error(invoke(["inspect", path, "--arch", "convnet"], cwd=tmp_path), 2, "m.pt")
+
+
+def _claim_all(blob: bytes) -> bytes:
+    import zipfile as _zf
+
+    names = [i.filename for i in _zf.ZipFile(io.BytesIO(blob)).infolist()]
+    for n in names:
+        blob = claim_size(blob, n, 0xFFFFFFF0)
+    return blob
