@@ -83,7 +83,9 @@ def compress(
             print_report(result.report.to_dict())
             console().print(f"wrote [bold]{esc(out_dir)}[/]", soft_wrap=True)
 
-    run(body)
+    from edgekit.progress import wrapped
+
+    run(wrapped(f"compress {model or 'default model'}", body))
 
 
 def print_report(report: dict) -> None:
