@@ -112,7 +112,8 @@ def register(app: typer.Typer) -> None:
         idle_w: float = typer.Option(2.0, "--idle-w", help="Power model: watts of the idle board."),
         core_w: float = typer.Option(1.5, "--core-w", help="Power model: watts added per busy CPU core."),
         devices_file: Optional[str] = typer.Option(None, "--devices", help=DEVICES_OPTION_HELP),
-        force: bool = FORCE_OPTION,
+        force: bool = typer.Option(False, "--force", help="Restart a running board of that name, or replace a "
+                                   "devices-file entry of that name that is not an emulated board."),
     ) -> None:
         """Start an emulated board (Debian arm64 under qemu-user, sshd in its own network namespace) and add it
         to the devices file; its latency is emulated, its power follows a stated model of its CPU time. Root only.
