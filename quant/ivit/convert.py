@@ -1,11 +1,14 @@
 """Conversion of a float ViT-style model into the integer-only I-ViT form ("I-ViT: Integer-only Quantization
 for Efficient Vision Transformer Inference", Li & Gu, ICCV 2023).
 
-The model is traced with torch.fx (Linear, Conv2d, LayerNorm, GELU, Softmax, MatMul, ... kept as leaves),
-calibrated (per-node activation ranges on the calibration split), and rebuilt node by node. What replaces a
-node is looked up in registries -- by module type for ``call_module``, by function for ``call_function``, by
-method name for ``call_method`` -- never by the node's name; :func:`register_module` lets users add their
-own layer types. Shape ops (reshape, permute, cat, getitem, ...) are kept and carry their input's scale;
+The model is traced with torch.fx (Linear, Conv2d, LayerNorm, GELU, Softmax, MatMul, ... kept as leaves) or,
+when fx cannot trace it (third-party models: shape control flow, dict outputs, nn.MultiheadAttention,
+scaled_dot_product_attention), captured with torch.export and lifted to the same ops found by op
+(:mod:`.aten`); then calibrated (per-node activation ranges on the calibration split) and rebuilt node by
+node. What replaces a node is looked up in registries (:mod:`.handlers`) -- by module type for
+``call_module``, by function for ``call_function``, by method name for ``call_method`` -- never by the
+node's name; :func:`register_module` lets users add their own layer types. The logits are the model's
+output, or the first tensor of a tuple / dict output. Shape ops (reshape, permute, cat, getitem, ...) are kept and carry their input's scale;
 multiplying by a constant (the attention's 1/sqrt(d)) only changes a scale; parameters used as activations
 (class token, position embedding) become integer constants.
 
@@ -16,7 +19,6 @@ inserted automatically.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from edgekit.errors import UserInputError
-from edgekit.ops.transformer import MatMul, Softmax
+from edgekit.ops.transformer import Softmax
 from edgekit.quant.ivit import modules as M
 from edgekit.quant.ivit.program import IViTModel
 
@@ -210,212 +212,29 @@ def set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     parent.add_module(last, module)
 
 
-# ---------------------------------------------------------------------------------------- the handlers
-
-
-def _passthrough(cv: Converter, node: fx.Node, _: Any) -> Q:
-    return cv.need_q(node.args[0], node, "pass-through op")
-
-
-register_module(nn.Identity, nn.Dropout)(_passthrough)
-
-
-@register_module(nn.Linear)
-def _linear(cv: Converter, node: fx.Node, mod: nn.Linear) -> Q:
-    x = cv.to_int8(node.args[0], node, "Linear")
-    bits = cv.bits(node)
-    return cv.emit_q(node.target, M.IntLinear(mod, x.scale, cv.out_scale(node, bits), bits), (x.node,))
-
-
-@register_module(nn.Conv2d)
-def _conv(cv: Converter, node: fx.Node, mod: nn.Conv2d) -> Q:
-    x = cv.to_int8(node.args[0], node, "Conv2d")
-    bits = cv.bits(node)
-    try:
-        int_mod = M.IntConv2d(mod, x.scale, cv.out_scale(node, bits), bits)
-    except ValueError as exc:
-        raise UserInputError(f"I-ViT: Conv2d {node.target}: {exc}") from None
-    return cv.emit_q(node.target, int_mod, (x.node,))
-
-
-@register_module(nn.LayerNorm)
-def _layernorm(cv: Converter, node: fx.Node, mod: nn.LayerNorm) -> Q:
-    x = cv.need_q(node.args[0], node, "LayerNorm")
-    bits = cv.bits(node)
-    try:
-        int_mod = M.IntLayerNorm(mod, x.scale, cv.out_scale(node, bits), bits)
-    except ValueError as exc:
-        raise UserInputError(f"I-ViT: LayerNorm {node.target}: {exc}") from None
-    return cv.emit_q(node.target, int_mod, (x.node,))
-
-
-def _gelu(cv: Converter, node: fx.Node, mod: Any) -> Q:
-    x = cv.to_int8(node.args[0], node, "GELU")
-    bits = cv.bits(node)
-    return cv.emit_q(str(node.target) if node.op == "call_module" else node.name,
-                     M.IntGELU(x.scale, cv.out_scale(node, bits), bits), (x.node,))
-
-
-register_module(nn.GELU)(_gelu)
-register_function(F.gelu)(_gelu)
-
-
-def _relu(cv: Converter, node: fx.Node, mod: Any) -> Q:
-    x = cv.need_q(node.args[0], node, "ReLU")
-    name = str(node.target) if node.op == "call_module" else node.name
-    return cv.emit_q(name, M.IntReLU(x.scale, x.lo, x.hi), (x.node,))
-
-
-register_module(nn.ReLU)(_relu)
-register_function(F.relu, torch.relu)(_relu)
-register_method("relu")(_relu)
-
-
-def _softmax_dim(node: fx.Node, mod: Any) -> int:
-    if mod is not None:
-        return mod.dim
-    if "dim" in node.kwargs:
-        return node.kwargs["dim"]
-    return node.args[1] if len(node.args) > 1 else -1
-
-
-def _softmax(cv: Converter, node: fx.Node, mod: Any) -> Q:
-    x = cv.need_q(node.args[0], node, "Softmax")
-    ndim = cv.example[node.name].dim()
-    dim = _softmax_dim(node, mod if node.op == "call_module" else None)
-    if dim not in (-1, ndim - 1):
-        raise UserInputError(f"I-ViT: softmax at {node.name} over dim {dim}; Shiftmax supports the last dim only")
-    name = str(node.target) if node.op == "call_module" else node.name
-    return cv.emit_q(name, M.IntSoftmax(x.scale, ACT_BITS), (x.node,))
-
-
-register_module(Softmax, nn.Softmax)(_softmax)
-register_function(F.softmax, torch.softmax)(_softmax)
-register_method("softmax")(_softmax)
-
-
-def _matmul(cv: Converter, node: fx.Node, mod: Any) -> Q:
-    a = cv.to_int8(node.args[0], node, "MatMul")
-    b = cv.to_int8(node.args[1], node, "MatMul")
-    bits = cv.bits(node)
-    name = str(node.target) if node.op == "call_module" else node.name
-    return cv.emit_q(name, M.IntMatMul(a.scale, b.scale, cv.out_scale(node, bits), bits), (a.node, b.node))
-
-
-register_module(MatMul)(_matmul)
-register_function(operator.matmul, torch.matmul, torch.bmm)(_matmul)
-register_method("matmul", "bmm")(_matmul)
-
-
-def _add(cv: Converter, node: fx.Node, _: Any) -> Q:
-    a = cv.need_q(node.args[0], node, "add")
-    b = cv.need_q(node.args[1], node, "add")
-    s_out = cv.out_scale(node, WIDE_BITS)
-    return cv.emit_q(node.name, M.IntAdd(a.scale, b.scale, s_out, WIDE_BITS), (a.node, b.node))
-
-
-register_function(operator.add, operator.iadd, torch.add)(_add)
-register_method("add", "__add__")(_add)
-
-
-def _scale_by(cv: Converter, node: fx.Node, _: Any) -> Q:
-    a, b = node.args[0], node.args[1]
-    qa, qb = cv.arg(a), cv.arg(b)
-    # a shape-derived constant (e.g. math.sqrt(head_dim) traced from shapes) takes its calibrated value
-    qa = cv.example[a.name] if isinstance(qa, V) and isinstance(a, fx.Node) else qa
-    qb = cv.example[b.name] if isinstance(qb, V) and isinstance(b, fx.Node) else qb
-    if isinstance(qb, Q) and isinstance(qa, (int, float)):
-        qa, qb = qb, qa
-    if not isinstance(qa, Q) or not isinstance(qb, (int, float)) or qb <= 0:
-        raise UserInputError(
-            f"I-ViT: {node.format_node()} -- only multiplying / dividing an activation by a positive constant is "
-            "supported (it folds into the scale)"
-        )
-    c = float(qb) if node.target in (operator.mul, torch.mul, "mul") else 1.0 / float(qb)
-    return Q(qa.node, qa.scale * c, qa.lo, qa.hi)
-
-
-register_function(operator.mul, torch.mul, operator.truediv, torch.div)(_scale_by)
-register_method("mul", "div")(_scale_by)
-
-
-def _mean(cv: Converter, node: fx.Node, mod: Any) -> Q:
-    x = cv.need_q(node.args[0], node, "mean")
-    shape = cv.example[node.args[0].name].shape
-    if node.op == "call_module":  # AdaptiveAvgPool2d(1)
-        if mod.output_size not in (1, (1, 1)):
-            raise UserInputError(f"I-ViT: {node.target}: only AdaptiveAvgPool2d(1) is supported")
-        dims, keep = (2, 3), True
-    else:
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        dims = tuple(range(len(shape))) if dims is None else ((dims,) if isinstance(dims, int) else tuple(dims))
-    dims = tuple(d % len(shape) for d in dims)
-    count = 1
-    for d in dims:
-        count *= shape[d]
-    bits = cv.bits(node)
-    name = str(node.target) if node.op == "call_module" else node.name
-    return cv.emit_q(name, M.IntMean(dims, keep, count, x.scale, cv.out_scale(node, bits), bits), (x.node,))
-
-
-register_module(nn.AdaptiveAvgPool2d)(_mean)
-register_function(torch.mean)(_mean)
-register_method("mean")(_mean)
-
-
-def _cat(cv: Converter, node: fx.Node, _: Any) -> Q:
-    items = [cv.need_q(a, node, "cat") for a in node.args[0]]
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-    bits = max(WIDE_BITS if (q.hi > 255 or q.lo < -128) else ACT_BITS for q in items)
-    bits = max(bits, cv.bits(node))
-    scale = cv.out_scale(node, bits)
-    same = all(abs(q.scale - items[0].scale) <= 1e-12 * q.scale for q in items)
-    if not same:
-        items = [cv.requant_to(q, scale, bits, f"{node.name}_in{i}") for i, q in enumerate(items)]
-    new = cv.graph.call_function(torch.cat, ([q.node for q in items],), {"dim": dim})
-    return Q(new, items[0].scale, min(q.lo for q in items), max(q.hi for q in items))
-
-
-register_function(torch.cat, torch.concat)(_cat)
-
-SHAPE_FUNCTIONS = (torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.unbind, torch.chunk,
-                   torch.split, torch.squeeze, torch.unsqueeze, operator.getitem)
-SHAPE_METHODS = ("reshape", "view", "permute", "transpose", "flatten", "contiguous", "expand", "unsqueeze",
-                 "squeeze", "unbind", "chunk", "split", "repeat", "clone", "t", "unflatten", "expand_as")
-
-
-def _shape_op(cv: Converter, node: fx.Node, _: Any) -> Any:
-    first = cv.arg(node.args[0])
-    if not isinstance(first, Q):
-        return V(cv.copy(node))  # shape arithmetic, e.g. x.shape[0]
-    return Q(cv.copy(node), first.scale, first.lo, first.hi)
-
-
-register_function(*SHAPE_FUNCTIONS)(_shape_op)
-register_method(*SHAPE_METHODS)(_shape_op)
-
-
-@register_method("size", "dim")
-def _value(cv: Converter, node: fx.Node, _: Any) -> V:
-    return V(cv.copy(node))
-
-
-register_function(getattr, operator.floordiv, operator.sub, len)(_value)
-
-
 # ------------------------------------------------------------------------------------------ the driver
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+EXPORT_ONLY = {F.scaled_dot_product_attention}  # fused ops converted on the torch.export graph (see .aten)
+
+
+def trace(model: nn.Module, example: torch.Tensor | None = None) -> tuple[fx.GraphModule, int | None]:
+    """The model's graph: torch.fx (integer-convertible layers kept as leaves) when it traces, else
+    ``torch.export`` on ``example`` lifted to torch-level ops (:mod:`.aten`); and the batch size the graph is
+    fixed to (None: any)."""
     try:
         graph = _Tracer().trace(model)
+        fused = [n.name for n in graph.nodes if n.op == "call_function" and n.target in EXPORT_ONLY]
+        if not fused:
+            return fx.GraphModule(model, graph), None
+        fx_error = f"fused ops {', '.join(fused)} are written out on the ATen graph"
     except Exception as exc:  # noqa: BLE001 - fx raises many types
-        raise UserInputError(
-            f"I-ViT: the model could not be traced with torch.fx ({type(exc).__name__}: {exc}); the converter "
-            "needs a forward without data-dependent control flow"
-        ) from None
-    return fx.GraphModule(model, graph)
+        fx_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if example is None:
+        raise UserInputError(f"I-ViT: torch.fx cannot trace the model ({fx_error}) and no example input was given")
+    from edgekit.quant.ivit.aten import capture_graph
+
+    return capture_graph(model, example)
 
 
 def calibrate(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> _Recorder:
@@ -431,20 +250,21 @@ def calibrate(gm: fx.GraphModule, batches: Iterable[torch.Tensor]) -> _Recorder:
 def _wide_nodes(gm: fx.GraphModule) -> set[str]:
     """Nodes whose integer output should be 16-bit: inputs of softmax and the model's outputs (following
     shape ops and constant scalings, which keep the integers)."""
+    from edgekit.quant.ivit.handlers import SCALE_TARGETS, SHAPE_FUNCTIONS, SHAPE_METHODS, SOFTMAX_TARGETS
+
     wide: set[str] = set()
     mods = dict(gm.named_modules())
+    shape_ops = set(SHAPE_FUNCTIONS) | set(SHAPE_METHODS)
 
     def transparent(n: fx.Node) -> bool:
-        if n.op == "call_function":
-            return n.target in SHAPE_FUNCTIONS or n.target in (operator.mul, operator.truediv, torch.mul, torch.div)
-        return n.op == "call_method" and (n.target in SHAPE_METHODS or n.target in ("mul", "div"))
+        return n.op in ("call_function", "call_method") and (n.target in shape_ops or n.target in SCALE_TARGETS)
 
     def wants(n: fx.Node, seen: set[str]) -> bool:
         for u in n.users:
             if u.op == "output":
                 return True
             is_softmax = (u.op == "call_module" and isinstance(mods.get(u.target), (Softmax, nn.Softmax))) or (
-                u.op in ("call_function", "call_method") and u.target in (F.softmax, torch.softmax, "softmax"))
+                u.op in ("call_function", "call_method") and u.target in SOFTMAX_TARGETS)
             if is_softmax or (transparent(u) and u.name not in seen and wants(u, seen | {u.name})):
                 return True
         return False
@@ -462,8 +282,10 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
     from edgekit.fusion.fuse import fuse
 
     model, _ = fuse(model.eval(), "deploy", (calib[:2],))
-    gm = trace(model)
-    batches = [calib[i : i + batch_size] for i in range(0, len(calib), batch_size)][:max_batches]
+    gm, fixed = trace(model, calib[:2])
+    calib = calib[: batch_size * max_batches]
+    step = fixed or batch_size  # a graph fixed to one batch size is calibrated in chunks of it
+    batches = [calib[i : i + step] for i in range(0, len(calib) - len(calib) % step if fixed else len(calib), step)]
     rec = calibrate(gm, batches)
     amax = {k: sum(v) / len(v) for k, v in rec.amax.items()}
     cv = Converter(gm, amax, rec.example, wide=_wide_nodes(gm))
@@ -483,14 +305,12 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
                 cv.env[node.name] = V(cv.copy(node))
                 continue
             cv.env[node.name] = cv.emit_q(f"const_{node.name}", M.IntConst(value, WIDE_BITS), ())
-        elif node.op == "output":
-            outs = node.args[0]
-            single = isinstance(outs, fx.Node)
-            deq = []
-            for i, o in enumerate([outs] if single else outs):
-                q = cv.need_q(o, node, "output")
-                deq.append(cv.emit(f"dequant_out{i if i else ''}", M.IntDequantize(q.scale), (q.node,)))
-            cv.graph.output(deq[0] if single else tuple(deq))
+        elif node.op == "output":  # the logits: the output, or the first tensor of a tuple / list / dict
+            leaves = [a for a in torch.utils._pytree.tree_leaves(node.args[0]) if isinstance(a, fx.Node)]
+            if not leaves:
+                raise UserInputError("I-ViT: the model returns no tensor")
+            q = cv.need_q(leaves[0], node, "output")
+            cv.graph.output(cv.emit("dequant_out", M.IntDequantize(q.scale), (q.node,)))
         elif node.op != "call_module" and not _is_tensorish(rec.example[node.name]):
             cv.env[node.name] = V(cv.copy(node))  # shape arithmetic (sizes, products of sizes)
         else:
@@ -513,6 +333,9 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
             cv.env[node.name] = handler(cv, node, mod)
     cv.graph.lint()
     out = IViTModel(cv.root, cv.graph)
+    out.graph.eliminate_dead_code()  # constants that folded into a multiplier
+    out.recompile()
+    out.delete_all_unused_submodules()
     out.ivit_layers = cv.log
     return out.eval()
 
@@ -534,3 +357,6 @@ def freeze(model: nn.Module) -> nn.Module:
                 if isinstance(getattr(m, name, None), nn.Parameter):
                     delattr(m, name)
     return model.eval()
+
+
+from edgekit.quant.ivit import handlers as _handlers  # noqa: E402,F401 - registers the handlers

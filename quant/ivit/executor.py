@@ -64,6 +64,7 @@ NUMPY_METHODS.update({
     "chunk": _chunk,
     "split": _split,
     "t": lambda x: x.T,
+    "unflatten": lambda x, dim, sizes: x.reshape(x.shape[: dim % x.ndim] + tuple(sizes) + x.shape[dim % x.ndim + 1 :]),
     "size": lambda x, d=None: x.shape if d is None else x.shape[d],
     "dim": lambda x: x.ndim,
 })

@@ -157,25 +157,34 @@ class IntConst(IntModule):
 
 
 class IntRequant(IntModule):
-    """Dyadic requantization of an activation to another scale / bit width."""
+    """Dyadic requantization of an activation to another scale / bit width; with ``gain`` (one factor per
+    channel of the last axis: a layer scale) the per-channel product is folded into the multipliers."""
 
     PARAMS = ("m", "e")
 
-    def __init__(self, s_in: float, s_out: float, bits: int = 8) -> None:
+    def __init__(self, s_in: float, s_out: float, bits: int = 8, gain: torch.Tensor | None = None) -> None:
         super().__init__()
         self.s_in, self.s_out = float(s_in), float(s_out)
         self.bits = bits
         self.out_lo, self.out_hi = _bits_range(bits)
+        if gain is not None:
+            self.weight = nn.Parameter(gain.detach().double().reshape(-1).clone())
+
+    def _ratio(self) -> Any:
+        w = getattr(self, "weight", None)
+        return self.s_in / self.s_out if w is None else w.detach().numpy() * (self.s_in / self.s_out)
 
     def live_params(self):
-        m, e = IF.dyadic(self.s_in / self.s_out, max_shift=IF.shift_cap(self.bits))
+        m, e = IF.dyadic(self._ratio(), max_shift=IF.shift_cap(self.bits))
         return {"m": torch.as_tensor(m), "e": torch.as_tensor(e)}
 
     def kernel(self, x, p):
         return IF.requantize(x, p["m"], p["e"], self.bits)[0]
 
     def surrogate(self, x):
-        return torch.clamp(x * (self.s_in / self.s_out), self.out_lo, self.out_hi)
+        w = getattr(self, "weight", None)
+        gain = 1.0 if w is None else w
+        return torch.clamp(x * gain * (self.s_in / self.s_out), self.out_lo, self.out_hi)
 
 
 class IntLinear(IntModule):

@@ -75,7 +75,7 @@ def _const(b, m, ins, vals, out):
 @lowering(M.IntRequant)
 def _requant(b, m, ins, vals, out):
     p = m.params_np()
-    return b.requant(ins[0], p["m"], p["e"], m.out_lo, m.out_hi)
+    return b.requant(ins[0], p["m"], p["e"], m.out_lo, m.out_hi, shape=(-1,))  # per channel: a layer scale
 
 
 def _matmul_integer(b: Builder, a: str, w: str, w_range: tuple[int, int], k: int, b_zp: int | None = None) -> str:
