@@ -178,3 +178,25 @@ def test_uncapturable_model_is_one_clear_user_error():
 
     with pytest.raises(UserInputError, match="torch.export cannot capture DataDependent"):
         prune(DataDependent(), (torch.randn(2, 8),), ratio=0.5)
+
+
+def test_groupnorm_keeps_equal_groups():
+    class GNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.gn = nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(4, 32)
+            self.conv2, self.fc = nn.Conv2d(32, 16, 3, padding=1), nn.Linear(16, 10)
+
+        def forward(self, x):
+            if x.shape[-1] > 16:  # shape control flow: fx cannot trace this
+                x = nn.functional.avg_pool2d(x, 2)
+            x = self.conv2(torch.relu(self.gn(self.conv1(x))))
+            return self.fc(x.mean((2, 3)))
+
+    model, x = GNNet().eval(), example(2)
+    assert_fx_fails(model)
+    new, report = prune(model, (x,), ratio=0.5, ignore=["fc"])
+    gn = new.gn
+    assert isinstance(new, GNNet) and gn.num_groups == 4 and gn.num_channels == new.conv1.out_channels == 16
+    assert gn.weight.shape == (16,) and new.conv2.in_channels == 16 and new(x).shape == (2, 10)
+    assert report["capture"] == "torch.export"
