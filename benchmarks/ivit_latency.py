@@ -125,6 +125,11 @@ def main() -> None:
         "",
         markdown_table(["runtime", "fp32 ms", "I-ViT integer ms", "fp32 / integer"], rows),
         "",
+        "Before the int32 lowering (int64 arithmetic, floor shifts as divisions of values offset by 2**62, "
+        "s8 x s8 `MatMulInteger`, 4,444 nodes) the same graph ran at 0.07-0.09x fp32 (111 vs 7.5 ms on a quiet "
+        "machine). Now: uint8 activations with zero point 128 (ONNX Runtime's u8 x s8 kernel), int32 "
+        "requantization, Shiftmax and ShiftGELU as tables, int64 only for LayerNorm's variance and row square root.",
+        "",
         f"Integer graph: {len(int_proto.graph.node)} ONNX nodes ({fallbacks} requantizations left in int64), "
         "bit-exact with the PyTorch model, checker: no float tensor inside. "
         + (f"TVM build s: fp32 {ms[('tvm-build-s', 'fp32')]:.0f}, integer {ms[('tvm-build-s', 'I-ViT int')]:.0f}." if not args.no_tvm else "TVM not run (--no-tvm)."),
