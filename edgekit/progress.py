@@ -203,3 +203,16 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             advance(1)
+
+
+def wrapped(description: str, fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` run inside a top-level task when progress is plain lines, so that a log shows the command alive
+    from its first second (imports and loading included); unchanged on a terminal or with progress off."""
+
+    def call() -> T:
+        if mode() != "plain":
+            return fn()
+        with task(description):
+            return fn()
+
+    return call
