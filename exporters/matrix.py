@@ -165,6 +165,19 @@ def render_composition(rows: list[dict], command: str, seconds: float | None) ->
         lines += ["", f"[-] not run in this log ({len(missing)} cells): " + ", ".join(missing) + "."]
     if seconds:
         lines += ["", f"Wall time of the run: {seconds:.0f} s."]
+    lines += ["", "How an int8 output reaches each target:", "",
+              "- onnx / openvino: the QDQ graph; ONNX Runtime and OpenVINO fuse Q/DQ pairs into int8 kernels.",
+              "- tvm: the QDQ graph imported by Relax's ONNX frontend: int8 rounding kept, kernels in float32 "
+              "(the manifest's `tvm_int8` says so).",
+              "- coreml: the calibrated Q/DQ converted to MIL `quantize`/`dequantize` (iOS17+), int8 weights as "
+              "`constexpr_affine_dequantize`; on Linux checked structurally (ops present, weights 8-bit).",
+              "- tensorrt: symmetric int8 only (recipe `int8-sym`: zero point 0, per-channel weights); an `int8` "
+              "(uint8 affine) output is refused before any work, naming `int8-sym`. The graph is checked against "
+              "TensorRT's documented Q/DQ rules (exporters/trt_rules.py); without TensorRT and a GPU the artifact is "
+              "the TensorRT-ready ONNX plus `build_engine.sh` (`trtexec --int8 --fp16`, `--sparsity=enable` when "
+              "weights are 2:4 sparse).",
+              "- N:M outputs: every ONNX-based export checks that the pattern survived in the exported weights "
+              "(`nm_sparsity` in the manifest, a validation check)."]
     return "\n".join(lines + [END]) + "\n"
 
 
