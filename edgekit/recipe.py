@@ -379,17 +379,21 @@ def load_recipe(recipes: str | Path | Sequence[str | Path], overrides: Sequence[
             descriptions.append(str(top["description"]))
         sources += src
     measure_set: dict[tuple, str] = {}
+    data_set: dict[tuple, str] = {}
     for item in overrides:
         if item.partition("=")[0].strip().startswith("data."):  # the data section: --set data.resize=256
             parts, value = _parse_set(item)
             _deep_set(data_opts, parts[1:], value)
+            data_set[tuple(parts[1:])] = item
             continue
         _apply_set(stages, measure, item, measure_set)
     try:
         data_cfg = DataOptions.model_validate(data_opts)
     except ValidationError as err:
         e = err.errors()[0]
-        raise UserInputError(f"recipe field 'data.{'.'.join(map(str, e['loc']))}': {e['msg']}; accepted fields: "
+        by_set = _set_item(data_set, e["loc"])
+        where = f"--set {by_set!r}: field" if by_set else "recipe field"
+        raise UserInputError(f"{where} 'data.{'.'.join(map(str, e['loc']))}': {e['msg']}; accepted fields: "
                              f"{', '.join(DataOptions.model_fields)}") from None
     _check_order(stages)
 

@@ -104,6 +104,8 @@ SETS = {
     "python-tag-value": ("quantize.mode=!!python/object/apply:os.system ['touch PWNED']", "--set"),
     "empty-value": ("quantize.mode=", "--set"),
     "nested-over-scalar": ("quantize.mode.x=1", "--set"),
+    "data-unknown-field": ("data.rm_rf=1", "--set 'data.rm_rf=1'"),
+    "data-bad-value": ("data.batch_size=-2", "--set 'data.batch_size=-2'"),
 }
 
 
