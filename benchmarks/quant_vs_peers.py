@@ -87,14 +87,15 @@ def build(name: str, size: str, calib: torch.Tensor, example: torch.Tensor, tmp:
     """fp32 ONNX, edgekit int8 (model + QDQ ONNX), ORT quantize_static ONNX, NNCF OpenVINO IR."""
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
-    from edgekit.quant.ptq import PTQOptions, quantize_ptq
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
 
     model = models.create(name, pretrained=(size == "digits"), size=size)
     paths = {"fp32": tmp / f"{name}-{size}-fp32.onnx", "edgekit": tmp / f"{name}-{size}-edgekit.onnx",
              "ort": tmp / f"{name}-{size}-ort.onnx", "nncf": tmp / f"{name}-{size}-nncf.xml"}
     to_onnx(model, example, paths["fp32"])
     t0 = time.perf_counter()
-    q, rep = quantize_ptq(model, calib, example, PTQOptions(method=method, samples=len(calib), bias_correction=bias_corr))
+    q, rep = quantize_ptq(model, calib, example, PTQConfig(calibration={"method": method, "samples": len(calib)}, bias_correction=bias_corr))
     t_ek = time.perf_counter() - t0
     to_onnx(q, example, paths["edgekit"])
     c = calib.numpy().astype(np.float32)

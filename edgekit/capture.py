@@ -75,18 +75,18 @@ class Capture:
 class FixedBatch(nn.Module):
     """Runs a graph captured at a fixed batch size on any batch, ``batch_size`` samples at a time."""
 
-    def __init__(self, graph: nn.Module, batch_size: int) -> None:
+    def __init__(self, body: nn.Module, batch_size: int) -> None:
         super().__init__()
-        self.graph = graph
+        self.body = body  # not ``graph``: a GraphModule's ``.graph`` is its fx.Graph, and exporters re-trace this
         self.batch_size = batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.batch_size
         if x.shape[0] == b:
-            return self.graph(x)
+            return self.body(x)
         if x.shape[0] % b:
             raise ValueError(f"this model was captured at batch size {b}; got a batch of {x.shape[0]}")
-        return torch.cat([self.graph(x[i : i + b]) for i in range(0, x.shape[0], b)])
+        return torch.cat([self.body(x[i : i + b]) for i in range(0, x.shape[0], b)])
 
 
 def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None, *, fx: bool = False,
@@ -112,10 +112,10 @@ def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None, *, 
 
 
 def _capture_fx(model: nn.Module, inner: nn.Module, path: str | None, tracer: "torch.fx.Tracer | None") -> Capture:
-    if path is not None:  # keep module paths relative to the user's model: trace it and select the leaf after
-        raise TypeError("output selection is done by the torch.export path")
     t = tracer or torch.fx.Tracer()
     graph = t.trace(inner)
+    if path is not None:  # fx traced it, but the logits leaf of a structured output is selected on the export path
+        raise TypeError(f"torch.fx traced {type(inner).__name__}; its output[{path!r}] is selected on the torch.export path")
     gm = fx.GraphModule(inner, graph, type(inner).__name__)
     paths = {n.name: str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
     return Capture(FX, gm, paths, None, None)

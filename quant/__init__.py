@@ -7,7 +7,7 @@ This package stays light on import (no backend, no heavy module): import the sub
 - ``edgekit.quant.fakequant``: ``fake_quant``, ``lsq_fake_quant``, ``quantize_weight``, ``ActFakeQuant``,
   ``QuantConv2d`` / ``QuantLinear`` (int8 weights, ``storage_bytes()``).
 - ``edgekit.quant.qdq``: where Q/DQ pairs go so ORT / OpenVINO / TensorRT fuse them; ORT optimized-graph checks.
-- ``edgekit.quant.ptq``: ``quantize_ptq(model, calib_x, example, PTQOptions(...))``.
+- ``edgekit.quant.ptq``: ``quantize_ptq(model, calib_x, example, PTQConfig(...))`` on the graph :mod:`edgekit.capture` captures (torch.fx or torch.export).
 - ``edgekit.quant.qat``: ``quantize_qat(model, data, example, ...)`` (LSQ + STE, distillation).
 - ``edgekit.quant.equalize``: cross-layer equalization; ``edgekit.quant.sensitivity``: per-layer SQNR ranking.
 - ``edgekit.quant.stages``: recipe stages ``quantize`` and ``sensitivity``.

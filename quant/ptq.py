@@ -219,6 +219,16 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         report["equalized_pairs"] = equalize(gm)
     gm, p = prepare(gm, opts)
     set_weight_mode(gm, WeightMode.FLOAT)
+    if opts.weight_bits != 8:
+        from edgekit.quant.config import weight_scheme
+
+        for layer in weight_layers(gm).values():
+            layer.scheme = weight_scheme(opts.weight_bits)
+    if opts.rounding == "adaround":
+        from edgekit.quant.adaround import AdaRoundOptions, adaround_layers
+
+        report["adaround"] = adaround_layers(gm, weight_layers(gm), calib, opts.weight_bits,
+                                             AdaRoundOptions(iters=opts.adaround_iters), batch_size=batch)
     calibrate(gm, calib, batch)
     set_weight_mode(gm, WeightMode.FAKE)
     if opts.bias_correction:
@@ -231,7 +241,8 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         "quantized_ops": len(p.op_nodes),
         "activation_quantizers": len(p.tensors),
         "activations": "int8 symmetric" if opts.symmetric_activations else "uint8 affine",
-        "weights": "int8 symmetric per-channel",
+        "weights": f"{'int8' if opts.weight_bits == 8 else f'{opts.weight_bits}-bit grid in int8'} symmetric per-channel, "
+                   f"{opts.rounding} rounding",
         "ignored": p.ignored,
         "float_ops": p.float_ops,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -241,4 +252,4 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
 
 def graph_of(model: nn.Module) -> fx.GraphModule:
     """The quantized graph of a :func:`quantize_ptq` result (unwrapping a :class:`FixedBatch`)."""
-    return model.graph if isinstance(model, FixedBatch) else model
+    return model.body if isinstance(model, FixedBatch) else model

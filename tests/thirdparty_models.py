@@ -104,9 +104,10 @@ class InvertedResidual(nn.Module):
         )
 
     def forward(self, x):
-        if self.use_res and x.shape == self.conv(x).shape:  # shape test on the live tensor
-            return x + self.conv(x)
-        return self.conv(x)
+        out = self.conv(x)
+        if self.use_res and x.shape[1] == out.shape[1]:  # shape test on the live tensors
+            return x + out
+        return out
 
 
 class MobileNetV2Like(nn.Module):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import fx, nn
@@ -41,6 +41,13 @@ _PAIRS = {
     nn.BatchNorm2d: (nn.Conv2d, nn.ConvTranspose2d),
     nn.BatchNorm3d: (nn.Conv3d, nn.ConvTranspose3d),
 }
+
+
+@runtime_checkable
+class Reparameterizable(Protocol):
+    """A multi-branch block with a single-branch deploy form (RepConv, MobileOne, ...)."""
+
+    def to_deploy(self) -> nn.Module: ...
 
 
 @dataclass
@@ -77,7 +84,7 @@ def fold_bn(layer: nn.Module, bn: _BN) -> nn.Module:
 def _replace_deploy_blocks(module: nn.Module, prefix: str, merged: list[dict[str, str]]) -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}{name}"
-        if callable(getattr(child, "to_deploy", None)):
+        if isinstance(child, Reparameterizable):
             new = child.to_deploy()
             setattr(module, name, new)
             merged.append({"module": full, "type": type(child).__name__, "into": type(new).__name__})
@@ -89,7 +96,7 @@ class _Tracer(fx.Tracer):
     """fx tracer that keeps blocks with a deploy form (and ConvBN) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ConvBN) or callable(getattr(m, "to_deploy", None)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (ConvBN, Reparameterizable)) or super().is_leaf_module(m, qualname)
 
 
 def _pairs_fx(cap: Capture, model: nn.Module, example_inputs: Sequence[torch.Tensor] | None) -> list[Pair]:
@@ -196,7 +203,7 @@ def fuse(model: nn.Module, mode: str = "deploy",
     merged: list[dict[str, str]] = []
     switched: list[str] = []
     if mode == "deploy":
-        if callable(getattr(model, "to_deploy", None)):  # the model itself is a reparameterizable block
+        if isinstance(model, Reparameterizable):  # the model itself is a reparameterizable block
             new = model.to_deploy()
             merged.append({"module": "", "type": type(model).__name__, "into": type(new).__name__})
             model = new.eval()
