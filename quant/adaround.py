@@ -96,47 +96,71 @@ def adaround(layer_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], wei
 
 
 def _layer_fn(mod: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if isinstance(mod, nn.Conv2d):
+    """``f(x, w)``: the layer's computation with weight ``w`` (nn.Conv2d / nn.Linear or their int8 forms)."""
+    from edgekit.quant.fakequant import QuantConv2d, QuantLinear
+
+    if isinstance(mod, (nn.Conv2d, QuantConv2d)):
         return lambda x, w: F.conv2d(x, w, mod.bias, mod.stride, mod.padding, mod.dilation, mod.groups)
-    if isinstance(mod, nn.Linear):
+    if isinstance(mod, (nn.Linear, QuantLinear)):
         return lambda x, w: F.linear(x, w, mod.bias)
     raise TypeError(f"AdaRound handles Conv2d and Linear layers, not {type(mod).__name__}")
 
 
-def adaround_model(model: nn.Module, calib: torch.Tensor, layers: list[str], bits: int = 8,
-                   opts: AdaRoundOptions = AdaRoundOptions(), samples: int = 256) -> tuple[nn.Module, dict]:
-    """Round the weights of ``layers`` (Conv2d / Linear names in ``model``) with AdaRound, in place.
-
-    Inputs of each layer come from the float model on ``calib[:samples]``. The weight is replaced by
-    ``scale * q`` with the symmetric per-channel grid of ``bits`` bits (``qmax = 2**(bits-1) - 1``), which the
-    quantizer's per-channel max-abs scale reproduces exactly. Returns ``(model, report)``.
-    """
-    qmax = 2 ** (bits - 1) - 1
-    mods = dict(model.named_modules())
-    missing = [n for n in layers if not isinstance(mods.get(n), (nn.Conv2d, nn.Linear))]
-    if missing:
-        raise ValueError(f"AdaRound: not Conv2d/Linear layers of the model: {', '.join(missing)}")
+def _layer_inputs(model: nn.Module, layers: dict[str, nn.Module], calib: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     captured: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    hooks = [mods[n].register_forward_pre_hook(lambda m, a, n=n: captured[n].append(a[0].detach())) for n in layers]
-    was_training = model.training
-    model.eval()
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: captured[n].append(a[0].detach())) for n, m in layers.items()]
     try:
         with torch.no_grad():
-            for chunk in calib[:samples].split(64):
+            for chunk in calib.split(batch_size):
                 model(chunk)
     finally:
         for h in hooks:
             h.remove()
+    return {n: torch.cat(xs) for n, xs in captured.items()}
+
+
+def adaround_layers(model: nn.Module, layers: dict[str, nn.Module], calib: torch.Tensor, bits: int = 8,
+                    opts: AdaRoundOptions = AdaRoundOptions(), batch_size: int = 64, samples: int = 256) -> dict:
+    """Round the weights of ``layers`` (name -> module of ``model``) with AdaRound, in place.
+
+    The layers' inputs come from running ``model`` as it is (float: the quantizer calls this before its
+    activation quantizers are set) on ``calib[:samples]``. Each weight is replaced by ``scale * q`` on the
+    symmetric per-channel grid of ``bits`` bits (``qmax = 2**(bits-1) - 1``), which the quantizer's max-abs
+    scale reproduces exactly, so its round-to-nearest then yields ``q``. Returns the per-layer report.
+    """
+    from edgekit.quant.fakequant import ActFakeQuant, ActMode
+
+    qmax = 2 ** (bits - 1) - 1
+    quants = [m for m in model.modules() if isinstance(m, ActFakeQuant)]
+    modes = [q.mode for q in quants]
+    for q in quants:
+        q.mode = ActMode.OFF  # plain float forward: observers see the calibration data once, in calibrate()
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _layer_inputs(model, layers, calib[:samples], batch_size)
+    finally:
+        for q, mode in zip(quants, modes):
+            q.mode = mode
     report = {}
-    for n in layers:
-        mod = mods[n]
-        x = torch.cat(captured[n])
-        if isinstance(mod, nn.Linear) and x.dim() > 2:
-            x = x.reshape(-1, x.shape[-1])[: 4096]
+    for n, mod in layers.items():
+        x = inputs[n]
+        if x.dim() > 2 and not hasattr(mod, "stride"):
+            x = x.reshape(-1, x.shape[-1])[:4096]  # a linear layer on tokens: every token is a sample
         scale = channel_scale(mod.weight, qmax)
         q, stats = adaround(_layer_fn(mod), mod.weight, scale, -qmax, qmax, x, opts)
         with torch.no_grad():
             mod.weight.copy_(scale * q)
         report[n] = {k: round(v, 6) for k, v in stats.items()}
     model.train(was_training)
-    return model, {"bits": bits, "iters": opts.iters, "layers": report}
+    return {"bits": bits, "iters": opts.iters, "layers": report}
+
+
+def adaround_model(model: nn.Module, calib: torch.Tensor, layers: list[str], bits: int = 8,
+                   opts: AdaRoundOptions = AdaRoundOptions(), samples: int = 256) -> tuple[nn.Module, dict]:
+    """:func:`adaround_layers` on the named Conv2d / Linear layers of a float ``model``; returns ``(model, report)``."""
+    mods = dict(model.named_modules())
+    missing = [n for n in layers if not isinstance(mods.get(n), (nn.Conv2d, nn.Linear))]
+    if missing:
+        raise ValueError(f"AdaRound: not Conv2d/Linear layers of the model: {', '.join(missing)}")
+    return model, adaround_layers(model, {n: mods[n] for n in layers}, calib, bits, opts, samples=samples)

@@ -35,6 +35,12 @@ class QScheme:
 
 
 WEIGHT_INT8 = QScheme(-127, 127, symmetric=True, per_channel=True, axis=0)
+WEIGHT_INT4 = QScheme(-7, 7, symmetric=True, per_channel=True, axis=0)  # a 4-bit grid, stored in int8 containers
+
+
+def weight_scheme(bits: int) -> QScheme:
+    """Symmetric per-output-channel weight grid of ``bits`` bits (8: [-127, 127], 4: [-7, 7])."""
+    return {8: WEIGHT_INT8, 4: WEIGHT_INT4}[bits]
 ACT_UINT8 = QScheme(0, 255, symmetric=False)
 ACT_INT8_SYM = QScheme(-128, 127, symmetric=True)
 
@@ -95,3 +101,6 @@ class PTQConfig(BaseModel):
     bias_correction: bool = True
     equalization: bool = False  # cross-layer equalization before calibration
     fuse: bool = True  # fold BatchNorm / reparameterize before quantizing
+    weight_bits: Literal[8, 4] = 8  # 4: a 4-bit weight grid ([-7, 7], still stored one weight per int8 byte)
+    rounding: Literal["nearest", "adaround"] = "nearest"  # adaround: learned up/down rounding (quant/adaround.py)
+    adaround_iters: int = Field(1000, ge=10)  # optimisation steps per layer for rounding: adaround

@@ -167,7 +167,7 @@ class QuantWeight(nn.Module):
         self.weight_scale_lsq: nn.Parameter | None = None
 
     def enable_lsq(self) -> None:
-        _, scale = quantize_weight(self.weight)
+        _, scale = quantize_weight(self.weight, self.scheme)
         self.weight_scale_lsq = nn.Parameter(scale)
         self.wmode = WeightMode.FAKE
 
@@ -180,7 +180,7 @@ class QuantWeight(nn.Module):
         if self.weight_scale_lsq is not None:
             s = self.weight_scale_lsq.abs().clamp_min(1e-8).reshape(_channel_shape(self.weight))
             return lsq_fake_quant(self.weight, s, torch.zeros(()), self.scheme.qmin, self.scheme.qmax)
-        q, s = quantize_weight(self.weight)
+        q, s = quantize_weight(self.weight, self.scheme)
         return (q.float() * s.reshape(_channel_shape(self.weight))).to(self.weight.dtype)
 
     @torch.no_grad()

@@ -40,6 +40,10 @@ class QuantizeConfig(StageConfig, PTQConfig):
 
     mode: Literal["ptq", "qat"] = "ptq"
     keep_float: KeepFloatConfig | None = None
+    # Accuracy control (PTQ): keep the most sensitive layers in float until the top-1 drop on the validation
+    # (calibration) split is at most this many points; the stage fails with the best it found otherwise.
+    max_drop: float | None = Field(None, ge=0.0)
+    max_reverted: int | None = Field(None, ge=1)  # at most this many layers go back to float
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
@@ -86,12 +90,33 @@ def apply(model, cfg: QuantizeConfig, ctx: StageContext):
         q = cfg.qat
         gm, report = quantize_qat(model, data, example, opts, epochs=q.epochs, lr=q.lr,
                                   distill_weight=q.distill_weight, seed=ctx.seed, teacher=ctx.reference)
+    elif cfg.max_drop is not None:
+        gm, report = _with_max_drop(model, cfg, opts, data, example)
     else:
         gm, report = quantize_ptq(model, data.calib.x, example, opts)
         report["mode"] = "ptq"
     report.update(extra)
     if report.get("float_ops"):
         report["note"] = "ops listed in float_ops are not quantized and run in float"
+    return gm, report
+
+
+def _with_max_drop(model, cfg: QuantizeConfig, opts: PTQConfig, data, example):
+    from edgekit.errors import EdgekitError
+    from edgekit.quant.accuracy_control import quantize_with_max_drop
+
+    if data.calib.y is None:
+        raise UserInputError("quantize.max_drop needs labeled data to measure the drop (the calibration split has no labels)")
+    n = cfg.calibration.samples
+    gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop, cfg.max_reverted)
+    report["mode"] = "ptq"
+    ac = report["accuracy_control"]
+    if not ac["met"]:
+        raise EdgekitError(
+            f"quantize.max_drop {cfg.max_drop} pt cannot be met: the best found drops {ac['drop_pt']} pt on the "
+            f"validation split with {len(ac['kept_float'])} layer(s) in float ({', '.join(ac['kept_float']) or 'none'}); "
+            "raise max_drop or max_reverted, or use quantization-aware training (mode: qat)"
+        )
     return gm, report
 
 

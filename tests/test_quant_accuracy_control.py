@@ -3,6 +3,7 @@ sensitive first, until the drop holds; the best model is returned when it cannot
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from edgekit.quant.accuracy_control import quantize_with_max_drop
@@ -54,3 +55,31 @@ def test_budget_that_cannot_be_met_returns_the_best_found(digits):
     ac = rep["accuracy_control"]
     assert not ac["met"] and len(ac["kept_float"]) == 2 and ac["drop_pt"] == ac["steps"][-1]["drop_pt"]
     assert ac["drop_pt"] == min(s["drop_pt"] for s in ac["steps"])
+
+
+@pytest.mark.slow
+def test_compress_max_drop_holds_on_4bit_weights(digits):
+    """A constructed case that does drop (4-bit weights): the stage keeps layers in float until it holds."""
+    import edgekit
+
+    plain = edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.weight_bits=4"])
+    res = edgekit.compress("convnet", "int8", digits, latency=False,
+                           overrides=["quantize.weight_bits=4", "quantize.max_drop=0.5"])
+    ac = res.report.stage("quantize").report["accuracy_control"]
+    assert ac["met"] and ac["drop_pt"] <= 0.5
+    first = ac["steps"][0]["drop_pt"]
+    assert (first > 0.5) == bool(ac["kept_float"])  # layers went back to float only if plain 4-bit dropped more
+    assert res.report.accuracy.after >= plain.report.accuracy.after - 0.005
+
+
+def test_stage_fails_with_the_best_found_when_max_drop_cannot_hold(digits, monkeypatch):
+    import edgekit
+    from edgekit.errors import EdgekitError
+    from edgekit.quant import accuracy_control
+
+    def unmet(*args, **kwargs):
+        return None, {"accuracy_control": {"met": False, "drop_pt": 3.2, "kept_float": ["features.0"]}}
+
+    monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", unmet)
+    with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt .* 1 layer\(s\) in float \(features.0\)"):
+        edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])

@@ -40,3 +40,22 @@ def test_adaround_model_puts_weights_on_the_grid_the_quantizer_uses():
         assert torch.allclose(s, channel_scale(before[f"{name}.weight"], 7))  # the max-abs scale is unchanged
         assert torch.allclose(w / s, torch.round(w / s), atol=1e-4)  # every weight on the 4-bit grid
         assert rep["layers"][name]["mse_adaround"] <= rep["layers"][name]["mse_nearest"] * 1.0001
+
+
+def test_ptq_with_adaround_and_4bit_weights(digits):
+    """quantize.rounding=adaround on a 4-bit grid: every layer's rounding is learned and never worse than nearest
+    on its own objective; the frozen int8 containers hold values of the 4-bit grid only."""
+    from edgekit import models
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.fakequant import QuantWeight
+    from edgekit.quant.ptq import graph_of, quantize_ptq
+
+    model = models.create("convnet")
+    opts = PTQConfig(weight_bits=4, rounding="adaround", adaround_iters=60, calibration={"method": "minmax", "samples": 64})
+    q, rep = quantize_ptq(model, digits.calib.x[:64], digits.calib.x[:1], opts)
+    layers = rep["adaround"]["layers"]
+    assert rep["adaround"]["bits"] == 4 and set(layers) == set(rep["quantized_layers"])
+    assert all(r["mse_adaround"] <= r["mse_nearest"] * 1.0001 for r in layers.values())
+    assert "4-bit grid" in rep["weights"] and "adaround" in rep["weights"]
+    frozen = [m for m in graph_of(q).modules() if isinstance(m, QuantWeight)]
+    assert frozen and all(int(m.weight_int8.abs().max()) <= 7 for m in frozen)

@@ -56,6 +56,7 @@ def compress(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling of MODEL (runs code from the file)."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed for data splits and training."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="int8: keep the most sensitive layers in float until the top-1 drop (points, validation split) holds (= --set quantize.max_drop=X)."),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Run a recipe on a model and write the compressed model, report.json and manifest.json.
@@ -72,7 +73,8 @@ def compress(
         from edgekit.pipeline import default_out_dir
         from edgekit.recipe import load_recipe
 
-        rec = load_recipe(recipe, set_)  # validates before any work
+        overrides = [*set_, f"quantize.max_drop={max_drop}"] if max_drop is not None else set_
+        rec = load_recipe(recipe, overrides)  # validates before any work (--max-drop needs a quantize stage)
         loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
         out_dir = Path(out) if out else default_out_dir(loaded.name, rec)
         check_writable(out_dir, force)  # refuse a bad --out before loading data or running anything
