@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edgekit.artifacts import sha256_file
 from edgekit.errors import EdgekitError, UserInputError
 
 REQUIRED_KEYS = ("target", "files", "model_file", "input_name", "input_shape", "precision")
@@ -103,14 +104,6 @@ def check_architecture(art: Artifact, board_arch: str | None, device: str) -> No
     hint = " (export it for the board: --target tvm --option device=aarch64)" if have == "aarch64" else ""
     raise ArchitectureMismatch(f"artifact {art.name}: {art.model_file} is {need} machine code but device {device} "
                                f"is {have}; refused before the push{hint}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _safe_relpath(rel: str, where: str) -> str:

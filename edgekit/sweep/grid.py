@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgekit.artifacts import sha256_file
 from edgekit.errors import UserInputError
 
 
@@ -30,23 +31,15 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_identity(spec: str) -> dict[str, Any]:
     """What identifies the model behind a MODEL spec, for cache keys (its bytes where it has a file)."""
     from edgekit import models
 
     path = Path(spec)
     if path.is_dir() and (path / "manifest.json").is_file():
-        return {"output_dir": file_digest(path / "manifest.json")}
+        return {"output_dir": sha256_file(path / "manifest.json")}
     if path.is_file():
-        return {"file": file_digest(path)}
+        return {"file": sha256_file(path)}
     if ":" in spec:
         mod = spec.split(":", 1)[0]
         try:
@@ -54,10 +47,10 @@ def model_identity(spec: str) -> dict[str, Any]:
         except (ImportError, ValueError):
             found = None
         origin = Path(found.origin) if found is not None and found.origin else None
-        return {"factory": spec, "source": file_digest(origin) if origin and origin.is_file() else None}
+        return {"factory": spec, "source": sha256_file(origin) if origin and origin.is_file() else None}
     if spec in models.names():
         ckpt = models.info(spec).checkpoint
-        return {"zoo": spec, "checkpoint": file_digest(ckpt) if ckpt.is_file() else None}
+        return {"zoo": spec, "checkpoint": sha256_file(ckpt) if ckpt.is_file() else None}
     raise UserInputError(f"sweep: model {spec!r} is not a zoo model, a module:factory, a file or an output directory")
 
 
