@@ -96,6 +96,12 @@ def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor] | None, *, 
     ``fx=True`` tries ``torch.fx`` first (with ``tracer`` when given, e.g. one that keeps some modules as
     leaves) and falls back to ``torch.export`` on the example inputs. ``what`` prefixes error messages.
     """
+    if isinstance(model, FixedBatch):  # e.g. a pruned fixed-batch graph: capture its body at that batch size
+        b = model.batch_size
+        cap = capture(model.body, [x[:b] for x in example_inputs] if example_inputs else example_inputs, fx=fx,
+                      tracer=tracer, what=what)
+        cap.batch_size = b
+        return cap
     inner, path = unwrap(model)
     fx_error = None
     if fx or tracer is not None:
@@ -248,9 +254,7 @@ def layers_as_modules(cap: Capture) -> dict[str, str]:
     path), ``blocks.0.attn.in_proj`` for ``nn.MultiheadAttention``'s ``in_proj_weight``. A weight used by several
     calls gives one module called several times. Returns ``{layer name: user module path}``.
     """
-    if cap.method != EXPORT:
-        return {}
-    gm = cap.graph_module
+    gm = cap.graph_module  # also an fx trace of an exported graph (a pruned model) holds ATen calls
     by_weight: dict[str, str] = {}
     names: dict[str, str] = {}
     for node in list(gm.graph.nodes):

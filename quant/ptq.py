@@ -63,7 +63,7 @@ def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> tuple[f
         cap = Capture(FX, model, {n.name: str(n.target) for n in model.graph.nodes if n.op == "call_module"})
     else:
         cap = capture(model, (example,), fx=True, what="quantize")
-        layers_as_modules(cap)
+    layers_as_modules(cap)
     gm = cap.graph_module
     mods = dict(gm.named_modules())
     for node in list(gm.graph.nodes):

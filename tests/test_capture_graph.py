@@ -141,3 +141,16 @@ def test_predict_accepts_tuple_and_dict_outputs():
         model = tp.MODELS[name].build()
         out = predict(model, tp.example(5))
         assert out.shape == (5, tp.NUM_CLASSES)
+
+
+def test_a_fixed_batch_model_is_captured_through_its_body_and_quantizes():
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
+
+    model = tp.MODELS["swin_tiny"].build()
+    fixed = capture(model, (tp.example(1),)).runnable()  # what a pruned fixed-batch model looks like
+    cap = capture(fixed, (tp.example(1),), fx=True)
+    assert cap.batch_size == 1 and cap.method == FX  # its body is a GraphModule: fx traces it
+    q, rep = quantize_ptq(fixed, tp.example(4, seed=1), tp.example(1), PTQConfig(calibration={"method": "minmax", "samples": 4}))
+    assert isinstance(q, FixedBatch) and rep["capture"]["batch_size"] == 1 and rep["quantized_layers"]
+    assert q(tp.example(3)).shape == (3, tp.NUM_CLASSES)
