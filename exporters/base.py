@@ -230,6 +230,9 @@ def export(
     recipe, stages, src_dir = compress_recipe(model_or_path)
     source = ExportSource(model, name, recipe, stages, src_dir)
     exporter.preflight(source, precision, opts)
+    from edgekit.quant.bivit.export import binarized_precision
+
+    judged_as = binarized_precision(precision, source.stage("binarize"), model)  # fp32 graph, w1a1/w1a8 tolerance
     guessed = example_inputs is None and shape is None and data is None
     if guessed:  # nothing describes the input: the built-in data (digits, 3x32x32), said so if it does not fit
         data = "digits"
@@ -282,7 +285,8 @@ def export(
             "options": opts,
             "recipe": recipe,
             **({"nm_layers_expected": source.nm_layers_expected()} if source.nm() else {}),
-            "validation_contract": contract_for(precision).to_dict(),
+            "validation_precision": judged_as,
+            "validation_contract": contract_for(judged_as).to_dict(),
             "export_seconds": round(export_s, 3),
             **ctx.extra_manifest,
             **fields,
@@ -311,11 +315,16 @@ def _nm_check(manifest: dict[str, Any]) -> list[dict[str, Any]]:
              "detail": f"{kept} layer(s) keep it (the sparsify stage made {want if want is not None else '?'})"}]
 
 
+def _judged_as(manifest: dict[str, Any]) -> str:
+    """The precision whose tolerance judges the artifact (``w1a1`` / ``w1a8`` for an fp32 BiViT graph)."""
+    return str(manifest.get("validation_precision") or manifest["precision"])
+
+
 def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bundle, n_top1: int = N_TOP1) -> ValidationReport:
     checks = exporter.checks(directory, manifest) + _nm_check(manifest)
     run = exporter.runner(directory, manifest)
     if isinstance(run, str):
-        return checks_only(exporter.name, manifest["precision"], checks + integer_checks(manifest), run)
+        return checks_only(exporter.name, _judged_as(manifest), checks + integer_checks(manifest), run)
     try:
         got = np.stack([np.asarray(run(inputs[i : i + 1].numpy()))[0] for i in range(len(inputs))])
     except Exception as exc:  # noqa: BLE001
@@ -331,8 +340,8 @@ def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bun
         except Exception:  # noqa: BLE001 - e.g. a torch.export program specialised to batch 1
             ref = np.concatenate([_forward(model, xs[i : i + 1]) for i in range(len(xs))])
         top1 = (act, ref)
-    report = judge(exporter.name, manifest["precision"], {"output": (got, ref_outputs)}, manifest.get("runtime", {}).get("name", exporter.caps.runtime), top1, checks)
-    report.extra["contract"] = contract_for(manifest["precision"]).to_dict()
+    report = judge(exporter.name, _judged_as(manifest), {"output": (got, ref_outputs)}, manifest.get("runtime", {}).get("name", exporter.caps.runtime), top1, checks)
+    report.extra["contract"] = contract_for(_judged_as(manifest)).to_dict()
     return report
 
 

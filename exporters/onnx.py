@@ -202,6 +202,12 @@ def _write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
                 fp32.unlink()
     if ctx.options.get("cleanup", True):
         info["cleanup"] = cleanup(path)
+    if precision == "fp32":  # binarized (BiViT) weights: stored 1 bit each, unpacked by the runtime at load
+        from edgekit.quant.bivit.export import pack_file
+
+        packed = pack_file(path)
+        if packed["tensors"]:
+            info["packed_sign_weights"] = packed
     model = load_checked(path)
     info["opset"] = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     if precision == "int8":

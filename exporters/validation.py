@@ -22,6 +22,16 @@ TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
     "fp32": {"rel_err": ("<=", 1e-4), "cosine": (">=", 0.9999)},
     "fp16": {"cosine": (">=", 0.999)},
     "int8": {"top1_agreement": (">=", 0.99), "cosine": (">=", 0.99)},
+    # Binarized (BiViT) models: an fp32 graph that computes what PyTorch computes op for op (+-1 and int8
+    # products as exact integers, scales after them; the attention mask as a subtraction and a comparison), but
+    # a sign threshold or an int8 rounding midpoint turns a last-bit difference of a library's float op
+    # (LayerNorm, erf, a convolution's summation order, a per-tensor max|x|) into a whole step. Measured on ONNX
+    # Runtime, 2026-11-30: w1a1 (zoo ViT + 2 random ViTs, 200 digits samples) rel_err <= 2.6e-7, cosine 1.0,
+    # top-1 agreement 1.0; w1a8 rel_err 3.6e-4 (trained zoo ViT, issue 13) to 7.7e-3 (random-init transformers
+    # ViT), cosine >= 0.99997. Bounds: top-1 agreement as int8; cosine with >= 10x headroom on the worst w1a8
+    # error (1 - cosine); never fp32's rel_err. Re-measure: python -m benchmarks.bivit_export_tolerance.
+    "w1a1": {"top1_agreement": (">=", 0.99), "cosine": (">=", 0.9999)},
+    "w1a8": {"top1_agreement": (">=", 0.99), "cosine": (">=", 0.999)},
 }
 PRECISIONS = tuple(TOLERANCES)
 # The three states an exported artifact can be in (docs/targets.md, the composition matrix).

@@ -34,7 +34,7 @@ from edgekit.errors import UserInputError
 from edgekit.ops.transformer import Attention, Mlp
 from edgekit.quant.bivit.modules import BinaryLinear, BinaryMatMul, BinarySoftmax, binary_modules
 
-__all__ = ["BinarizeOptions", "register_converter", "converter_for", "convert", "GROUPS", "DEFAULT_KEEP_FP"]
+__all__ = ["BinarizeOptions", "register_converter", "converter_for", "convert", "has_block_converter", "GROUPS", "DEFAULT_KEEP_FP"]
 
 DEFAULT_KEEP_FP = ("patch_embed*", "head*")
 GROUPS = ("attn", "mlp", "linear")
@@ -83,6 +83,13 @@ def converter_for(module: nn.Module) -> Converter | None:
         if cls in _CONVERTERS:
             return _CONVERTERS[cls]
     return None
+
+
+def has_block_converter(model: nn.Module) -> bool:
+    """Whether some module of ``model`` has a block converter (edgekit's ``Attention`` / ``Mlp`` or a
+    registered type); models without one (third-party ViTs) are converted on their captured graph
+    (:mod:`edgekit.quant.bivit.graph`)."""
+    return any(converter_for(m) not in (None, _convert_linear) for m in model.modules())
 
 
 def _binary_linear(lin: nn.Linear, name: str, opts: BinarizeOptions, keep: Keep, group: str,

@@ -18,14 +18,18 @@ B. Zhuang, ICCV 2023. What is implemented here (see ``shared/docs/methods.md``, 
   the integer part is then exact in float32 in every runtime, so a zero dot product gives exactly the bias
   in torch and in ONNX Runtime alike (applying the scales first makes such ties runtime-dependent, and
   a binary network flips the next sign on them).
-* 8-bit activations (:func:`fake_quant_int8`): symmetric per-tensor int8 fake quantization with a dynamic
-  scale ``max|x| / 127`` and a straight-through round. This is a minimal stand-in used by the ``w1a8`` recipe;
+* 8-bit activations (:func:`int8_codes`, :func:`fake_quant_int8`): symmetric per-tensor int8 fake
+  quantization with a dynamic scale ``max|x| / 127`` and a straight-through round. The layers multiply the
+  integer codes first and apply the scales after (``(q_x @ sign W^T) * s_x * alpha``), as for 1-bit
+  activations: the integer sum is exact in float32 (below 2**24) whatever order a runtime adds in. This is a minimal stand-in used by the ``w1a8`` recipe;
   it is local to BiViT so that binarization does not depend on the int8 calibration machinery.
 
 ``sign(0)`` is ``+1`` everywhere here (a binary weight must be one of two values).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -38,6 +42,9 @@ __all__ = [
     "weight_signs_ste",
     "binarize_act",
     "fake_quant_int8",
+    "int8_codes",
+    "stop_gradient",
+    "softmax_aware_mask",
     "attention_threshold",
     "softmax_aware_binarize",
     "naive_binarize_probs",
@@ -54,16 +61,16 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
-def sign_ste(x: torch.Tensor) -> torch.Tensor:
+def sign_ste(x: torch.Tensor, ste: bool = True) -> torch.Tensor:
     """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` and zeroes it elsewhere.
 
     Written as ``clip + (sign - clip).detach()`` so that it traces as plain ops. In training the forward value
     is still exactly +-1: ``c`` has the sign of ``s`` and ``|c| <= 1``, so ``fl(s - c)`` is within half an ulp
-    and adding ``c`` back rounds to ``s`` (checked on random inputs in the tests). Outside autograd the plain
-    sign is returned.
+    and adding ``c`` back rounds to ``s`` (checked on random inputs in the tests). Outside autograd, or with
+    ``ste=False`` (a module in eval mode: its traced graph is then the plain op), the plain sign is returned.
     """
     s = sign(x)
-    if not (torch.is_grad_enabled() and x.requires_grad):
+    if not _grad(x, ste):
         return s
     # the gradient of hardtanh is 1 strictly inside (-1, 1) and 0 outside
     c = torch.nn.functional.hardtanh(x)
@@ -82,10 +89,10 @@ def weight_signs(weight: torch.Tensor) -> torch.Tensor:
     return sign(w - w.mean(dim=1, keepdim=True)).reshape(weight.shape)
 
 
-def weight_signs_ste(weight: torch.Tensor) -> torch.Tensor:
+def weight_signs_ste(weight: torch.Tensor, ste: bool = True) -> torch.Tensor:
     """``sign_ste(W - rowmean(W))``: the +-1 weights with the clipped straight-through gradient to ``W``."""
     w = weight.flatten(1)
-    return sign_ste(w - w.mean(dim=1, keepdim=True)).reshape(weight.shape)
+    return sign_ste(w - w.mean(dim=1, keepdim=True), ste).reshape(weight.shape)
 
 
 def binarize_weight(weight: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -101,16 +108,34 @@ def binarize_act(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return scale * sign_ste(x)
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    if not (torch.is_grad_enabled() and x.requires_grad):
+def _grad(x: torch.Tensor, ste: bool = True) -> bool:
+    """Whether a straight-through form is needed: ``ste`` and autograd records ``x``."""
+    return ste and torch.is_grad_enabled() and x.requires_grad
+
+
+def _round_ste(x: torch.Tensor, ste: bool = True) -> torch.Tensor:
+    if not _grad(x, ste):
         return torch.round(x)
     return x + (torch.round(x) - x).detach()
 
 
+def stop_gradient(x: torch.Tensor, ste: bool = True) -> torch.Tensor:
+    """``x.detach()`` under autograd, ``x`` itself otherwise (a frozen model's graph then has no detach op)."""
+    return x.detach() if _grad(x, ste) else x
+
+
+def int8_codes(x: torch.Tensor, ste: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-tensor int8 codes ``q = clamp(round(x / s), -127, 127)`` (integer-valued floats) and the
+    dynamic scale ``s = max|x| / 127`` (a 0-d tensor); straight-through round."""
+    # a full reduction over explicit axes: coremltools 9's transpose pass crashes on a reduce_max without axes
+    scale = (stop_gradient(x, ste).abs().flatten().amax(dim=0) / 127.0).clamp_min(1e-8)
+    return torch.clamp(_round_ste(x / scale, ste), -127.0, 127.0), scale
+
+
 def fake_quant_int8(x: torch.Tensor) -> torch.Tensor:
     """Symmetric per-tensor int8 fake quantization, dynamic scale ``max|x| / 127``, straight-through round."""
-    scale = (x.detach().abs().max() / 127.0).clamp_min(1e-8)  # .max(): full reduction (ONNX-exportable)
-    return torch.clamp(_round_ste(x / scale), -127.0, 127.0) * scale
+    q, scale = int8_codes(x)
+    return q * scale
 
 
 def attention_threshold(probs: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD) -> torch.Tensor:
@@ -118,22 +143,34 @@ def attention_threshold(probs: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD) -
     return ratio * probs.amax(dim=-1, keepdim=True)
 
 
-def _straight_through(hard: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def _straight_through(hard: torch.Tensor, probs: torch.Tensor, ste: bool = True) -> torch.Tensor:
     """Forward ``hard``, backward the gradient of ``probs`` (i.e. of the softmax)."""
-    if not (torch.is_grad_enabled() and probs.requires_grad):
+    if not _grad(probs, ste):
         return hard
     return hard.detach() - probs.detach() + probs
 
 
 def softmax_aware_binarize(probs: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD) -> torch.Tensor:
     """``A = 1[P >= ratio * rowmax(P)]`` with the straight-through-via-softmax gradient."""
-    tau = attention_threshold(probs.detach(), ratio)
+    tau = attention_threshold(stop_gradient(probs), ratio)
     hard = (probs >= tau).to(probs.dtype)
     return _straight_through(hard, probs)
 
 
-def naive_binarize_probs(probs: torch.Tensor) -> torch.Tensor:
+def softmax_aware_mask(scores: torch.Tensor, ratio: float = SOFTMAX_THRESHOLD, ste: bool = True) -> torch.Tensor:
+    """``1[P >= ratio * rowmax(P)]`` for ``P = softmax(scores)`` over the last dimension, from the scores.
+
+    ``P_ij / rowmax(P) = exp(s_ij - rowmax(s))``, so the rule is ``s_ij - rowmax(s) >= ln(ratio)``: one
+    subtraction and one comparison, both exactly rounded in every runtime (no ``exp``, whose last bit differs
+    between torch, ONNX Runtime and OpenVINO and flips entries that sit on the threshold), and no softmax to
+    compute in a deployed model. Values in float, exactly 0 or 1; no gradient (see :class:`BinarySoftmax`).
+    """
+    s = stop_gradient(scores, ste)
+    return ((s - s.amax(dim=-1, keepdim=True)) >= math.log(ratio)).to(scores.dtype)
+
+
+def naive_binarize_probs(probs: torch.Tensor, ste: bool = True) -> torch.Tensor:
     """The ablation without softmax awareness: ``A = 1[P >= mean_j P_ij]`` (straight-through gradient)."""
-    tau = probs.detach().mean(dim=-1, keepdim=True)
+    tau = stop_gradient(probs, ste).mean(dim=-1, keepdim=True)
     hard = (probs >= tau).to(probs.dtype)
-    return _straight_through(hard, probs)
+    return _straight_through(hard, probs, ste)

@@ -10,7 +10,8 @@
 * :class:`BinaryMatMul`: replaces ``Attention.matmul_qk`` / ``matmul_av``; binarizes its operands (scales over
   the contraction dimension) or fake-quantizes them to int8.
 * :class:`BinarySoftmax`: replaces ``Attention.softmax``; softmax-aware binarization of the probabilities
-  (``A = 1[P >= 0.25 * rowmax P]``, straight-through via the softmax gradient) or the naive ablation.
+  (``A = 1[P >= 0.25 * rowmax P]``, computed from the scores as ``s - rowmax s >= ln 0.25`` so that no
+  runtime's ``exp`` decides a threshold; straight-through via the softmax gradient) or the naive ablation.
 
 Every module belongs to a ``group`` ("attn", "mlp" or "linear") and can be switched off (``active=False``,
 it then computes in float) so that the cross-layer schedule binarizes the groups in separate phases.
@@ -130,7 +131,7 @@ class BinaryLinear(_Switchable):
     def _signs_ste(self) -> torch.Tensor:
         if self.frozen:
             return unpack_signs_torch(self.packed_weight, self.in_features, torch.float32)
-        return BF.weight_signs_ste(self.weight)
+        return BF.weight_signs_ste(self.weight, self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -142,10 +143,12 @@ class BinaryLinear(_Switchable):
                 x = x - _f32(self.act_shift)
             scale = x.abs().mean(dim=-1, keepdim=True)
             # +-1 product first (exact integers), scales after: see functional's docstring
-            y = F.linear(BF.sign_ste(x), signs) * scale * alpha
+            y = F.linear(BF.sign_ste(x, self.training), signs) * scale * alpha
+        elif self.act_bits == 8:
+            q, scale = BF.int8_codes(x, self.training)
+            y = F.linear(q, signs) * scale * alpha  # integer product first, exact (see functional)
         else:
-            xq = BF.fake_quant_int8(x) if self.act_bits == 8 else x
-            y = F.linear(xq, signs) * alpha
+            y = F.linear(x, signs) * alpha
         return y + _f32(self.bias) if self.bias is not None else y
 
     def param_count(self) -> int:
@@ -185,13 +188,14 @@ class BinaryMatMul(_Switchable):
             sb = b.abs().mean(dim=-2, keepdim=True)
             if self.binarize_a:
                 sa = a.abs().mean(dim=-1, keepdim=True)
-                return (BF.sign_ste(a) @ BF.sign_ste(b)) * sa * sb
-            out = (a @ BF.sign_ste(b)) * sb
+                return (BF.sign_ste(a, self.training) @ BF.sign_ste(b, self.training)) * sa * sb
+            out = (a @ BF.sign_ste(b, self.training)) * sb
             if self.normalize_a:
-                out = out / a.detach().sum(dim=-1, keepdim=True).clamp_min(1.0)
+                out = out / BF.stop_gradient(a, self.training).sum(dim=-1, keepdim=True).clamp_min(1.0)
             return out
-        elif self.active and self.bits == 8:
-            a, b = BF.fake_quant_int8(a), BF.fake_quant_int8(b)
+        if self.active and self.bits == 8:
+            (qa, sa), (qb, sb) = BF.int8_codes(a, self.training), BF.int8_codes(b, self.training)
+            return (qa @ qb) * sa * sb  # integer product first, exact (see functional)
         return a @ b
 
     def extra_repr(self) -> str:
@@ -209,13 +213,20 @@ class BinarySoftmax(_Switchable):
         self.dim, self.mode, self.ratio, self.group, self.active = dim, mode, ratio, group, True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(x, dim=self.dim)
         if not self.active:
-            return p
-        if self.dim not in (-1, x.dim() - 1):
-            p = p.transpose(self.dim, -1)
-        a = BF.softmax_aware_binarize(p, self.ratio) if self.mode == "softmax_aware" else BF.naive_binarize_probs(p)
-        return a if self.dim in (-1, x.dim() - 1) else a.transpose(self.dim, -1)
+            return torch.softmax(x, dim=self.dim)
+        last = self.dim in (-1, x.dim() - 1)
+        if not last:
+            x = x.transpose(self.dim, -1)
+        if self.mode == "softmax_aware":
+            # the mask from the scores (s - rowmax s >= ln ratio, no exp); the softmax only for the gradient
+            a = BF.softmax_aware_mask(x, self.ratio, self.training)
+            if self.training and torch.is_grad_enabled() and x.requires_grad:
+                p = torch.softmax(x, dim=-1)
+                a = a - p.detach() + p
+        else:
+            a = BF.naive_binarize_probs(torch.softmax(x, dim=-1), self.training)
+        return a if last else a.transpose(self.dim, -1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, ratio={self.ratio}, " + super().extra_repr()

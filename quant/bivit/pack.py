@@ -70,19 +70,22 @@ def unpack_signs(packed: np.ndarray, in_features: int, dtype: Any = np.float32) 
 def unpack_signs_torch(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Torch version of :func:`unpack_signs` built from ops that torch.export and ONNX trace and fold.
 
-    Bit ``k`` of byte ``b`` is ``floor(b / 2**k) - 2 * floor(b / 2**(k+1))``, in float32 (dividing a byte by a
-    power of two is exact), with ``floor`` written as a cast to int32 and back (truncation = floor for these
-    non-negative values): only Div/Mul/Sub/Cast, which ONNX exporters constant-fold into one +-1 tensor.
+    Bits are peeled off by halving, LSB first: ``bit = b - 2 * floor(b / 2)``, ``b = floor(b / 2)``, in float32
+    (halving a byte is exact), with ``floor`` written as a cast to int32 and back (truncation = floor for these
+    non-negative values): only Div/Mul/Sub/Cast/Stack with scalar constants, which ONNX exporters fold into
+    one +-1 tensor (or ONNX Runtime folds at load). No tensor literal: ``torch.tensor`` would trace to
+    ``lift_fresh_copy`` + ``detach_``, which CoreML's converter refuses.
     """
     rows, nbytes = packed.shape
-    b = packed.to(torch.float32).unsqueeze(-1)
-    powers = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0], device=packed.device)
-
-    def floor(t: torch.Tensor) -> torch.Tensor:
-        return t.to(torch.int32).to(torch.float32)
-
-    bits = floor(b / powers) - 2.0 * floor(b / (2.0 * powers))
-    bits = bits.reshape(rows, nbytes * 8)[:, :in_features]
+    b = packed.to(torch.float32)
+    bits = []
+    for _ in range(8):
+        half = (b / 2.0).to(torch.int32).to(torch.float32)
+        bits.append(b - 2.0 * half)
+        b = half
+    bits = torch.stack(bits, dim=-1).reshape(rows, nbytes * 8)
+    if in_features != nbytes * 8:  # a no-op slice would trace to an alias op
+        bits = bits[:, :in_features]
     return (bits * 2.0 - 1.0).to(dtype)
 
 

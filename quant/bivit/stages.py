@@ -85,7 +85,7 @@ def _storage(model) -> dict[str, Any]:
 @register_stage("binarize", config=BinarizeConfig, summary="BiViT binarization: 1-bit weights (+1/8-bit activations), packed")
 def apply(model, cfg: BinarizeConfig, ctx: StageContext):
     from edgekit.metrics import storage_bytes
-    from edgekit.quant.bivit.convert import convert
+    from edgekit.quant.bivit.convert import convert, has_block_converter
     from edgekit.quant.bivit.modules import freeze
     from edgekit.quant.bivit.pack import save_packed
     from edgekit.quant.bivit.schedule import make_phases, run_schedule
@@ -93,7 +93,12 @@ def apply(model, cfg: BinarizeConfig, ctx: StageContext):
 
     opts = cfg.options()
     size_before = storage_bytes(model)
-    new, conv_report = convert(model, opts)
+    if has_block_converter(model) or not ctx.example_inputs:
+        new, conv_report = convert(model, opts)
+    else:  # a third-party model: its captured graph, layers found by op (quant/bivit/graph.py)
+        from edgekit.quant.bivit.graph import convert_graph
+
+        new, conv_report = convert_graph(model, ctx.example_inputs[0][:1], opts)
     cl = cfg.cross_layer
     phases = make_phases(conv_report["groups"], cfg.epochs, cl.enabled, cl.order, cl.phase_epochs)
     if any(p.epochs for p in phases) and ctx.data is None:
