@@ -29,6 +29,7 @@ from edgekit.exporters.validation import READY_NOT_VALIDATED, VALIDATED
 WORKS, READY, REFUSED, FAILED = "works", READY_NOT_VALIDATED, "refused", "failed"
 STATES = (WORKS, READY, REFUSED, FAILED)
 PROFILE_BUDGET_S = 0.3  # a matrix checks that profile runs and validates; latency numbers come from `profile`
+PROFILE_TIMEOUT_S = 900.0  # generous: a loaded host starts a runtime slowly (TVM took > 60 s at load 17 on 2 cores)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def profile_artifact(directory: Path, budget_s: float = PROFILE_BUDGET_S) -> dic
     from edgekit.devices import get_device, read_artifact
     from edgekit.devices.profile import ProfileOptions, profile
 
-    opts = ProfileOptions(budget_s=budget_s, warmup_s=0.05, min_runs=5, idle_s=0.0, validate=True)
+    opts = ProfileOptions(budget_s=budget_s, warmup_s=0.05, min_runs=5, idle_s=0.0, validate=True, timeout_s=PROFILE_TIMEOUT_S)
     try:
         res = profile(read_artifact(directory), get_device("local"), opts).to_dict()  # the typed Profile, as JSON
         res = res.to_dict() if hasattr(res, "to_dict") else res  # the typed Profile record, or its dict
