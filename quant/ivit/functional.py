@@ -25,6 +25,7 @@ GELU_ALPHA = 1.702  # GELU(x) ~ x * sigmoid(1.702 x); folded into the sigmoid's 
 ISQRT_STEPS = 6  # Newton steps unrolled in graphs: enough from a start within 2x for v < 2**62 (tested)
 MAX_SHIFT = 62
 SOFTMAX_SUM = 2**22  # Shiftmax row sums stay below this (when the scale allows), so 2**30 // sum keeps 8 bits
+SOFTMAX_Q_MAX = 30  # Shiftmax clamps far below the row maximum (at 30 x0), where its exponential is 0
 NORM_BITS = 15  # I-LayerNorm's normalised value: |z| <= 2**15 at scale sqrt(C) / 2**15
 
 
@@ -176,13 +177,15 @@ def exp_shift(row_len: int, scale: float, n_max: int = 15, terms: int = 1, limit
     return max(0, min(n_max, (limit // unit).bit_length() - 1))
 
 
-def shift_exp(x_int: Any, scale: float, n: int):
+def shift_exp(x_int: Any, scale: float, n: int, q_max: int | None = None):
     """``e**(x s)`` for ``x <= 0`` with shifts only: ``x*log2(e) ~ x + x>>1 - x>>4``; ``x = q*x0 + r``;
-    ``2**(r s) ~ 1 + r s / 2``; result ``((r - 2 x0) * 2**n) >> (q + 1)`` at scale ``s / 2**n``."""
+    ``2**(r s) ~ 1 + r s / 2``; result ``((r - 2 x0) * 2**n) >> (q + 1)`` at scale ``s / 2**n``. ``x`` is
+    clamped at ``q_max * x0`` (default ``n``, as in the reference); a larger ``q_max`` lets the tail decay to
+    0 even when ``n`` is small."""
     xp = ops(x_int)
     x0 = exp_x0(scale)
     x = x_int + (x_int >> 1) - (x_int >> 4)
-    x = xp.clamp(x, n * x0, None)
+    x = xp.clamp(x, (n if q_max is None else max(n, q_max)) * x0, None)
     q = x // x0  # both <= 0 (x0 < 0): the quotient is >= 0, so floor == truncation
     r = x - q * x0
     exp = ((r - 2 * x0) << n) >> (q + 1)
@@ -198,7 +201,7 @@ def shiftmax(x_int: Any, scale: float, out_bits: int = 8, n: int | None = None):
     if n is None:
         n = exp_shift(int(x_int.shape[-1]), scale, limit=SOFTMAX_SUM)
     x = x_int - xp.rowmax(x_int)
-    exp, _ = shift_exp(x, scale, n)
+    exp, _ = shift_exp(x, scale, n, SOFTMAX_Q_MAX)  # deviation: the tail decays to 0 (n is small, see SOFTMAX_SUM)
     total = xp.clamp(xp.rowsum(exp), 1, INT32_MAX)
     factor = (1 << 30) // total  # exp * factor <= 2**30: the normalisation stays in int32 (deviation: 2**31 - 1)
     out = (exp * factor + (1 << (30 - out_bits))) >> (31 - out_bits)  # deviation: rounded, not floored

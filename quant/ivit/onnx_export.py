@@ -150,7 +150,7 @@ def _softmax(b, m, ins, vals, out):
     xm = b.meta[ins[0]]
     n = IF.exp_shift(int(vals[0].shape[-1]), m.s_in, limit=IF.SOFTMAX_SUM)
     u = b.op("Sub", [b.op("ReduceMax", [x], axes=[-1], keepdims=1), x], Meta("int32", 0, 0, xm.hi - xm.lo))
-    table, _ = IF.shift_exp(-np.arange(xm.hi - xm.lo + 1, dtype=np.int64), m.s_in, n)
+    table, _ = IF.shift_exp(-np.arange(xm.hi - xm.lo + 1, dtype=np.int64), m.s_in, n, IF.SOFTMAX_Q_MAX)
     last = int(np.flatnonzero(table != table[-1])[-1]) + 1 if np.any(table != table[-1]) else 0
     if last < len(table) - 1:  # beyond ``last`` the shift-exponential is constant: clamp there
         u = b.op("Min", [u, b.const(last, "int32")], Meta("int32", 0, 0, last))
