@@ -11,6 +11,7 @@ capped at ``calibration_max`` samples. Preprocessing and splits come from :class
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,12 +110,18 @@ def digits(input_shape: Sequence[int] = (3, 32, 32), seed: int = 0, options: Dat
 
 def random_data(input_shape: Sequence[int], n: int = 64, seed: int = 0, options: DataOptions | None = None) -> DataBundle:
     """Shape-only data (standard normal), for latency work without labels."""
+    from edgekit.limits import check_allocation
+
+    check_allocation(4 * n * math.prod(input_shape), f"--data random:{'x'.join(map(str, input_shape))} ({n} samples)")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *input_shape, generator=g)
     return DataBundle(f"random:{'x'.join(map(str, input_shape))}", *_split(x, None, seed, options), None, tuple(input_shape))
 
 
 def _read_npz(path: Path, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from edgekit.limits import check_npz
+
+    check_npz(path)  # headers only: refused if the arrays would not fit in memory, or if they hold pickles
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f.files:
@@ -199,11 +206,13 @@ def _check_headers(files: Sequence[Path]) -> None:
     """Every file must be an image PIL recognizes (header only, nothing decoded), before any work starts."""
     from PIL import Image, UnidentifiedImageError
 
+    from edgekit.limits import check_image
+
     for f in files:
         try:
-            with Image.open(f):
-                pass
-        except (UnidentifiedImageError, OSError) as exc:
+            with Image.open(f) as im:
+                check_image(f, im.size, len(im.getbands()))  # a decompression bomb is refused from its header
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise UserInputError(f"{f}: not a readable image ({exc})") from None
 
 
