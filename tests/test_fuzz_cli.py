@@ -40,7 +40,14 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
+_PENDING = {  # found by this suite, owned elsewhere: strict, so the mark must go when the fix lands
+    "export-opset-99": "H-export: exporters/options.py hub_options has no upper bound; opset=99 exports opset 18 "
+                       "and records 99 in manifest options",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_PENDING[c])) if c in _PENDING
+                                  else c for c in sorted(BAD)])
 def test_bad_option(case, tmp_path):
     args, needle = BAD[case]
     before = snapshot(tmp_path)
