@@ -91,7 +91,7 @@ class OutputChoice:
     def describe(self) -> str:
         if not self.wrapped:
             return "the model returns a tensor"
-        how = "named by --output" if self.named else "the first tensor"
+        how = "named by --output" if self.named else ("the leaf named logits" if self.path.rsplit(".", 1)[-1] == "logits" else "the first tensor")
         return f"logits = output[{self.path!r}] ({how}) of a {self.kind} with tensors {', '.join(map(repr, self.leaves))}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +100,8 @@ class OutputChoice:
 
 
 def choose(value: Any, output: str | None = None) -> OutputChoice:
-    """The logits leaf of an output value: the one named ``output``, else the first tensor leaf."""
+    """The logits leaf of an output value: the one named ``output``, else the one leaf called ``logits``, else
+    the first tensor leaf."""
     leaves = tensor_leaves(value)
     names = tuple(p for p, _ in leaves)
     if not leaves:
@@ -109,7 +110,8 @@ def choose(value: Any, output: str | None = None) -> OutputChoice:
             "or a tuple / list / dict / dataclass / ModelOutput that holds them"
         )
     if output is None or output == "":
-        path, tensor = leaves[0]
+        called_logits = [(p, t) for p, t in leaves if p.rsplit(".", 1)[-1] == "logits"]
+        path, tensor = called_logits[0] if len(called_logits) == 1 else leaves[0]  # a leaf named logits, else the first
         return OutputChoice(path, kind_of(value), names, tuple(tensor.shape), named=False)
     matches = [(p, t) for p, t in leaves if p == output] or [(p, t) for p, t in leaves if p.rsplit(".", 1)[-1] == output]
     if len(matches) != 1:
@@ -123,7 +125,7 @@ def choose(value: Any, output: str | None = None) -> OutputChoice:
 
 
 def logits(value: Any, path: str | None = None) -> torch.Tensor:
-    """The logits tensor of a model output (``path`` from an :class:`OutputChoice`; default: the first tensor)."""
+    """The logits tensor of a model output (``path`` from an :class:`OutputChoice`; default: as :func:`choose`)."""
     if isinstance(value, torch.Tensor):
         return value
     if path is not None:

@@ -147,11 +147,15 @@ def compress(
     else:
         model_ = _run_stages(model_, recipe, ctx, stage_reports)
         report = _report(loaded, recipe, data, reference, model_, example, before, stage_reports, latency)
-    return CompressResult(model_, report, recipe, _info_after(loaded.info, data), out_path)
+    return CompressResult(model_, report, recipe, report.model_info, out_path)
 
 
-def _info_after(info: ModelInfo, data: DataBundle) -> ModelInfo:
-    return info.replace(input_shape=tuple(data.input_shape), num_classes=data.num_classes or info.num_classes)
+def _info_after(info: ModelInfo, data: DataBundle, stages: list[StageReport]) -> ModelInfo:
+    """The model's record after the run: input shape and classes from the data, how its graph was captured."""
+    captured = [s.report["capture"]["method"] for s in stages
+                if isinstance(s.report.get("capture"), dict) and s.report["capture"].get("method")]
+    return info.replace(input_shape=tuple(data.input_shape), num_classes=data.num_classes or info.num_classes,
+                        capture=captured[0] if captured else info.capture)
 
 
 def _run_stages(model: nn.Module, recipe: Recipe, ctx: StageContext, reports: list[StageReport]) -> nn.Module:
@@ -179,7 +183,7 @@ def _report(loaded: LoadedModel, recipe: Recipe, data: DataBundle, reference: nn
     return CompressReport(
         model=loaded.name, recipe=recipe.name, data=data.name, **figures,
         fidelity=fidelity(reference, model, data.test.x[:n]), stages=stage_reports,
-        latency=cmp, model_info=_info_after(loaded.info, data), notes=_notes(cmp, recipe),
+        latency=cmp, model_info=_info_after(loaded.info, data, stage_reports), notes=_notes(cmp, recipe),
     )
 
 

@@ -112,7 +112,8 @@ def test_tensor_leaves_and_choose():
     t = torch.zeros(2, 10)
     value = {"feats": torch.zeros(2, 4), "out": Out(t, None), "extra": (torch.ones(1), None)}
     assert [p for p, _ in tensor_leaves(value)] == ["feats", "out.logits", "extra.0"]
-    assert choose(value).path == "feats"
+    assert choose(value).path == "out.logits"  # a leaf called logits wins over the first tensor
+    assert choose({"feats": t, "extra": [t]}).path == "feats"  # otherwise the first tensor
     c = choose(value, "logits")
     assert c.path == "out.logits" and c.named and c.shape == (2, 10)
     assert logits(value, "out.logits") is t

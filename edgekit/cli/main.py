@@ -56,6 +56,7 @@ def compress(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow full unpickling of MODEL (runs code from the file)."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed for data splits and training."),
+    output: Optional[str] = typer.Option(None, "--output", help="For a model returning a tuple / dict / ModelOutput: the leaf that holds the logits (default: the first tensor; the report says which)."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="int8: keep the most sensitive layers in float until the top-1 drop (points, validation split) holds (= --set quantize.max_drop=X)."),
     json_: bool = JSON_OPTION,
 ) -> None:
@@ -78,7 +79,7 @@ def compress(
         loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
         out_dir = Path(out) if out else default_out_dir(loaded.name, rec)
         check_writable(out_dir, force)  # refuse a bad --out before loading data or running anything
-        result = do_compress(loaded, rec, data, out=out_dir, force=force, latency=not no_latency, seed=seed)
+        result = do_compress(loaded, rec, data, out=out_dir, force=force, latency=not no_latency, seed=seed, output=output)
         if json_:
             emit_json({**result.report.to_dict(), "out_dir": str(out_dir)})
         else:
