@@ -188,6 +188,7 @@ def _write_onnx(ctx: ExportContext, path: Path, precision: str) -> Path:
         to_onnx_fp16(ctx.model, ctx.example, path, opset=opset, dynamic_batch=dyn, exporter=exporter)
     else:
         to_onnx(ctx.model, ctx.example, path, opset=opset, dynamic_batch=dyn, exporter=exporter)
+        _name_io(path, info)  # a model writing its own graph (OnnxWriter) may name its input otherwise
         if precision == "int8":
             # the graph itself tells whether the model carries fake-quant ops (modules or functional calls)
             if count_qdq(load_checked(path)):
@@ -228,6 +229,7 @@ def _integer_only(ctx: ExportContext, path: Path, precision: str, info: dict[str
     if precision == "fp16":
         raise UserInputError(f"model {ctx.name} is integer-only: it has no fp16 graph; export it at fp32 or int8 (the same integer graph)")
     ctx.model.write_onnx(path, ctx.example, int(info["opset"]))
+    _name_io(path, info)  # the artifact contract: input / output (the profiler feeds `input`)
     model = load_checked(path)
     bad = float_tensors(model)
     info.update(
@@ -272,6 +274,17 @@ def _from_onnx_file(ctx: ExportContext, path: Path, precision: str, info: dict[s
         info["renamed_io"] = renamed
     ctx.extra_manifest.update(info)
     return path
+
+
+def _name_io(path: Path, info: dict[str, Any]) -> None:
+    """Rename the graph's input/output to ``input``/``output`` in place if needed (the artifact contract)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    renamed = _rename_io(model)
+    if renamed:
+        onnx.save(model, str(path))
+        info["renamed_io"] = renamed
 
 
 def _rename_io(model) -> dict[str, str]:

@@ -49,7 +49,9 @@ class OpenVinoRunner:
         self.detail = {"device": self._device}
 
     def _compile(self, shape):
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        # f32: the same precision hint export validated with (edgekit.exporters.runtimes.VALIDATION_RUNTIME, recorded
+        # in the artifact's validation_contract); without it CPUs with bf16 run float layers in bf16
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if self._threads > 0:
             config["INFERENCE_NUM_THREADS"] = self._threads
         if any(d is None for d in self.model_shape):
