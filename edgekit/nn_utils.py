@@ -24,3 +24,8 @@ def train_mode(model: nn.Module) -> nn.Module:
             "this model was loaded from a torch.export program, which cannot be trained; "
             "start from the original model (zoo name or module:factory) to fine-tune"
         ) from exc
+
+
+class FakeQuantized:
+    """Marker base of modules that carry fake quantization (the quantizer's activation and weight modules):
+    exporters check ``isinstance(module, FakeQuantized)`` without importing the quantizer."""

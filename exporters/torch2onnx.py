@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgekit.nn_utils import FakeQuantized
 from edgekit.records import OnnxWriter
 from edgekit.errors import EdgekitError, UserInputError
 
@@ -55,7 +56,7 @@ def fake_quant_layers(model: nn.Module) -> list[str]:
             if node.op == "call_function" and "fake_quantize" in str(node.target):
                 found.append(node.name)
     for name, mod in model.named_modules():
-        if "FakeQuant" in type(mod).__name__ or "fake_quant" in type(mod).__name__.lower():
+        if isinstance(mod, FakeQuantized):
             found.append(name)
     return found
 

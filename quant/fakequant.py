@@ -27,6 +27,7 @@ from torch import nn
 
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 
+from edgekit.nn_utils import FakeQuantized
 from edgekit.quant.config import WEIGHT_INT8, QScheme, qparams
 
 
@@ -91,7 +92,7 @@ class WeightMode(StrEnum):
     INT8 = "int8"
 
 
-class ActFakeQuant(nn.Module):
+class ActFakeQuant(FakeQuantized, nn.Module):
     """Per-tensor activation quantizer; ``mode`` is an :class:`ActMode` (plain strings are converted)."""
 
     def __init__(self, scheme: QScheme, observer=None) -> None:
@@ -145,7 +146,7 @@ class ActFakeQuant(nn.Module):
         return f"mode={self.mode}, scale={self.scale_f:.4g}, zero_point={self.zero_point_i}, range=[{self.scheme.qmin},{self.scheme.qmax}]"
 
 
-class QuantWeight(nn.Module):
+class QuantWeight(FakeQuantized, nn.Module):
     """Base of the int8-weight layers (conv, linear). ``wmode`` is a :class:`WeightMode`: ``float``
     (calibration), ``fake`` (fake-quant, LSQ scales in QAT), ``int8`` (frozen: int8 buffer + per-channel scales)."""
 
