@@ -202,14 +202,20 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def fidelity(reference: nn.Module, model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
-    """Cosine similarity and max abs difference of the outputs (flattened over the batch).
+def fidelity(reference: nn.Module, model: nn.Module, x: torch.Tensor, batch_size: int = 32, n: int | None = None) -> dict[str, float]:
+    """Cosine similarity and max abs difference of the outputs (flattened over the batch) on the first ``n``
+    samples of ``x`` (all by default).
 
-    Runs ``batch_size`` samples at a time, so memory is bounded by the batch (224x224 activations add up)."""
+    ``x`` may be a lazy split (``split.x`` of a streamed split): samples are read ``batch_size`` at a time and
+    only the outputs are kept, so memory is bounded by the batch (224x224 inputs add up)."""
     eval_mode(reference), eval_mode(model)
-    chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-    ya = torch.cat([reference(c) for c in chunks])
-    yb = torch.cat([model(c) for c in chunks])
+    n = len(x) if n is None else min(n, len(x))
+    ya, yb = [], []
+    for i in range(0, n, batch_size):
+        c = x[i : min(i + batch_size, n)]
+        ya.append(reference(c))
+        yb.append(model(c))
+    ya, yb = torch.cat(ya), torch.cat(yb)
     a, b = ya.double().flatten(), yb.double().flatten()
     out = {"cosine": cosine(a, b), "max_abs": float((a - b).abs().max())}
     if ya.dim() == 2:

@@ -182,7 +182,7 @@ def _report(loaded: LoadedModel, recipe: Recipe, data: DataBundle, reference: nn
     figures = {k: BeforeAfter(before[k], after[k]) for k in CompressReport.FIGURES}
     return CompressReport(
         model=loaded.name, recipe=recipe.name, data=data.name, **figures,
-        fidelity=fidelity(reference, model, data.test.x[:n]), stages=stage_reports,
+        fidelity=fidelity(reference, model, data.test.x, n=n), stages=stage_reports,
         latency=cmp, model_info=_info_after(loaded.info, data, stage_reports), notes=_notes(cmp, recipe),
     )
 

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -155,29 +156,43 @@ def layer_input_quantizers(gm: fx.GraphModule) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
-    """Empirical bias correction: ``b += E[W x] - E[Q(W) x]`` per output channel, on the layer's real inputs."""
+    """Empirical bias correction: ``b += E[W x] - E[Q(W) x]`` per output channel, on the layer's real inputs.
+
+    The layer is linear in its weight, so ``W x - Q(W) x = (W - Q(W)) x``: each batch adds its per-channel sum
+    of that difference as it passes, and no layer input is kept (memory bounded by the batch)."""
     layers = weight_layers(gm)
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs[n].append(a[0].detach())) for n, m in layers.items()]
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {n: 0 for n in layers}
+
+    @torch.no_grad()
+    def accumulate(m: QuantWeight, xin: torch.Tensor, name: str) -> None:
+        mode = m.wmode
+        m.wmode = WeightMode.FAKE if mode is WeightMode.FLOAT else mode
+        dw = m.weight - m.qweight()
+        m.wmode = mode
+        if isinstance(m, QuantConv2d):
+            d = F.conv2d(xin, dw, None, m.stride, m.padding, m.dilation, m.groups)
+            part, n = d.sum(dim=(0, 2, 3)), d.shape[0] * d.shape[2] * d.shape[3]
+        else:
+            d = F.linear(xin, dw)
+            part, n = d.reshape(-1, d.shape[-1]).sum(dim=0), d.numel() // d.shape[-1]
+        sums[name] = sums[name] + part if name in sums else part
+        counts[name] += n
+
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: accumulate(mod, a[0].detach(), n)) for n, m in layers.items()]
     try:
-        for i in range(0, len(x), batch_size):
-            gm(x[i : i + batch_size])
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                gm(x[i : i + batch_size])
     finally:
         for h in hooks:
             h.remove()
     shifts = {}
     for name, m in layers.items():
-        xin = torch.cat(inputs[name])
-        mode = m.wmode
-        m.wmode = WeightMode.FLOAT
-        y_f = m(xin)
-        m.wmode = WeightMode.FAKE if mode is WeightMode.FLOAT else mode
-        y_q = m(xin)
-        m.wmode = mode
-        channel = 1 if isinstance(m, QuantConv2d) else y_f.dim() - 1  # conv: NCHW; linear: (..., C)
-        dims = [d for d in range(y_f.dim()) if d != channel]
-        delta = (y_f - y_q).mean(dim=dims)
-        m.bias.data += delta
+        if not counts[name]:
+            continue
+        delta = sums[name] / counts[name]
+        m.bias.data += delta.to(m.bias.dtype)
         shifts[name] = float(delta.abs().max())
     return shifts
 
