@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
+# The main job on the embedded default: int8-compress convnet on the digits, export to ONNX (validated), profile it.
 demo: install
 	$(BIN)/edgekit compress --recipe int8 --force
+	$(BIN)/edgekit export edgekit-out/convnet-int8 --target onnx --force
+	$(BIN)/edgekit profile edgekit-out/convnet-int8-onnx-int8 --device local --budget 3 --force
 
 test: install
 	$(BIN)/python -m pytest -n 2 --timeout 900 -q
