@@ -98,8 +98,10 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def add(self, name: str, obj: T, **meta: Any) -> None:
-        if name in self._items and self._items[name] is not obj:
+    def add(self, name: str, obj: T, *, replace: bool = False, **meta: Any) -> None:
+        """Register ``obj`` under ``name``; a second, different object for a name is an error unless ``replace``
+        (keyed registries of handlers let a user's registration override a built-in one)."""
+        if name in self._items and self._items[name] is not obj and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
         self._meta[name] = dict(meta)
@@ -161,10 +163,10 @@ class KeyedRegistry(Registry[T]):
             accepted = ", ".join(sorted(self._label(k) for k in self._items)) or "(none registered)"
             raise UserInputError(f"no {self.kind} for {self._label(key)}; registered: {accepted}") from None
 
-    def lookup(self, key: Any, default: Any = None) -> Any:
-        """The entry for ``key``; for a type, the entry of its nearest registered base class."""
+    def lookup(self, key: Any, default: Any = None, mro: bool = True) -> Any:
+        """The entry for ``key``; for a type (with ``mro``), the entry of its nearest registered base class."""
         self._fill()
-        if isinstance(key, type):
+        if mro and isinstance(key, type):
             for base in key.__mro__:
                 if base in self._items:
                     return self._items[base]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from edgekit.registry import KeyedRegistry
 from edgekit.prune.labels import LabelSpace, NodeRules
 from edgekit.prune.slots import (
     Depthwise, Grouped, Independent, Labeled, ParamSlot, Same, Side, TypeRegistry, UnsupportedPattern, norm_dim,
@@ -27,7 +28,7 @@ from edgekit.prune.slots import (
 
 aten = torch.ops.aten
 AtenRule = Callable[["AtenRules", fx.Node, Any], Any]
-ATEN_RULES: dict[str, AtenRule] = {}
+ATEN_RULES: KeyedRegistry[AtenRule] = KeyedRegistry("ATen pruning rule")  # keyed by op packet name
 
 
 def register_aten_rule(*ops: Any) -> Callable[[AtenRule], AtenRule]:
@@ -35,7 +36,7 @@ def register_aten_rule(*ops: Any) -> Callable[[AtenRule], AtenRule]:
 
     def decorator(rule: AtenRule) -> AtenRule:
         for op in ops:
-            ATEN_RULES[str(getattr(op, "overloadpacket", op))] = rule
+            ATEN_RULES.add(str(getattr(op, "overloadpacket", op)), rule, replace=True)
         return rule
 
     return decorator
@@ -43,7 +44,9 @@ def register_aten_rule(*ops: Any) -> Callable[[AtenRule], AtenRule]:
 
 def unregister_aten_rule(*ops: Any) -> None:
     for op in ops:
-        ATEN_RULES.pop(str(getattr(op, "overloadpacket", op)), None)
+        key = str(getattr(op, "overloadpacket", op))
+        if key in ATEN_RULES:
+            ATEN_RULES.unregister(key)
 
 
 class ParamRef(Labeled):
@@ -119,7 +122,7 @@ class AtenRules(NodeRules):
             raise UnsupportedPattern(f"{node.op} {node.target}")
         packet = getattr(node.target, "overloadpacket", None)
         key = str(packet) if packet is not None else getattr(node.target, "__name__", str(node.target))
-        rule = ATEN_RULES.get(key)
+        rule = ATEN_RULES.lookup(key)
         if rule is None:
             if shapes is None or not _has_tensor(shapes):
                 return None  # symbolic shape arithmetic, asserts

@@ -23,11 +23,12 @@ from torch import nn
 
 from edgekit.ops.convbn import ConvBN
 from edgekit.ops.transformer import Attention
+from edgekit.registry import KeyedRegistry
 from edgekit.prune.slots import Coupling, Depthwise, Grouped, Independent, Same, Side
 
 Get = Callable[[torch.Tensor], torch.Tensor]
 
-_HANDLERS: dict[type, "Handler"] = {}
+HANDLERS: KeyedRegistry["Handler"] = KeyedRegistry("pruning handler")  # by layer type, found along the MRO
 
 
 def register_handler(*layer_types: type) -> Callable:
@@ -36,23 +37,18 @@ def register_handler(*layer_types: type) -> Callable:
     def decorator(cls):
         inst = cls() if isinstance(cls, type) else cls
         for t in layer_types:
-            _HANDLERS[t] = inst
+            HANDLERS.add(t, inst, replace=True)  # a user's handler may replace a built-in one
         return cls
 
     return decorator
 
 
 def find_handler(layer_type: type) -> "Handler | None":
-    for t in layer_type.__mro__:
-        if t in _HANDLERS:
-            return _HANDLERS[t]
-        if t is nn.Module:
-            break
-    return None
+    return HANDLERS.lookup(layer_type)
 
 
 def handled_types() -> list[str]:
-    return sorted(t.__name__ for t in _HANDLERS)
+    return HANDLERS.names()
 
 
 def _keep(n: int, idx: Sequence[int]) -> torch.Tensor:

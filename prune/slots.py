@@ -13,6 +13,8 @@ from typing import Callable, Generic, NamedTuple, TypeVar, Union
 
 import numpy as np
 
+from edgekit.registry import KeyedRegistry
+
 BLOCK = 0  # the union-find class of frozen (never pruned) labels
 
 
@@ -191,26 +193,28 @@ class Labeled:
 T = TypeVar("T")
 
 
-class TypeRegistry(Generic[T]):
-    """Functions keyed by module type, found along the MRO (a subclass uses its base's entry)."""
+class TypeRegistry(KeyedRegistry[T]):
+    """Functions keyed by module type, found along the MRO (a subclass uses its base's entry): edgekit's one
+    registry mechanism (:class:`edgekit.registry.KeyedRegistry`) with a ``register(*types)`` decorator."""
 
-    def __init__(self) -> None:
-        self._items: dict[type, T] = {}
+    def __init__(self, kind: str = "module-type entry") -> None:
+        super().__init__(kind)
 
-    def register(self, *types: type) -> Callable[[T], T]:
+    def register(self, *types: type) -> Callable[[T], T]:  # type: ignore[override]
         def decorator(fn: T) -> T:
             for t in types:
-                self._items[t] = fn
+                self.add(t, fn, replace=True)
             return fn
 
         return decorator
 
-    def unregister(self, *types: type) -> None:
+    def unregister(self, *types: type) -> None:  # type: ignore[override]
         for t in types:
-            self._items.pop(t, None)
+            if t in self._items:
+                super().unregister(t)
 
     def find(self, t: type) -> T | None:
-        return next((self._items[b] for b in t.__mro__ if b in self._items), None)
+        return self.lookup(t)
 
 
 def norm_dim(d: int, ndim: int) -> int:

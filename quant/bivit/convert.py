@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from edgekit.registry import KeyedRegistry
 from edgekit.errors import UserInputError
 from edgekit.ops.transformer import Attention, Mlp
 from edgekit.quant.bivit.modules import BinaryLinear, BinaryMatMul, BinarySoftmax, binary_modules
@@ -65,24 +66,21 @@ class BinarizeOptions:
 
 Keep = Callable[[str], bool]
 Converter = Callable[[nn.Module, str, BinarizeOptions, Keep], nn.Module]
-_CONVERTERS: dict[type, Converter] = {}
+CONVERTERS: KeyedRegistry[Converter] = KeyedRegistry("BiViT converter")  # by module type, along the MRO
 
 
 def register_converter(module_type: type) -> Callable[[Converter], Converter]:
     """Register ``fn(module, name, options, keep) -> new_module`` for ``module_type`` (returns fn unchanged)."""
 
     def decorator(fn: Converter) -> Converter:
-        _CONVERTERS[module_type] = fn
+        CONVERTERS.add(module_type, fn, replace=True)
         return fn
 
     return decorator
 
 
 def converter_for(module: nn.Module) -> Converter | None:
-    for cls in type(module).__mro__:
-        if cls in _CONVERTERS:
-            return _CONVERTERS[cls]
-    return None
+    return CONVERTERS.lookup(type(module))
 
 
 def has_block_converter(model: nn.Module) -> bool:
@@ -160,7 +158,7 @@ def convert(model: nn.Module, options: BinarizeOptions | None = None) -> tuple[n
     mods = binary_modules(new)
     linears = [(n, m) for n, m in mods if isinstance(m, BinaryLinear)]
     if not linears:
-        types = ", ".join(sorted(t.__name__ for t in _CONVERTERS))
+        types = ", ".join(CONVERTERS.names())
         raise UserInputError(
             f"bivit: model {type(model).__name__} has no layer to binarize (registered types: {types}; "
             f"keep_fp patterns {list(patterns)} exclude the rest)"

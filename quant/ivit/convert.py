@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from edgekit.registry import KeyedRegistry
 from edgekit.errors import UserInputError
 from edgekit.ops.transformer import Softmax
 from edgekit.quant.ivit import modules as M
@@ -55,9 +56,9 @@ class V:
 # ------------------------------------------------------------------------------------------- registries
 
 Handler = Callable[["Converter", fx.Node, Any], Any]
-MODULE_HANDLERS: dict[type, Handler] = {}
-FUNCTION_HANDLERS: dict[Any, Handler] = {}
-METHOD_HANDLERS: dict[str, Handler] = {}
+MODULE_HANDLERS: KeyedRegistry[Handler] = KeyedRegistry("I-ViT module converter")  # by type, along the MRO
+FUNCTION_HANDLERS: KeyedRegistry[Handler] = KeyedRegistry("I-ViT function converter")
+METHOD_HANDLERS: KeyedRegistry[Handler] = KeyedRegistry("I-ViT method converter")
 
 
 def register_module(*types: type):
@@ -65,7 +66,7 @@ def register_module(*types: type):
 
     def deco(fn: Handler) -> Handler:
         for t in types:
-            MODULE_HANDLERS[t] = fn
+            MODULE_HANDLERS.add(t, fn, replace=True)
         return fn
 
     return deco
@@ -74,7 +75,7 @@ def register_module(*types: type):
 def register_function(*fns: Any):
     def deco(fn: Handler) -> Handler:
         for f in fns:
-            FUNCTION_HANDLERS[f] = fn
+            FUNCTION_HANDLERS.add(f, fn, replace=True)
         return fn
 
     return deco
@@ -83,17 +84,14 @@ def register_function(*fns: Any):
 def register_method(*names: str):
     def deco(fn: Handler) -> Handler:
         for n in names:
-            METHOD_HANDLERS[n] = fn
+            METHOD_HANDLERS.add(n, fn, replace=True)
         return fn
 
     return deco
 
 
 def module_handler(module: nn.Module) -> Handler | None:
-    for t in type(module).__mro__:
-        if t in MODULE_HANDLERS:
-            return MODULE_HANDLERS[t]
-    return None
+    return MODULE_HANDLERS.lookup(type(module))
 
 
 class _Tracer(fx.Tracer):
@@ -319,15 +317,15 @@ def convert(model: nn.Module, calib: torch.Tensor, batch_size: int = 64, max_bat
                 handler = module_handler(mod)
                 what = f"module {node.target} of type {type(mod).__name__}"
             elif node.op == "call_function":
-                handler = FUNCTION_HANDLERS.get(node.target)
+                handler = FUNCTION_HANDLERS.lookup(node.target)
                 what = f"function {getattr(node.target, '__name__', node.target)}"
             else:
-                handler = METHOD_HANDLERS.get(node.target)
+                handler = METHOD_HANDLERS.lookup(node.target)
                 what = f"method .{node.target}()"
             if handler is None:
                 raise UserInputError(
                     f"I-ViT: no integer form for {what} (node {node.name}); supported modules: "
-                    f"{', '.join(sorted(t.__name__ for t in MODULE_HANDLERS))}; register one with "
+                    f"{', '.join(MODULE_HANDLERS.names())}; register one with "
                     "edgekit.quant.ivit.convert.register_module"
                 )
             cv.env[node.name] = handler(cv, node, mod)

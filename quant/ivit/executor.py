@@ -16,11 +16,17 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from edgekit.registry import KeyedRegistry
 from edgekit.errors import UserInputError
 from edgekit.quant.ivit import modules as M
 
-NUMPY_FUNCTIONS: dict[Any, Callable[..., Any]] = {}
-NUMPY_METHODS: dict[str, Callable[..., Any]] = {}
+NUMPY_FUNCTIONS: KeyedRegistry[Callable[..., Any]] = KeyedRegistry("integer executor function")
+NUMPY_METHODS: KeyedRegistry[Callable[..., Any]] = KeyedRegistry("integer executor method")
+
+
+def _add_all(registry: KeyedRegistry, table: dict) -> None:
+    for key, fn in table.items():
+        registry.add(key, fn, replace=True)
 
 
 def _dims(args: tuple) -> tuple:
@@ -49,7 +55,7 @@ def _split(x, size, dim=0):
     return tuple(np.split(x, np.cumsum(size)[:-1], axis=dim))
 
 
-NUMPY_METHODS.update({
+_add_all(NUMPY_METHODS, {
     "reshape": lambda x, *s: x.reshape(_dims(s)),
     "view": lambda x, *s: x.reshape(_dims(s)),
     "permute": lambda x, *d: np.transpose(x, _dims(d)),
@@ -68,7 +74,7 @@ NUMPY_METHODS.update({
     "size": lambda x, d=None: x.shape if d is None else x.shape[d],
     "dim": lambda x: x.ndim,
 })
-NUMPY_FUNCTIONS.update({
+_add_all(NUMPY_FUNCTIONS, {
     operator.getitem: operator.getitem,
     operator.floordiv: operator.floordiv,
     operator.sub: operator.sub,
@@ -132,14 +138,14 @@ def run(model: fx.GraphModule, x: torch.Tensor | np.ndarray, record: bool = Fals
         elif node.op == "call_module":
             value = run_module(mods[node.target], list(load(node.args)))
         elif node.op == "call_function":
-            fn = NUMPY_FUNCTIONS.get(node.target)
+            fn = NUMPY_FUNCTIONS.lookup(node.target)
             if fn is None and node.target.__module__ in ("_operator", "math") and not _has_array(load(node.args)):
                 fn = node.target  # Python arithmetic on sizes
             if fn is None:
                 raise UserInputError(f"integer executor: no numpy form for {node.format_node()}")
             value = fn(*load(node.args), **load(node.kwargs))
         elif node.op == "call_method":
-            fn = NUMPY_METHODS.get(node.target)
+            fn = NUMPY_METHODS.lookup(node.target)
             if fn is None:
                 raise UserInputError(f"integer executor: no numpy form for method .{node.target}()")
             value = fn(*load(node.args), **load(node.kwargs))

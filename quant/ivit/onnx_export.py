@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from edgekit.registry import KeyedRegistry
 from edgekit.backends import require
 from edgekit.errors import UserInputError
 from edgekit.quant.ivit import executor
@@ -38,13 +39,13 @@ OPSET = 17
 # --------------------------------------------------------------------------------- module lowerings
 
 Lowering = Callable[[Builder, nn.Module, list[Any], list[Any], Any], str]
-LOWERINGS: dict[type, Lowering] = {}
+LOWERINGS: KeyedRegistry[Lowering] = KeyedRegistry("I-ViT ONNX lowering")  # by exact module type
 
 
 def lowering(*types: type):
     def deco(fn: Lowering) -> Lowering:
         for t in types:
-            LOWERINGS[t] = fn
+            LOWERINGS.add(t, fn, replace=True)
         return fn
 
     return deco
@@ -360,7 +361,7 @@ def build(model: fx.GraphModule, example: torch.Tensor, opset: int = OPSET):
             names[node.name] = node.name
         elif node.op == "call_module":
             mod = mods[node.target]
-            fn = LOWERINGS.get(type(mod))
+            fn = LOWERINGS.lookup(type(mod), mro=False)
             if fn is None:
                 raise UserInputError(f"I-ViT ONNX export: no lowering for {type(mod).__name__} ({node.target})")
             names[node.name] = fn(b, mod, list(nm(node.args)), vals, out)
