@@ -21,10 +21,10 @@ demo: install
 	$(BIN)/edgekit profile edgekit-out/convnet-int8-onnx-int8 --device local --budget 3 --force
 
 test: install
-	$(BIN)/python -m pytest -n 2 --timeout 900 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout 900 -q
 
 test-fast: install
-	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 docs: install
 	$(BIN)/python -m edgekit.docgen

@@ -1,7 +1,7 @@
 """Progress on stderr for anything that takes more than a second, on a terminal and in logs alike.
 
 - On a terminal: rich progress bars (nested tasks share one display).
-- Otherwise (CI logs, ``| tee``, ``| cat``): plain lines, one when a top-level task starts and ends, and while
+- Otherwise (CI logs, ``| tee``, ``| cat``): plain lines, one when a command or one of its stages starts and ends, and while
   anything runs at most one every ``EDGEKIT_PROGRESS_INTERVAL`` seconds (default 10) naming the innermost task
   with step/total, elapsed time and ETA. A background heartbeat writes those lines, so a long call that reports
   no steps (an export, a compile) still shows that it is alive.
@@ -100,12 +100,15 @@ class LineReporter:
             parts.append(f"elapsed {fmt_seconds(elapsed)}")
         return ": ".join(parts)
 
+    line_depth = 1  # tasks this deep get start/end lines; 2 under a whole-command task (wrapped): its stages
+
     def start(self, description: str, total: float | None) -> _Task:
         with self.lock:
             t = _Task(description, total, self.clock())
             self.stack.append(t)
-            if len(self.stack) == 1:
-                self._write(f"{description}: started" + (f" ({total:g} steps)" if total else ""))
+            if len(self.stack) <= self.line_depth:  # the command and its stages: one line each
+                path = " > ".join(x.description for x in self.stack)
+                self._write(f"{path}: started" + (f" ({total:g} steps)" if total else ""))
             return t
 
     def advance(self, t: _Task, n: float = 1) -> None:
@@ -115,11 +118,13 @@ class LineReporter:
     def end(self, t: _Task) -> None:
         with self.lock:
             took = self.clock() - t.started
+            depth = self.stack.index(t) + 1 if t in self.stack else 1
+            path = " > ".join(x.description for x in self.stack[:depth])
             if t in self.stack:
                 self.stack.remove(t)
-            if not self.stack or took >= self.interval:  # inner tasks: only the ones long enough to matter
+            if depth <= self.line_depth or took >= self.interval:  # deeper tasks: only the ones long enough to matter
                 steps = f", {t.done:g} steps" if t.done else ""
-                self._write(f"{t.description}: done in {fmt_seconds(took)}{steps}")
+                self._write(f"{path if depth <= self.line_depth else t.description}: done in {fmt_seconds(took)}{steps}")
 
     def tick(self) -> bool:
         """Write the status line if ``interval`` has passed since the last line; True if one was written."""
@@ -213,6 +218,8 @@ def wrapped(description: str, fn: Callable[[], T]) -> Callable[[], T]:
         if mode() != "plain":
             return fn()
         with task(description):
+            if _reporter is not None:
+                _reporter.line_depth = 2  # the command's own stages get their start/end lines
             return fn()
 
     return call

@@ -112,7 +112,8 @@ def test_every_shipped_recipe_is_in_the_matrix():
     assert shipped == set(RECIPES), f"add the new recipe(s) to RECIPES: {sorted(shipped ^ set(RECIPES))}"
 
 
-@pytest.mark.parametrize("recipe,target", [(r, t) for r in RECIPES for t in TARGETS], ids=lambda v: str(v))
+@pytest.mark.parametrize("recipe,target", [pytest.param(r, t, marks=pytest.mark.xdist_group(f"compose-{r}"))
+                                           for r in RECIPES for t in TARGETS], ids=lambda v: str(v))
 def test_cell(recipe, target, compressed, tmp_path):
     rec = run_cell(compressed(recipe), target, tmp_path / "art", options=TARGET_OPTIONS.get(target))
     if LOG:

@@ -122,5 +122,5 @@ def test_readme_command_blocks_run(tmp_path):
 @pytest.mark.slow
 def test_getting_started_command_blocks_run(tmp_path, sshd):  # noqa: F811 - the fixture imported above
     env = {"BOARD_HOST": "127.0.0.1", "BOARD_PORT": str(sshd.port), "BOARD_USER": sshd.user, "BOARD_KEY": str(sshd.key),
-           "BOARD_KNOWN_HOSTS": str(sshd.known_hosts)}
+           "BOARD_KNOWN_HOSTS": str(sshd.known_hosts), "BOARD_PYTHON": sys.executable}  # the loopback board's python
     run_blocks(ROOT / "docs" / "getting-started.md", tmp_path, env)

@@ -24,7 +24,8 @@ from edgekit.devices.spec import get_device
 from tests.device_artifacts import make_onnx_artifact
 
 REASON = unavailable_reason("aarch64", need_rootfs=True)
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"emulated boards unavailable: {REASON}")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("farm"),  # one worker builds the boards once
+              pytest.mark.skipif(REASON is not None, reason=f"emulated boards unavailable: {REASON}")]
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw")
 RUN = dict(warmup_s=0.2, warmup_runs=2, min_runs=10, threads=1, target_rel_ci=0.0, timeout_s=400.0)
 TOL = 0.05  # energy per inference vs the power model's ground truth
