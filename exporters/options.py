@@ -21,6 +21,7 @@ class Option:
     type: type = str
     choices: tuple[Any, ...] = ()
     minimum: int | None = None
+    maximum: int | None = None
     nullable: bool = False  # None (the default of the runtime) is accepted
     check: Callable[[Any], bool] | None = None  # an extra rule, described in ``help``
     help: str = ""
@@ -31,6 +32,8 @@ class Option:
     def accepted(self) -> str:
         if self.choices:
             return ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"an integer from {self.minimum} to {self.maximum}"
         if self.minimum is not None:
             return f"an integer >= {self.minimum}"
         if self.type is bool:
@@ -46,7 +49,7 @@ class Option:
             ok = any(value == c and type(value) is type(c) for c in self.choices)
         else:
             ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
-            ok = ok and (self.minimum is None or value >= self.minimum)
+            ok = ok and (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
         if ok and self.check is not None:
             ok = bool(self.check(value))
         if not ok:
@@ -79,10 +82,13 @@ def parse_options(target: str, declared: Mapping[str, Option], given: Mapping[st
     return {k: (opt.parse(target, k, given[k]) if k in given else opt.default) for k, opt in declared.items()}
 
 
+MAX_OPSET = 23  # the newest opset torch 2.13's exporter writes as asked (17..23 checked); beyond it, it wrote 18
+
+
 def hub_options(opset: int) -> dict[str, Option]:
     """The options of every target that converts from the hub ONNX graph (exporters/onnx.py)."""
     return {
-        "opset": Option(opset, int, minimum=17, help="ONNX opset (>= 17)"),
+        "opset": Option(opset, int, minimum=17, maximum=MAX_OPSET, help=f"ONNX opset (17 to {MAX_OPSET})"),
         "dynamic_batch": Option(False, bool),
         "cleanup": Option(True, bool, help="onnxslim graph cleanup"),
         "exporter": Option("auto", str, choices=("auto", "torchscript", "dynamo")),

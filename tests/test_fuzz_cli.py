@@ -40,10 +40,7 @@ BAD = {
 }
 
 
-_PENDING = {  # found by this suite, owned elsewhere: strict, so the mark must go when the fix lands
-    "export-opset-99": "H-export: exporters/options.py hub_options has no upper bound; opset=99 exports opset 18 "
-                       "and records 99 in manifest options",
-}
+_PENDING: dict[str, str] = {}  # found by this suite, owned elsewhere: strict xfail, so the mark goes when the fix lands
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_PENDING[c])) if c in _PENDING
