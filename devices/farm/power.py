@@ -163,8 +163,15 @@ def read_trace(trace: str | Path) -> list[tuple[float, int]]:
     return out
 
 
+TRACE_SLACK_S = 0.02  # two trace periods: a window edge read just past the last line (the writer lags a period)
+
+
 def _cpu_ns_at(points: list[tuple[float, int]], t: float) -> float:
     ts = [p[0] for p in points]
+    if points and ts[-1] < t <= ts[-1] + TRACE_SLACK_S:
+        return float(points[-1][1])  # at most 20 ms of CPU time unseen: < 1% of the >= 2 s windows the tests use
+    if points and ts[0] - TRACE_SLACK_S <= t < ts[0]:
+        return float(points[0][1])
     if not points or t < ts[0] or t > ts[-1]:
         raise ValueError(f"time {t:.3f} is outside the power trace ({ts[0] if ts else '-'} .. "
                          f"{ts[-1] if ts else '-'})")
