@@ -190,7 +190,6 @@ class CompressReport(Record):
         raise KeyError(f"no stage {name!r} in this report; stages: {', '.join(s.name for s in self.stages)}")
 
 
-RECORDS: tuple[type[Record], ...] = (ModelInfo, StageReport, CompressReport)
 
 
 @dataclass
