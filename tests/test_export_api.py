@@ -60,7 +60,7 @@ def _qdq_ops(path):
         ({"target": "onnx", "precision": "int4"}, "does not support precision 'int4'"),
         ({"target": "tvm", "precision": "bf16"}, "does not support precision 'bf16'"),
         ({"target": "onnx", "bogus": 1}, "unknown option"),
-        ({"target": "onnx", "opset": 13}, "opset=13; accepted: an integer >= 17"),
+        ({"target": "onnx", "opset": 13}, "opset=13; accepted: an integer from 17 to 23"),
         ({"target": "tvm", "device": "riscv"}, "device='riscv'; accepted: host, aarch64, cuda"),
     ],
 )
