@@ -155,11 +155,13 @@ def layer_input_quantizers(gm: fx.GraphModule) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
+def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
+                 reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Empirical bias correction: ``b += E[W x] - E[Q(W) x]`` per output channel, on the layer's real inputs.
 
     The layer is linear in its weight, so ``W x - Q(W) x = (W - Q(W)) x``: each batch adds its per-channel sum
-    of that difference as it passes, and no layer input is kept (memory bounded by the batch)."""
+    of that difference as it passes, and no layer input is kept (memory bounded by the batch). ``reference``
+    gives the float ``W`` of layers whose module weight was already rounded (AdaRound)."""
     layers = weight_layers(gm)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {n: 0 for n in layers}
@@ -168,7 +170,7 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> d
     def accumulate(m: QuantWeight, xin: torch.Tensor, name: str) -> None:
         mode = m.wmode
         m.wmode = WeightMode.FAKE if mode is WeightMode.FLOAT else mode
-        dw = m.weight - m.qweight()
+        dw = (reference[name] if reference and name in reference else m.weight) - m.qweight()
         m.wmode = mode
         if isinstance(m, QuantConv2d):
             d = F.conv2d(xin, dw, None, m.stride, m.padding, m.dilation, m.groups)
@@ -239,15 +241,16 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
 
         for layer in weight_layers(gm).values():
             layer.scheme = weight_scheme(opts.weight_bits)
-    if opts.rounding == "adaround":
+    calibrate(gm, calib, batch)
+    float_weights = None
+    if opts.rounding == "adaround":  # after calibration: each layer learns its rounding on quantized inputs
         from edgekit.quant.adaround import AdaRoundOptions, adaround_layers
 
-        report["adaround"] = adaround_layers(gm, weight_layers(gm), calib, opts.weight_bits,
-                                             AdaRoundOptions(iters=opts.adaround_iters), batch_size=batch)
-    calibrate(gm, calib, batch)
+        report["adaround"], float_weights = adaround_layers(gm, weight_layers(gm), calib, opts.weight_bits,
+                                                            AdaRoundOptions(iters=opts.adaround_iters), batch_size=batch)
     set_weight_mode(gm, WeightMode.FAKE)
     if opts.bias_correction:
-        shifts = bias_correct(gm, calib, batch)
+        shifts = bias_correct(gm, calib, batch, reference=float_weights)
         report["bias_correction_max_shift"] = max(shifts.values(), default=0.0)
     if do_freeze:
         freeze(gm)

@@ -1,8 +1,11 @@
-"""AdaRound (Nagel et al., ICML'20): learned rounding beats nearest on the layer's own objective."""
+"""AdaRound (Nagel et al., ICML'20): learned rounding beats nearest on the layer's own objective, on held-out
+inputs of a real layer too; inside PTQ it sees quantized inputs and bias correction measures against the float
+weights."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgekit.quant.adaround import AdaRoundOptions, _h, _init_v, adaround, adaround_model, channel_scale
@@ -25,6 +28,30 @@ def test_adaround_beats_nearest_on_a_linear_layer_at_4_bits():
     assert ((q - torch.floor(lin.weight / scale)).abs() <= 1).all()  # only up or down, never further
     assert stats["mse_adaround"] < 0.8 * stats["mse_nearest"], stats
     assert 0 < stats["flipped"] < 0.5 and not torch.equal(q, nearest)
+
+
+def test_adaround_reduces_the_reconstruction_error_of_a_real_layer_on_held_out_inputs(digits):
+    """The zoo convnet's third conv (BN folded, as the quantizer sees it), its real digits inputs, 4-bit grid:
+    the learned rounding's error after the ReLU, measured here on inputs it was not trained on, is below
+    nearest's."""
+    from edgekit import models
+    from edgekit.quant.adaround import _capture
+    from edgekit.quant.ptq import trace
+
+    gm, _ = trace(models.create("convnet").eval(), digits.calib.x[:1])
+    conv = dict(gm.named_modules())["features.2.0"]
+    assert isinstance(conv, nn.Conv2d)
+    x = _capture(gm, conv, digits.calib.x[:160], 32)
+    fn = lambda inp, w: F.conv2d(inp, w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # noqa: E731
+    scale = channel_scale(conv.weight, 7)
+    q, stats = adaround(fn, conv.weight, scale, -7, 7, x[:96], AdaRoundOptions(iters=200, seed=0), act=F.relu)
+    held = x[96:]
+    with torch.no_grad():
+        target = F.relu(fn(held, conv.weight))
+        err = lambda w: F.mse_loss(F.relu(fn(held, w)), target).item()  # noqa: E731
+        e_ada, e_near = err(scale * q), err(scale * torch.clamp(torch.round(conv.weight / scale), -7, 7))
+    assert e_ada < 0.8 * e_near, (e_ada, e_near, stats)
+    assert torch.allclose(channel_scale(scale * q, 7), scale)  # the channel maxima stay on +-7: same grid
 
 
 def test_adaround_model_puts_weights_on_the_grid_the_quantizer_uses():
@@ -57,5 +84,14 @@ def test_ptq_with_adaround_and_4bit_weights(digits):
     assert rep["adaround"]["bits"] == 4 and set(layers) == set(rep["quantized_layers"])
     assert all(r["mse_adaround"] <= r["mse_nearest"] * 1.0001 for r in layers.values())
     assert "4-bit grid" in rep["weights"] and "adaround" in rep["weights"]
-    frozen = [m for m in graph_of(q).modules() if isinstance(m, QuantWeight)]
-    assert frozen and all(int(m.weight_int8.abs().max()) <= 7 for m in frozen)
+    assert rep["adaround"]["inputs"].startswith("preceding layers rounded")
+    assert all(r["loss_after"] == "relu" for n, r in layers.items() if n.startswith("features"))
+    # bias correction after AdaRound measures against the float weights (the module weight is already rounded)
+    assert rep["bias_correction_max_shift"] > 1e-4
+    frozen = {n: m for n, m in graph_of(q).named_modules() if isinstance(m, QuantWeight)}
+    assert frozen and all(int(m.weight_int8.abs().max()) <= 7 for m in frozen.values())
+    # the frozen int8 weights are the rounding AdaRound learned (nearest rounding with flips where it chose)
+    plain, _ = quantize_ptq(model, digits.calib.x[:64], digits.calib.x[:1], opts.model_copy(update={"rounding": "nearest"}))
+    near = {n: m for n, m in graph_of(plain).named_modules() if isinstance(m, QuantWeight)}
+    flips = [float((frozen[n].weight_int8 != near[n].weight_int8).float().mean()) for n in frozen]
+    assert all(abs(f - layers[n]["flipped"]) < 1e-6 for n, f in zip(frozen, flips)), (flips, layers)
