@@ -315,6 +315,11 @@ def load_data(spec: Any = None, input_shape: Sequence[int] | None = (3, 32, 32),
         return digits(input_shape or (3, 32, 32), seed, opts)
     if not isinstance(spec, (str, Path)):
         return spec if isinstance(spec, DataBundle) else from_sources(spec, input_shape, seed, opts)
+    from edgekit.tasks.detection_data import detection_data  # detection: digits-det, COCO folders (issue 19)
+
+    found = detection_data(spec, input_shape, seed, opts)
+    if found is not None:
+        return found
     spec = str(spec)
     if spec.startswith("random:"):
         return random_data(parse_shape(spec.split(":", 1)[1], "--data random:"), seed=seed, options=opts)
@@ -328,8 +333,9 @@ def load_data(spec: Any = None, input_shape: Sequence[int] | None = (3, 32, 32),
     if ":" in spec and not path.suffix:
         return from_sources(spec, input_shape, seed, opts)
     raise UserInputError(
-        f"--data {spec!r}: accepted: 'digits' (built-in), 'random:CxHxW', a .npz file (x, y), a folder of class "
-        "folders, or module:factory returning a Dataset / DataLoader"
+        f"--data {spec!r}: accepted: 'digits' (built-in), 'digits-det' (built-in detection), 'random:CxHxW', a .npz "
+        "file (x, y), a folder of class folders, a COCO folder (annotations.json + images), or module:factory "
+        "returning a Dataset / DataLoader"
     )
 
 

@@ -202,7 +202,7 @@ def _load_weights(path: Path, arch: str | None, trust_pickle: bool) -> LoadedMod
     if not isinstance(obj, dict):
         raise UserInputError(f"{path}: holds a {type(obj).__name__}; expected a state dict or an nn.Module")
     if arch is None:
-        raise UserInputError(f"{path}: a state dict needs --arch ZOO_NAME; zoo models: {', '.join(models.names())}")
+        raise UserInputError(f"{path}: a state dict needs --arch ZOO_NAME; zoo models: {', '.join(models.names(task=None))}")
     model = models.create(arch, pretrained=False)
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     try:
@@ -231,10 +231,10 @@ def load_model(spec: str | None = None, arch: str | None = None, trust_pickle: b
         return _load_weights(path, arch, trust_pickle)
     if ":" in spec:
         return _load_factory(spec)
-    if spec in models.names():
+    if spec in models.names(task=None):
         model = models.create(spec, pretrained=True)
         return _loaded(model, spec, models.info(spec).input_shape(), f"zoo:{spec}")
     raise UserInputError(
         f"model {spec!r}: not a zoo model, a module:factory, a .pt2/.pt file or an edgekit output directory; "
-        f"zoo models: {', '.join(models.names())}"
+        f"zoo models: {', '.join(models.names(task=None))}"
     )

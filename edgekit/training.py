@@ -65,8 +65,14 @@ def train(
     ``teacher`` + ``distill_weight`` add a KL distillation term; ``step_hook(model, step)`` runs after every
     optimizer step (mask updates, schedules). Light augmentation (random shifts) on the train split.
     """
-    if data.train.y is None:
+    from edgekit.tasks import task_of
+
+    data_task = task_of(data)  # detection: its own loss on (outputs, target dicts), no shift augmentation
+    classify = data_task.name == "classification"
+    if data.train.y is None and classify:
         raise UserInputError(f"training needs labeled data; {data.name} has no labels")
+    if not classify and teacher is not None and distill_weight > 0:
+        raise UserInputError(f"distillation is defined for classifiers; {data.name} is {data_task.name} data")
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -83,9 +89,12 @@ def train(
             train_mode(model)
             running = 0.0
             for xb, yb in data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
-                xb = _shift(xb, seed * 7919 + step)
-                out = logits(model(xb))
-                loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+                if not classify:
+                    loss = data_task.loss(model(xb), yb, xb)
+                else:
+                    xb = _shift(xb, seed * 7919 + step)
+                    out = logits(model(xb))
+                    loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
                 if teacher is not None and distill_weight > 0:
                     with torch.no_grad():
                         t_logits = logits(teacher(xb))

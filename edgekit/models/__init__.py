@@ -32,9 +32,11 @@ class ZooEntry:
     description: str = ""
     family: str = "cnn"  # cnn | vit | hybrid
     train: dict[str, Any] = field(default_factory=dict)  # epochs, lr, ... for `edgekit zoo train`
+    task: str = "classification"  # an edgekit.tasks name: what the outputs mean (detection: edgekit.tasks.detection)
+    sizes: dict[str, tuple[int, int, int]] | None = None  # input shape per size when not SIZES' (detectors)
 
     def input_shape(self, size: str = "digits") -> tuple[int, int, int]:
-        return SIZES[size]
+        return (self.sizes or SIZES)[size]
 
     @property
     def checkpoint(self) -> Path:
@@ -44,18 +46,20 @@ class ZooEntry:
 MODELS: Registry[ZooEntry] = Registry("zoo model", lazy=[("edgekit.models", "[!_]*")])  # one module per family
 
 
-def register_model(name: str, description: str = "", family: str = "cnn", **train: Any):
+def register_model(name: str, description: str = "", family: str = "cnn", task: str = "classification",
+                   sizes: dict[str, tuple[int, int, int]] | None = None, **train: Any):
     """Register ``factory(size="digits"|"224", num_classes=10) -> nn.Module`` as zoo model ``name``."""
 
     def decorator(factory):
-        MODELS.add(name, ZooEntry(name, factory, description, family, dict(train)))
+        MODELS.add(name, ZooEntry(name, factory, description, family, dict(train), task, sizes))
         return factory
 
     return decorator
 
 
-def names(pattern: str = "*") -> list[str]:
-    return MODELS.names(pattern)
+def names(pattern: str = "*", task: str | None = "classification") -> list[str]:
+    """Zoo model names of ``task`` (default: the classifiers, which every top-1 consumer expects; None: all)."""
+    return [n for n in MODELS.names(pattern) if task is None or MODELS.get(n).task == task]
 
 
 def info(name: str) -> ZooEntry:
@@ -87,11 +91,16 @@ def load(name: str, pretrained: bool = True, size: str = "digits", num_classes: 
     from edgekit.records import ModelInfo
 
     model = create(name, pretrained=pretrained, size=size, num_classes=num_classes)
-    return LoadedModel(model, ModelInfo(name=name, input_shape=SIZES[size], num_classes=num_classes, source=f"zoo:{name}"))
+    shape = info(name).input_shape(size)
+    return LoadedModel(model, ModelInfo(name=name, input_shape=shape, num_classes=num_classes, source=f"zoo:{name}"))
 
 
 def train_zoo(name: str, epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Train zoo model ``name`` on the built-in data and write its shipped checkpoint (see ``_train``)."""
+    if info(name).task == "detection":
+        from edgekit.models.detector_train import train_detector
+
+        return train_detector(name, epochs=epochs, seed=seed)
     from edgekit.models._train import train_zoo as _train_zoo
 
     return _train_zoo(name, epochs=epochs, seed=seed)
