@@ -28,7 +28,7 @@ from edgekit.errors import UserInputError
 from edgekit.loading import LoadedModel, load_model, save_model
 from edgekit.records import BeforeAfter, CompressReport, LatencyComparison, ModelInfo, StageReport
 from edgekit.outputs import select_output
-from edgekit.metrics import compare_latency, count_macs, count_params, fidelity, storage_bytes
+from edgekit.metrics import compare_latency, count_macs, count_params, storage_bytes
 from edgekit.progress import task
 from edgekit.recipe import Recipe, load_recipe
 from edgekit.stages import StageContext, get_stage
@@ -52,11 +52,15 @@ def default_out_dir(model_name: str, recipe: Recipe) -> Path:
 
 
 def _figures(model: nn.Module, data: DataBundle, example: torch.Tensor) -> dict[str, Any]:
+    from edgekit.tasks import task_of
+
+    task = task_of(data)  # classification: top-1 is `accuracy`; another task's metrics (mAP) go beside it
     return {
         "params": count_params(model),
         "size_bytes": storage_bytes(model),
         "macs": count_macs(model, example),
-        "accuracy": evaluate(model, data.test),
+        "accuracy": evaluate(model, data.test) if task.name == "classification" else None,
+        "task_metrics": task.evaluate(model, data.test) if task.name != "classification" else None,
     }
 
 
@@ -114,12 +118,22 @@ def compress(
             loaded = LoadedModel(eval_mode(model), info or ModelInfo(name=type(model).__name__))
         else:
             loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    if data is None:
+        from edgekit.tasks import default_data
+
+        data = default_data(loaded.info)  # a zoo detector's own data (digits-det); None: the built-in digits
     if not isinstance(data, DataBundle):
         data = load_data(data, loaded.input_shape or (3, 32, 32), seed=seed, options=recipe.data)
     check_fits(data, loaded.input_shape, loaded.name)
     _check_data(loaded.model, data, loaded.name)
     # a tuple / dict / ModelOutput output: everything downstream sees its logits tensor (edgekit.outputs)
     selected, choice = select_output(loaded.model, (data.test.x[:2],), output or loaded.info.output)
+    if choice.wrapped and data.task != "classification":  # one leaf of a detector's outputs would be a wrong model
+        raise UserInputError(
+            f"model {loaded.name} returns a {choice.kind} of tensors {', '.join(map(repr, choice.leaves))}; {data.task} "
+            "models go through compress and export as one packed tensor (N, 5 + classes, locations): see "
+            "edgekit.tasks.detection (the zoo detector: packed=True)"
+        )
     loaded = LoadedModel(selected, loaded.info.replace(output=choice.path or None))
 
     out_path = Path(out) if out is not None else None
@@ -180,10 +194,21 @@ def _report(loaded: LoadedModel, recipe: Recipe, data: DataBundle, reference: nn
     else:
         before["latency_ms"] = after["latency_ms"] = None
     figures = {k: BeforeAfter(before[k], after[k]) for k in CompressReport.FIGURES}
+    from edgekit.tasks import task_of
+
+    task = task_of(data)
+    fid = task.fidelity(reference, model, data.test.x, n=n)
+    notes = _notes(cmp, recipe)
+    if before.get("task_metrics") is not None:  # e.g. detection: mAP before / after, beside the fidelity
+        fid["task"] = task.name
+        fid["task_metrics"] = {k: {"before": v, "after": after["task_metrics"].get(k)} for k, v in before["task_metrics"].items()}
+        notes.append(f"{task.name} on {data.name} test: " + ", ".join(
+            f"{k} {v['before']:.4f} -> {v['after']:.4f}" for k, v in fid["task_metrics"].items()
+            if v["before"] is not None and v["after"] is not None))
     return CompressReport(
         model=loaded.name, recipe=recipe.name, data=data.name, **figures,
-        fidelity=fidelity(reference, model, data.test.x, n=n), stages=stage_reports,
-        latency=cmp, model_info=_info_after(loaded.info, data, stage_reports), notes=_notes(cmp, recipe),
+        fidelity=fid, stages=stage_reports,
+        latency=cmp, model_info=_info_after(loaded.info, data, stage_reports), notes=notes,
     )
 
 

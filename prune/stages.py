@@ -69,8 +69,8 @@ def _accuracy(model, data) -> float | None:
     return evaluate(model, data.test)
 
 
-def _labeled(data) -> bool:
-    return data is not None and data.train.y is not None
+def _labeled(data) -> bool:  # detection data has target dicts, not labels: its task trains it (edgekit.tasks)
+    return data is not None and (data.train.y is not None or getattr(data, "task", "classification") != "classification")
 
 
 @register_stage("prune", config=PruneConfig, summary="structured channel/head pruning through a dependency graph")
