@@ -104,3 +104,16 @@ def test_sweep_cli_json(tmp_path, cli):
     assert doc["cells"][0]["state"] == "works" and [c["recipe"] for c in doc["ranked"]] == ["int8"]
     bad = cli("sweep", "convnet", "--recipes", "int8", "--objective", "speed", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--objective 'speed'" in bad.stderr
+
+
+def test_profile_threads_key_only_the_profile_steps():
+    """--threads changes what a profile measures, so it is in the profile key; compress and export are reused."""
+    from edgekit.sweep.grid import build_grid
+
+    base = build_grid("convnet", [["int8"]], ["onnx"], ["local"], data=None, seed=0)
+    one = build_grid("convnet", [["int8"]], ["onnx"], ["local"], data=None, seed=0, profile_threads=1)
+    assert [s.key for s in base.compress] == [s.key for s in one.compress]
+    assert [s.key for s in base.exports] == [s.key for s in one.exports]
+    assert base.profiles[0].key != one.profiles[0].key
+    with pytest.raises(UserInputError, match="--threads -1"):
+        build_grid("convnet", [["int8"]], ["onnx"], ["local"], data=None, seed=0, profile_threads=-1)

@@ -43,8 +43,12 @@ def _prepare_out(out: Path) -> Path:
 def sweep(model: str, recipes: str | Sequence[str], targets: str | Sequence[str], devices: str | Sequence[str] = ("local",),
           *, out: str | Path, data: str | None = None, seed: int = 0, overrides: Sequence[str] = (),
           executor: str = "local", workers: int | None = None, address: str | None = None,
-          devices_file: str | None = None, profile_budget_s: float = 2.0, plots: bool = True) -> SweepResult:
-    """Run the grid; return (and write ``OUT/sweep.json``) one :class:`SweepCell` per recipe x target x device."""
+          devices_file: str | None = None, profile_budget_s: float = 2.0, profile_threads: int = 0,
+          plots: bool = True) -> SweepResult:
+    """Run the grid; return (and write ``OUT/sweep.json``) one :class:`SweepCell` per recipe x target x device.
+
+    ``profile_threads``: the runtime's intra-op threads when profiling (0: its default); on a shared machine one
+    thread keeps a multi-threaded runtime from waiting on a descheduled worker. It is part of the profile key."""
     from edgekit.artifacts import write_json_atomic
     from edgekit.progress import task
     from edgekit.sweep import steps
@@ -54,7 +58,7 @@ def sweep(model: str, recipes: str | Sequence[str], targets: str | Sequence[str]
     target_list = parse_list(targets, "targets")
     device_list = parse_list(devices, "devices")
     grid = build_grid(model, recipe_lists, target_list, device_list, data=data, seed=seed, overrides=overrides,
-                      devices_file=devices_file)  # every name checked before any work
+                      devices_file=devices_file, profile_threads=profile_threads)  # every name checked before any work
     out = _prepare_out(Path(out))
     cache = str(out / "cache")
     t0 = time.perf_counter()
@@ -71,7 +75,7 @@ def sweep(model: str, recipes: str | Sequence[str], targets: str | Sequence[str]
                          lambda e: (steps.run_export, (cache, e.key, comp[e.compress.key]["out"], e.target)))
         todo = [p for p in grid.profiles if exp.get(p.export.key, {}).get("state") == "works"]
         with task(f"sweep: profile {len(todo)} artifact(s) on {len(device_list)} device(s)"):
-            prof = _profiles(ex, cache, todo, run, reused, devices_file, profile_budget_s)
+            prof = _profiles(ex, cache, todo, run, reused, devices_file, profile_budget_s, profile_threads)
     finally:
         ex.close()
     cells = [_cell(p, comp, exp, prof) for p in grid.profiles]
@@ -101,7 +105,8 @@ def _phase(ex, cache: str, kind: str, items, run: dict, reused: dict, call) -> d
     return results
 
 
-def _profiles(ex, cache: str, todo, run: dict, reused: dict, devices_file: str | None, budget_s: float) -> dict[str, dict]:
+def _profiles(ex, cache: str, todo, run: dict, reused: dict, devices_file: str | None, budget_s: float,
+              threads: int = 0) -> dict[str, dict]:
     from edgekit.sweep import steps
 
     results: dict[str, dict] = {}
@@ -114,7 +119,7 @@ def _profiles(ex, cache: str, todo, run: dict, reused: dict, devices_file: str |
         else:
             per_device.setdefault(p.device, []).append(p)
     calls = {d: [(steps.run_profile, (cache, p.key, steps.step_dir(Path(cache), "export", p.export.key).joinpath("artifact").as_posix(),
-                                      d, devices_file, budget_s)) for p in ps] for d, ps in per_device.items()}
+                                      d, devices_file, budget_s, threads)) for p in ps] for d, ps in per_device.items()}
     for device, recs in ex.map_per_device(calls).items():
         for p, rec in zip(per_device[device], recs):
             results[p.key] = rec

@@ -7,7 +7,7 @@ recipe, a target or a device) only runs what is new:
   ``module:factory`` and its source file's bytes), the resolved recipe (every stage's options), the data
   spec, the seed and edgekit's version;
 * export: the compress key, the target, the precision and the export options;
-* profile: the export key and the device's entry in the devices file.
+* profile: the export key, the device's entry in the devices file and the runtime threads when set.
 """
 
 from __future__ import annotations
@@ -111,13 +111,15 @@ class Grid:
 
 
 def build_grid(model: str, recipes: list[list[str]], targets: list[str], devices: list[str], *, data: str | None,
-               seed: int, overrides: Sequence[str] = (), devices_file: str | None = None) -> Grid:
+               seed: int, overrides: Sequence[str] = (), devices_file: str | None = None, profile_threads: int = 0) -> Grid:
     """Resolve every recipe and device before any work: a bad name fails the whole sweep at once (exit 2)."""
     from edgekit import __version__
     from edgekit.devices.spec import load_devices
     from edgekit.exporters.base import capabilities
     from edgekit.recipe import load_recipe
 
+    if profile_threads < 0:
+        raise UserInputError(f"--threads {profile_threads}: give 0 (the runtime's default) or a positive count")
     for t in targets:
         capabilities(t)  # unknown target -> UserInputError naming the accepted ones
     known = load_devices(devices_file)
@@ -140,7 +142,8 @@ def build_grid(model: str, recipes: list[list[str]], targets: list[str], devices
             for d in devices:
                 dev = known[d]
                 entry = dev.model_dump(mode="json") if hasattr(dev, "model_dump") else repr(dev)
-                grid.profiles.append(ProfileStep(ex, d, digest("profile", ex.key, d, entry)))
+                extra = [{"threads": profile_threads}] if profile_threads else []  # 0: the runtime default (keys unchanged)
+                grid.profiles.append(ProfileStep(ex, d, digest("profile", ex.key, d, entry, *extra)))
     unused = [o for o in overrides if o not in used]
     if unused:
         raise UserInputError(f"--set {unused[0]!r}: no recipe of the sweep has that stage "

@@ -127,7 +127,7 @@ def _size(artifact: Path) -> int:
 
 
 def run_profile(cache: str, key: str, artifact: str, device: str, devices_file: str | None,
-                budget_s: float = PROFILE_BUDGET_S) -> dict[str, Any]:
+                budget_s: float = PROFILE_BUDGET_S, threads: int = 0) -> dict[str, Any]:
     """Profile an exported artifact on ``device``: latency median with its 95% CI, energy where a sensor exists."""
     from edgekit.devices import get_device, read_artifact
     from edgekit.devices.profile import ProfileOptions, profile
@@ -137,7 +137,7 @@ def run_profile(cache: str, key: str, artifact: str, device: str, devices_file: 
     t0 = time.perf_counter()
     try:
         p = profile(read_artifact(artifact), get_device(device, devices_file),
-                    ProfileOptions(budget_s=budget_s, validate=True)).to_dict()
+                    ProfileOptions(budget_s=budget_s, threads=threads, validate=True)).to_dict()
         lat = p.get("latency_ms") or {}
         energy = p.get("energy_mj_per_inference") or {}
         val = p.get("validation") or {}
@@ -145,7 +145,7 @@ def run_profile(cache: str, key: str, artifact: str, device: str, devices_file: 
         rec.update(state="works" if ok else "failed", error=p.get("error") or (None if ok else f"validation {val.get('status')}: {val.get('reason')}"),
                    latency_ms=lat.get("median"), latency_ci95_ms=p.get("median_ci95_ms"), latency_kind=p.get("latency_kind"),
                    energy_mj=energy.get("total"), power_status=p.get("power_status"), validation=val.get("status"),
-                   runtime=(p.get("runtime") or {}).get("name"))
+                   runtime=(p.get("runtime") or {}).get("name"), threads=threads or "default")
     except Exception as exc:  # noqa: BLE001
         rec["state"], rec["error"], rec["exit_code"] = _error(exc)
     rec["seconds"] = round(time.perf_counter() - t0, 3)
