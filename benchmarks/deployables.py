@@ -1,22 +1,30 @@
 """One row per compressed deployable against the float model it replaces, on the same runtime, side by side.
 
-    python -m benchmarks.deployables [--size digits|224] [--runs 30] [--threads 2] [--bivit-out DIR ...]
-                                     [--json FILE] [--no-write]
+    python -m benchmarks.deployables [--size digits|224] [--runs 20] [--threads 2] [--only bivit ivit bivit-tvm]
+                                     [--bivit-out DIR ...] [--json FILE] [--no-write]
 
-Columns: deployable, runtime, fp32 ms, compressed ms (medians, ``--threads`` intra-op threads, batch 1),
-speed ratio (fp32 / compressed), file bytes of both artifacts (on disk, as exported), top-1 accuracy of both on
-the digits test split (``--size digits``; at 224 the models are random-init and have no accuracy).
+Every runner (the fp32 model on PyTorch, ONNX Runtime, OpenVINO and, for TVM rows, TVM; each deployable) is
+built first, then all are timed in one interleaved loop (round robin, ``--runs`` rounds after 3 warm-up calls
+each), so load changes on the shared machine hit every side alike. Medians, ``--threads`` threads, batch 1.
 
-Rows:
-* ``bivit-w1a1`` / ``bivit-w1a8`` (BiViT, He et al., ICCV 2023): the zoo ViT binarized (without fine-tuning,
-  or the compress outputs given with ``--bivit-out``), exported by ``edgekit.exporters.export`` to ONNX with the
-  binary weights packed 1 bit each, run by ONNX Runtime. The binarized layers still run as float matmuls on
-  weights unpacked at load: the XNOR-popcount deployable (issue 14.3) is not built yet, and the row says so.
-* I-ViT rows come from H-ivit's public function ``benchmarks.ivit_latency.deployable_row`` when it exists;
-  otherwise the row says it is missing (never reimplemented here).
+Columns: deployable, runtime, fp32 ms on that runtime, compressed ms, speed ratio (fp32 / compressed), the
+fastest fp32 runtime on this machine (measured in the same loop) and the deployable's ratio to it, file bytes
+of both artifacts (on disk, as written), top-1 of both on the digits test split (``--size digits``; at 224 the
+models are random-init: no accuracy, the numerical check against PyTorch is in the note).
 
-The machine is shared (up to 9 agents on 2 cores): the ``uptime`` load is recorded beside the table, and the
-numbers are measured under that load.
+Rows (a row a deployable):
+* ``ivit-int8`` (I-ViT, Li & Gu, ICCV 2023): the integer-only ONNX graph on ONNX Runtime, from
+  :func:`benchmarks.ivit_latency.deployable_row` (bit-exact with the PyTorch integer model, float-op free).
+* ``bivit-w1a1`` / ``bivit-w1a8`` on ONNX Runtime (BiViT, He et al., ICCV 2023): the ONNX export with the
+  binary weights packed 1 bit each; the runtime unpacks them at load and runs float matmuls.
+* ``bivit-w1a1`` on TVM: :mod:`edgekit.quant.bivit.tvm_build`, the whole model compiled by TVM with every
+  binarized linear layer (and Q.K^T, A.V) on bit-packed XNOR/AND-popcount kernels and the rest in fp32;
+  compared with the fp32 model compiled by TVM through the same pipeline (default Relax CPU passes plus
+  :mod:`edgekit.exporters.tvm_schedule`'s heuristic schedules: zero tuning trials on both sides) and with the
+  fastest fp32 runtime.
+
+The machine is shared: the ``uptime`` load is recorded before and after the timing loop, beside the table,
+and the numbers are measured under that load.
 """
 
 from __future__ import annotations
@@ -25,118 +33,277 @@ import argparse
 import json
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-HEADERS = ["deployable", "runtime", "fp32 ms", "compressed ms", "speed ratio", "fp32 bytes", "compressed bytes",
-           "fp32 top-1", "compressed top-1", "note"]
+HEADERS = ["deployable", "runtime", "fp32 ms", "compressed ms", "speed ratio", "fastest fp32", "vs fastest",
+           "fp32 bytes", "compressed bytes", "fp32 top-1", "compressed top-1", "note"]
+FP32_RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
-def _ort_ms_and_top1(path: Path, x: np.ndarray, runs: int, threads: int, data) -> tuple[float, float | None]:
+@dataclass
+class Deployable:
+    """A compressed model ready to time: its runner and what the table says about it."""
+
+    name: str
+    runtime: str  # the runtime it runs on; its fp32 counterpart is timed on the same one
+    run: Callable[[], object]
+    compressed_bytes: int
+    compressed_top1: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reference:
+    """The fp32 model a size's deployables replace, with its input, data and exported ONNX file."""
+
+    model: torch.nn.Module
+    info: Any
+    x: np.ndarray
+    data: Any
+    data_spec: str
+    workdir: Path
+    onnx: Path | None = None
+    runners: dict[str, Callable[[], object]] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    top1: float | None = None
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms of each no-argument callable, timed round robin (one call of each per round)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for i in range(runs):
+        for k in keys if i % 2 == 0 else keys[::-1]:
+            t0 = time.perf_counter()
+            fns[k]()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def onnx_top1(run_one: Callable[[np.ndarray], np.ndarray], data) -> float | None:
+    """Top-1 on the test split, one image at a time (None without labels)."""
+    if data is None or data.test.y is None:
+        return None
+    xs = data.test.x.numpy()
+    pred = np.concatenate([np.asarray(run_one(xs[i:i + 1])).argmax(1) for i in range(len(xs))])
+    return float(np.mean(pred == data.test.y.numpy()))
+
+
+def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     from edgekit.exporters.runtimes import ort_session
-    from edgekit.metrics import time_callable
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name
-    ms = time_callable(lambda: sess.run(None, {name: x}), runs=runs, warmup=3)["median"]
-    top1 = None
-    if data is not None and data.test.y is not None:
-        xs = data.test.x.numpy()
-        pred = np.concatenate([sess.run(None, {name: xs[i:i + 1]})[0].argmax(1) for i in range(len(xs))])
-        top1 = float(np.mean(pred == data.test.y.numpy()))
-    return ms, top1
+    return lambda a: sess.run(None, {name: a})[0]
 
 
-def _export(model, info, data_spec, out: Path) -> Path:
+def export_onnx(model, info, data_spec: str, out: Path) -> Path:
+    """The ``onnx`` export target (validated, binary weights packed): the file a user deploys."""
     from edgekit.exporters.base import export
 
-    art = export(model, "onnx", "fp32", out=out, force=True, info=info, data=data_spec, validation_samples=64)
-    return art.model_file
+    return export(model, "onnx", "fp32", out=out, force=True, info=info, data=data_spec, validation_samples=32).model_file
 
 
-def bivit_rows(args) -> list[dict[str, Any]]:
+def reference(size: str, threads: int, workdir: Path) -> Reference:
+    """The fp32 model of ``size`` on every fp32 runtime (digits: the trained zoo vit; 224: DeiT-Tiny-shaped,
+    random init, seed 0)."""
     from edgekit.data import load_data
+    from edgekit.exporters.runtimes import openvino_compiled
     from edgekit.loading import load_model
     from edgekit.models.vit import vit
-    from edgekit.quant.bivit.convert import BinarizeOptions, convert
-    from edgekit.quant.bivit.modules import freeze
     from edgekit.records import ModelInfo
 
-    if args.size == "digits":
+    torch.set_num_threads(threads)
+    if size == "digits":
         loaded = load_model("vit")
-        fp32, info = loaded.model.eval(), loaded.info
-        data = load_data("digits", info.input_shape)
-        data_spec = "digits"
+        model, info = loaded.model.eval(), loaded.info
+        data, spec = load_data("digits", info.input_shape), "digits"
     else:
         torch.manual_seed(0)
-        fp32 = vit("224", 1000).eval()
+        model = vit("224", 1000).eval()
         info = ModelInfo(name="vit-224", input_shape=(3, 224, 224), num_classes=1000)
-        data, data_spec = None, "random:3x224x224"
-    x = torch.randn(1, *info.input_shape).numpy()
-    models = {f"bivit-w1a{b}": None for b in (1, 8)}
+        data, spec = None, "random:3x224x224"
+    x = torch.randn(1, *info.input_shape, generator=torch.Generator().manual_seed(0)).numpy()
+    ref = Reference(model, info, x, data, spec, workdir)
+    ref.onnx = export_onnx(model, info, spec, workdir / "fp32")
+    ref.bytes["onnx"] = ref.onnx.stat().st_size
+    xt = torch.from_numpy(x)
+
+    def torch_run():
+        with torch.inference_mode():
+            return model(xt)
+
+    ort = ort_runner(ref.onnx, threads)
+    req = openvino_compiled(ref.onnx, threads).create_infer_request()
+    ref.runners = {"torch": torch_run, "onnxruntime": lambda: ort(x), "openvino": lambda: req.infer({0: x})}
+    ref.top1 = onnx_top1(ort, data)
+    return ref
+
+
+def tvm_fp32(ref: Reference, threads: int) -> None:
+    """Add the fp32 model compiled by TVM with the same pipeline as the BiViT build (the default Relax CPU
+    pipeline plus :mod:`edgekit.exporters.tvm_schedule`'s zero-trial schedules) to the reference runners."""
+    if "tvm" in ref.runners:
+        return
+    from edgekit.exporters.tvm import host_target, import_onnx, load_vm
+    from edgekit.exporters.tvm_schedule import compile_scheduled
+
+    lib = ref.workdir / "fp32-tvm.so"
+    compile_scheduled(import_onnx(ref.onnx, ref.x.shape), host_target()).export_library(str(lib))
+    run = load_vm(lib, threads)
+    ref.runners["tvm"] = lambda: run(ref.x)
+    ref.bytes["tvm"] = lib.stat().st_size
+
+
+# ----------------------------------------------------------------------------------------------- rows
+
+
+def _bivit_model(ref: Reference, act_bits: int, given: dict[str, Any]):
+    from edgekit.quant.bivit.convert import BinarizeOptions, convert
+    from edgekit.quant.bivit.modules import freeze
+
+    name = f"bivit-w1a{act_bits}"
+    if name in given:
+        return given[name], "compress output"
+    model, _ = convert(ref.model, BinarizeOptions(act_bits=act_bits))
+    freeze(model)
+    return model.eval(), "binarized without fine-tuning (accuracy is not the recipe's)"
+
+
+def _given_bivit(args) -> dict[str, Any]:
+    from edgekit.loading import load_model
+
+    out = {}
     for d in args.bivit_out:
-        out = load_model(d)
-        bits = json.loads((Path(d) / "manifest.json").read_text()).get("recipe", {}).get("name", "bivit")
-        models[str(bits)] = out.model
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        f32 = _export(fp32, info, data_spec, Path(tmp) / "fp32")
-        f32_ms, f32_top1 = _ort_ms_and_top1(f32, x, args.runs, args.threads, data)
-        for name, model in models.items():
-            note = "compress output" if model is not None else "binarized without fine-tuning (accuracy is not the recipe's)"
-            if model is None:
-                bits = int(name[-1])
-                model, _ = convert(fp32, BinarizeOptions(act_bits=bits))
-                freeze(model)
-                model.eval()
-            path = _export(model, info, data_spec, Path(tmp) / name)
-            ms, top1 = _ort_ms_and_top1(path, x, args.runs, args.threads, data)
-            rows.append({"deployable": name, "runtime": "onnxruntime", "fp32_ms": f32_ms, "compressed_ms": ms,
-                         "speed_ratio": f32_ms / ms, "fp32_bytes": f32.stat().st_size, "compressed_bytes": path.stat().st_size,
-                         "fp32_top1": f32_top1, "compressed_top1": top1,
-                         "note": note + "; binary layers run as float matmuls (no XNOR kernel deployable yet)"})
+        name = json.loads((Path(d) / "manifest.json").read_text()).get("recipe", {}).get("name", "bivit")
+        out[str(name)] = load_model(d).model.eval()
+    return out
+
+
+def bivit_rows(ref: Reference, args) -> list[Deployable]:
+    """BiViT W1A1 / W1A8 ONNX exports on ONNX Runtime (packed on disk, float matmuls at run time)."""
+    rows, given = [], _given_bivit(args)
+    for bits in (1, 8):
+        model, note = _bivit_model(ref, bits, given)
+        path = export_onnx(model, ref.info, ref.data_spec, ref.workdir / f"bivit-w1a{bits}")
+        run = ort_runner(path, args.threads)
+        rows.append(Deployable(f"bivit-w1a{bits}", "onnxruntime", lambda run=run: run(ref.x), path.stat().st_size,
+                               onnx_top1(run, ref.data), note + "; ONNX Runtime unpacks the bits at load and runs "
+                               "float matmuls (no XNOR kernel on this runtime)"))
     return rows
 
 
-def ivit_rows(args) -> list[dict[str, Any]]:
-    try:
-        from benchmarks.ivit_latency import deployable_row  # H-ivit's public function
-    except ImportError:
-        return [{"deployable": "ivit-int8", "runtime": "onnxruntime", "note": "benchmarks.ivit_latency.deployable_row "
-                 "is not available (H-ivit's public row function); no number"}]
-    return [deployable_row(size=args.size, runs=args.runs, threads=args.threads)]
+def bivit_tvm_rows(ref: Reference, args) -> list[Deployable]:
+    """BiViT W1A1 compiled whole by TVM with the XNOR-popcount kernels (validated against PyTorch first)."""
+    from edgekit.quant.bivit import tvm_build
+
+    tvm_fp32(ref, args.threads)
+    model, note = _bivit_model(ref, 1, _given_bivit(args))
+    lib = ref.workdir / "bivit-w1a1-tvm.so"
+    built = tvm_build.build(model, torch.from_numpy(ref.x))
+    built.save(lib)
+    run = tvm_build.load(lib, args.threads)
+    check = tvm_build.compare(model, run, torch.from_numpy(ref.x), n=4)
+    top1 = onnx_top1(run, ref.data)
+    parts = built.storage
+    return [Deployable("bivit-w1a1", "tvm", lambda: run(ref.x), lib.stat().st_size, top1,
+                       f"{note}; XNOR/AND-popcount kernels for {parts['binary_layers']} linear layers and "
+                       f"{parts['binary_matmuls']} attention matmuls, the rest fp32; both sides built with the same zero-trial schedules; binarized "
+                       f"weights {parts['binary_bytes']:,} B vs {parts['binary_fp32_bytes']:,} B fp32 "
+                       f"({parts['binary_fp32_bytes'] / max(1, parts['binary_bytes']):.1f}x); vs PyTorch BiViT: "
+                       f"{check['summary']}", {"storage": parts, "check": check})]
 
 
-ROWS: dict[str, Callable[[Any], list[dict[str, Any]]]] = {"bivit": bivit_rows, "ivit": ivit_rows}
+def ivit_rows(ref: Reference, args) -> list[Deployable]:
+    from benchmarks.ivit_latency import deployable_row
+
+    return [deployable_row(ref, args.threads)]
+
+
+ROWS: dict[str, Callable[[Reference, Any], list[Deployable]]] = {
+    "ivit": ivit_rows, "bivit": bivit_rows, "bivit-tvm": bivit_tvm_rows}
+
+
+def table_rows(ref: Reference, deployables: list[Deployable], ms: dict[str, float]) -> list[dict[str, Any]]:
+    fp = {rt: ms[f"fp32/{rt}"] for rt in ref.runners}
+    fastest = min(FP32_RUNTIMES, key=lambda rt: fp[rt])
+    rows = []
+    for d in deployables:
+        c = ms[f"{d.name}/{d.runtime}"]
+        rows.append({"deployable": d.name, "runtime": d.runtime, "fp32_ms": fp[d.runtime], "compressed_ms": c,
+                     "speed_ratio": fp[d.runtime] / c, "fastest_fp32_runtime": fastest, "fastest_fp32_ms": fp[fastest],
+                     "ratio_vs_fastest": fp[fastest] / c,
+                     "fp32_bytes": ref.bytes["tvm" if d.runtime == "tvm" else "onnx"],
+                     "compressed_bytes": d.compressed_bytes, "fp32_top1": ref.top1, "compressed_top1": d.compressed_top1,
+                     "note": d.note, **d.extra})
+    return rows
+
+
+def _cell(v: Any) -> Any:
+    return "n/a" if v is None else v
 
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks._report import command_line, machine_note, markdown_table, write_section
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=("digits", "224"), default="digits")
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--size", choices=("digits", "224"), default="224")
+    ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bivit-out", nargs="*", default=[])
-    ap.add_argument("--only", nargs="*", choices=sorted(ROWS), default=sorted(ROWS))
+    ap.add_argument("--only", nargs="*", choices=sorted(ROWS), default=list(ROWS))
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args(argv)
-    rows = [r for key in args.only for r in ROWS[key](args)]
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    keys = ["deployable", "runtime", "fp32_ms", "compressed_ms", "speed_ratio", "fp32_bytes", "compressed_bytes",
-            "fp32_top1", "compressed_top1", "note"]
-    table = markdown_table(HEADERS, [[r.get(k, "") if r.get(k) is not None else "n/a" for k in keys] for r in rows])
+    with tempfile.TemporaryDirectory(prefix="edgekit-deployables-") as tmp:
+        ref = reference(args.size, args.threads, Path(tmp))
+        deployables = [d for key in args.only for d in ROWS[key](ref, args)]
+        fns = {f"fp32/{rt}": fn for rt, fn in ref.runners.items()}
+        fns.update({f"{d.name}/{d.runtime}": d.run for d in deployables})
+        load_before = uptime()
+        ms = interleaved_ms(fns, args.runs)
+        load_after = uptime()
+    rows = table_rows(ref, deployables, ms)
+    fastest = rows[0]["fastest_fp32_runtime"] if rows else "?"
+    cells = [[_cell(r[k]) for k in ("deployable", "runtime", "fp32_ms", "compressed_ms", "speed_ratio")]
+             + [f"{r['fastest_fp32_runtime']} {r['fastest_fp32_ms']:.3g} ms", r["ratio_vs_fastest"]]
+             + [_cell(r[k]) for k in ("fp32_bytes", "compressed_bytes", "fp32_top1", "compressed_top1", "note")]
+             for r in rows]
+    table = markdown_table(HEADERS, cells)
+    fp_line = ", ".join(f"{rt} {ms[f'fp32/{rt}']:.3g} ms" for rt in ref.runners)
+    load = f"before the timing loop `{load_before}`; after `{load_after}`"
     print(table)
-    print(f"uptime: {load} (measured under this load: the machine is shared)")
+    print(f"fp32 medians: {fp_line}; fastest fp32 runtime: {fastest}")
+    print(f"uptime {load} (measured under this load: the machine is shared)")
+    shape = "DeiT-Tiny-shaped `vit`, 3x224x224, random init" if args.size == "224" else "zoo `vit` on digits (32x32)"
     if not args.no_write:
-        write_section("deployables", f"## Deployables vs fp32\n\n`{command_line()}` on {machine_note()}; "
-                      f"uptime at the end: `{load}` (a shared machine: numbers measured under that load).\n\n{table}")
+        write_section("deployables", "\n\n".join([
+            f"## Deployables vs fp32 ({shape}, batch 1, {args.threads} threads)",
+            f"Command: `{command_line()}`  \nMachine: {machine_note()}. Medians of {args.runs} interleaved rounds "
+            f"(every runner once per round). uptime {load}: a shared machine, numbers measured under that load.",
+            f"fp32 on every runtime in the same loop: {fp_line}. *speed ratio* = fp32 ms / compressed ms on the "
+            "row's runtime; *vs fastest* = the fastest fp32 runtime's ms / compressed ms (above 1 = faster than "
+            "every fp32 runtime here). Bytes: the artifact files on disk (ONNX, or the TVM library).",
+            table]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "uptime": load, "size": args.size}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "fp32_ms": {rt: ms[f"fp32/{rt}"] for rt in ref.runners},
+                                               "uptime_before": load_before, "uptime_after": load_after,
+                                               "size": args.size, "runs": args.runs, "threads": args.threads},
+                                              indent=2, default=str) + "\n")
     return 0
 
 

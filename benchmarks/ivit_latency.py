@@ -51,6 +51,33 @@ def _ort(proto_bytes: bytes, threads: int, profile: bool = False):
     return ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def deployable_row(ref, threads: int = 2):
+    """The I-ViT integer-only graph of ``ref.model`` on ONNX Runtime as a :class:`benchmarks.deployables.Deployable`
+    (checked float-op free and bit-exact with the PyTorch integer model before it is timed)."""
+    from benchmarks.deployables import Deployable, onnx_top1, ort_runner
+    from edgekit.data import load_data
+    from edgekit.quant.ivit import checker, onnx_export
+    from edgekit.quant.ivit.convert import convert, freeze
+
+    calib = ref.data.calib.x[:32] if ref.data is not None else load_data(ref.data_spec).calib.x[:4]
+    q = freeze(convert(ref.model, calib, batch_size=len(calib), max_batches=1))
+    x = torch.from_numpy(ref.x)
+    proto = onnx_export.build(q, x)
+    floats = checker.float_tensors(proto)
+    if floats:
+        raise AssertionError(f"I-ViT integer graph has float tensors inside: {floats[:5]}")
+    with torch.no_grad():
+        exact = np.array_equal(onnx_export.run_onnxruntime(proto, x, threads), q(x).numpy())
+    if not exact:
+        raise AssertionError("I-ViT integer graph on ONNX Runtime != the PyTorch integer model")
+    path = ref.workdir / "ivit-int8.onnx"
+    path.write_bytes(proto.SerializeToString())
+    run = ort_runner(path, threads)
+    return Deployable("ivit-int8", "onnxruntime", lambda: run(ref.x), path.stat().st_size, onnx_top1(run, ref.data),
+                      f"integer-only graph ({len(proto.graph.node)} nodes), bit-exact with the PyTorch integer "
+                      "model, no float op inside; per-op table: python -m benchmarks.ivit_latency")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)

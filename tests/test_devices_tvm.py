@@ -25,3 +25,31 @@ def test_profile_tvm_artifact(tmp_path):
     assert r.status == "ok" and r.runtime.name == "tvm"
     assert r.samples.n >= 20 and r.latency_ms.median > 0
     assert r.validation.status == "passed" and r.validation.max_abs < 1e-4
+
+
+def test_scheduled_pipeline_matches_torch(tmp_path):
+    """exporters.tvm_schedule (zero-trial heuristic schedules + fast erf) computes what the model computes:
+    a transformer-ish stack (matmul, GELU, LayerNorm, softmax) within 1e-5 of PyTorch."""
+    import numpy as np
+
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.exporters.tvm import host_target, import_onnx, load_vm
+    from edgekit.exporters.tvm_schedule import compile_scheduled
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.norm = nn.Linear(32, 64), nn.Linear(64, 32), nn.LayerNorm(32)
+
+        def forward(self, x):
+            h = self.norm(self.fc2(nn.functional.gelu(self.fc1(x))))
+            return torch.softmax(h @ h.transpose(-2, -1), dim=-1) @ h
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(1, 17, 32)
+    onnx_path = to_onnx(model, x, tmp_path / "m.onnx")
+    compile_scheduled(import_onnx(onnx_path, x.shape), host_target()).export_library(str(tmp_path / "m.so"))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = load_vm(tmp_path / "m.so", threads=1)(x.numpy())
+    assert np.abs(got - ref).max() <= 1e-5

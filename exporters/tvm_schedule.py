@@ -1,0 +1,114 @@
+"""Zero-trial schedules for TVM Relax CPU builds: what the default pipeline lacks (it leaves every PrimFunc as
+plain serial loops) without MetaSchedule's search.
+
+:func:`auto_schedule` rewrites one default-legalized PrimFunc: injective producers inlined, then for each block
+the leading spatial loops fused and parallel; the innermost spatial loop split by the vector width and
+vectorised when it divides, with a matmul-like block's reduction moved outside that vector (``C[i, j:j+16] +=
+A[i, k] * B[k, j:j+16]``); row reductions (LayerNorm, softmax) parallel over rows. A step that does not apply
+leaves the function as it was. :func:`pipeline` is the default CPU pipeline with ``FastMathTransform`` (erf,
+exp, tanh by TVM's vectorisable approximations) and this pass after fusion; :func:`compile_scheduled` compiles
+with it. Used by the BiViT TVM build (:mod:`edgekit.quant.bivit.tvm_build`) and its fp32 baseline, so both
+sides of a comparison get the same (zero-trial) budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.backends import require
+
+__all__ = ["VEC", "OPAQUE", "auto_schedule", "pipeline", "compile_scheduled"]
+
+VEC = 16  # float32 lanes of one AVX-512 vector
+OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves kernels scheduled by hand alone
+
+
+def _loop_kinds(sch, blk) -> tuple[list, list]:
+    """The block's loops split into spatial and reduction ones (legalized blocks nest spatial loops first)."""
+    loops = sch.get_loops(blk)
+    n_red = sum(1 for iv in sch.get(blk).iter_vars if int(iv.iter_type) == 2)
+    return loops[: len(loops) - n_red], loops[len(loops) - n_red:]
+
+
+def _extent(sch, loop) -> int:
+    e = sch.get(loop).extent
+    return int(e) if hasattr(e, "value") or isinstance(e, int) else -1
+
+
+def _schedule_block(sch, blk) -> None:
+    sp, rd = _loop_kinds(sch, blk)
+    if not sp:
+        return
+    last = _extent(sch, sp[-1])
+    vec = last % VEC == 0 and last >= VEC
+    red = int(np.prod([_extent(sch, r) for r in rd])) if rd else 0
+    if rd and not (vec and red >= VEC):
+        sch.parallel(sch.fuse(*sp) if len(sp) > 1 else sp[0])  # a row reduction: rows in parallel
+        return
+    if vec:
+        jo, ji = sch.split(sp[-1], [None, VEC])
+        if rd:
+            sch.reorder(jo, *rd, ji)  # matmul-like: the reduction outside the vector of output columns
+        sch.vectorize(ji)
+        outer = [*sp[:-1], jo]
+    else:
+        outer = sp[:-1] if len(sp) > 1 else sp
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def auto_schedule(tvm, func):
+    """Parallel outer loops and vectorised inner ones for a default-legalized (unscheduled) PrimFunc: injective
+    producers inlined, each remaining block scheduled by :func:`_schedule_block`; the function is left as it
+    was where a step does not apply."""
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        for blk in sch.get_child_blocks(root)[:-1]:
+            try:
+                sch.compute_inline(blk)
+            except Exception:  # noqa: BLE001 - a reduction or a block read twice: kept
+                pass
+        for blk in sch.get_child_blocks(root):
+            _schedule_block(sch, blk)
+        return sch.mod["main"]
+    except Exception:  # noqa: BLE001 - unschedulable by these rules: the default loops
+        return func
+
+
+def _schedule_pass(tvm):
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitBiViTAutoSchedule")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and int(func.attrs.get("op_pattern", -1) if func.attrs else -1) != OPAQUE:
+                mod[gv] = auto_schedule(tvm, func)
+        return mod
+
+    return _pass
+
+
+def pipeline(target):
+    """The default Relax CPU pipeline with FastMathTransform before legalization and :func:`auto_schedule` on
+    every PrimFunc after fusion (kernels marked ``op_pattern`` opaque are taken as scheduled)."""
+    tvm = require("tvm", "the scheduled TVM pipeline")
+    return _pipeline(tvm, target)
+
+
+def compile_scheduled(mod, target):
+    """``tvm.compile`` with :func:`pipeline` (zero tuning trials, heuristic schedules)."""
+    tvm = require("tvm", "the scheduled TVM pipeline")
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
+
+
+def _pipeline(tvm, target):
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitBiViTPipeline")
+    def _run(mod, _ctx):
+        with target:
+            passes = (cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()] + cpu.legalize_passes(target)
+                      + [relax.transform.DeadCodeElimination(), _schedule_pass(tvm)]
+                      + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _run
