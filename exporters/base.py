@@ -24,7 +24,7 @@ from edgekit.exporters.options import Option, parse_options
 from edgekit.exporters.runtimes import contract_for
 from edgekit.exporters.source import ExportSource, compress_recipe, digest
 from edgekit.exporters.torch2onnx import safe_eval
-from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, tolerance
+from edgekit.exporters.validation import ValidationReport, checks_only, is_classifier, judge, task_checks, tolerance
 from edgekit.registry import Registry
 
 REFERENCE_FILE = "reference.npz"
@@ -296,6 +296,10 @@ def export(
             from edgekit.exporters.bisect import bisect_artifact
 
             report.extra["bisect"] = bisect_artifact(exporter, tmp, manifest, model, inputs[:1])
+        from edgekit.quant.placement import placement_note_for  # int8: the runtime its Q/DQ placement was made for
+
+        if (placed := placement_note_for(source.stage("quantize"), target)) is not None:
+            report.extra["int8_placement"] = placed
         write_json_atomic(tmp / VALIDATION_FILE, report.to_dict())
         manifest["validation"] = {"passed": report.passed, "numeric": report.numeric, "state": report.state,
                                   "worst_output": report.worst_output}
@@ -330,6 +334,7 @@ def _validate_dir(exporter, directory, manifest, model, inputs, ref_outputs, bun
     except Exception as exc:  # noqa: BLE001
         raise EdgekitError(f"{exporter.name}: the exported artifact failed to run: {type(exc).__name__}: {exc}") from exc
     checks = checks + integer_checks(manifest, got, ref_outputs)
+    checks += task_checks(getattr(bundle, "task", None), got, ref_outputs, tuple(inputs.shape[-2:]))  # detection boxes
     top1 = None
     num_classes = getattr(bundle, "num_classes", None) if bundle is not None and bundle.labeled else None
     if is_classifier(ref_outputs, num_classes):

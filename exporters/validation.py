@@ -37,6 +37,9 @@ TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
     "w1a8": {"top1_agreement": (">=", 0.98), "cosine": (">=", 0.999)},
 }
 PRECISIONS = tuple(TOLERANCES)
+# Task-level checks after decoding (edgekit.tasks), on the reference inputs, for every precision: a detector's
+# artifact must find again the boxes PyTorch finds (score >= 0.3; same class and IoU >= 0.5 counts as found).
+TASK_TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {"detection": {"box_match_rate": (">=", 0.9)}}
 # The three states an exported artifact can be in (docs/targets.md, the composition matrix).
 VALIDATED, READY_NOT_VALIDATED, FAILED = "validated", "ready, not validated", "failed"
 
@@ -187,6 +190,24 @@ def checks_only(target: str, precision: str, checks: list[dict[str, Any]], skipp
         target, precision, passed=not failures, numeric=False, checks=checks, failures=failures,
         skipped=skipped, tolerance={k: f"{op} {b:g}" for k, (op, b) in tolerance(precision).items()},
     )
+
+
+def task_checks(task: str | None, actual: np.ndarray, reference: np.ndarray, input_hw: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The task's comparison of decoded outputs (detection: boxes and scores), judged by ``TASK_TOLERANCES``."""
+    if task not in TASK_TOLERANCES:
+        return []
+    from edgekit.tasks import get_task
+
+    measured = get_task(task).compare_outputs(actual, reference, input_hw)
+    checks = []
+    for metric, (op, bound) in TASK_TOLERANCES[task].items():
+        value = measured.get(metric)
+        detail = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in measured.items())
+        if value is None:  # nothing to compare (no confident box in the reference outputs): said, not failed
+            checks.append({"name": f"{task} {metric}", "passed": True, "detail": f"not measured: {detail}"})
+        else:
+            checks.append({"name": f"{task} {metric} {op} {bound:g}", "passed": _ok(value, op, bound), "detail": detail})
+    return checks
 
 
 def is_classifier(output: np.ndarray, num_classes: int | None) -> bool:

@@ -9,7 +9,8 @@ A :class:`Task` owns four things that the stages and exporters must not know abo
   classification, COCO mAP@[.5:.95] for detection);
 - its **fidelity** measure of a compressed model against the reference (``fidelity(reference, model, x, n)``):
   cosine of the raw outputs for every task, plus what agreement means for the task (top-1 agreement; for
-  detection, matched boxes' IoU and score agreement after decoding).
+  detection, matched boxes' IoU and score agreement after decoding); ``compare_outputs(actual, reference, hw)``
+  gives the same agreement for raw outputs, which export validation judges (``exporters.validation.task_checks``).
 
 Tasks are found by name in :data:`TASKS` (an :class:`edgekit.registry.Registry` filled from the modules of
 this package); a :class:`~edgekit.data.DataBundle` names its task (``bundle.task``).

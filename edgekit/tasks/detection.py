@@ -251,6 +251,11 @@ class Detection(Task):
             raise ValueError("the detection loss needs the inputs (for the image size)")
         return fcos_loss(outputs, targets, inputs.shape[-2:])
 
+    def compare_outputs(self, actual: Any, reference: Any, hw: Sequence[int]) -> dict[str, float | int | None]:
+        """Decoded agreement of two raw outputs (arrays or tensors), e.g. an exported artifact's vs PyTorch's."""
+        ref = decode(torch.as_tensor(reference).float(), hw)
+        return _agreement(ref, decode(torch.as_tensor(actual).float(), hw))
+
     def fidelity(self, reference: nn.Module, model: nn.Module, x: Any, n: int | None = None,
                  batch_size: int = 32) -> dict[str, Any]:
         from edgekit.metrics import fidelity

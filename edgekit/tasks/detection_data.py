@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekit.datasources import SampleSource
 from edgekit.errors import UserInputError
 
 BUILTIN = "digits-det"
@@ -249,7 +250,7 @@ def read_coco(path: Path) -> tuple[list[dict[str, Any]], dict[int, int], list[st
     return list(by_id.values()), label_of, [names_by_id[c] for c in cat_ids]
 
 
-class CocoSource:
+class CocoSource(SampleSource):
     """A COCO folder as a detection sample source (streamed: one image decoded at a time)."""
 
     task = "detection"
@@ -283,7 +284,7 @@ class CocoSource:
     def labels(self) -> None:
         return None
 
-    def sample(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def load(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from PIL import Image, UnidentifiedImageError
 
         im, path = self.images[i], self._path(self.images[i])
@@ -299,8 +300,6 @@ class CocoSource:
         boxes = torch.tensor(im["boxes"], dtype=torch.float32).reshape(-1, 4)
         boxes *= torch.tensor([w / w0, h / h0, w / w0, h / h0])
         return (x - MEAN) / STD, {"boxes": boxes, "labels": torch.tensor(im["labels"], dtype=torch.int64)}
-
-    load = sample
 
 
 def coco_folder(folder: Path, input_shape: Sequence[int] | None, seed: int = 0, options: Any = None):
