@@ -1,0 +1,109 @@
+"""The zoo detector through the stages (issue 19): int8 and prune-30 compress keep mAP within a stated bound on a
+small digits-det test subset and report.json carries it; ONNX and OpenVINO exports validate; multi-output
+(per-level tuple) detectors go through fuse / prune / PTQ, and compress refuses them with a message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("pycocotools")
+
+from edgekit import models as zoo
+from edgekit.errors import UserInputError
+from edgekit.tasks.detection_data import digits_detection
+
+# 64 test canvases: the shipped checkpoint scores mAP@[.5:.95] 0.51 on them. Measured on them (2026-11-30, see
+# docs/detection.md): int8 keeps mAP within 0.01; prune-30 + a short fine-tune (2 epochs on 512 canvases, lr 3e-3)
+# keeps 0.33 of 0.51 (0.65x); prune-30 with the recipe's 3 epochs on the full 2400 canvases keeps 0.45 of 0.51.
+SMALL = {"train": 512, "calib": 64, "test": 64}
+INT8_MAX_DROP = 0.02
+PRUNE_MIN_KEPT = 0.5  # share of the fp32 mAP the short fine-tune keeps at least
+
+
+@pytest.fixture(scope="module")
+def det():
+    return digits_detection((3, 64, 64), seed=0, counts=SMALL)
+
+
+@pytest.fixture(scope="module")
+def int8_out(det, tmp_path_factory):
+    from edgekit.pipeline import compress
+
+    out = tmp_path_factory.mktemp("det") / "int8"
+    result = compress(zoo.load("detector"), "int8", data=det, out=out, latency=False,
+                      overrides=["quantize.calibration.samples=64"])
+    return result, out
+
+
+def _drop(report) -> tuple[float, float]:
+    m = report.fidelity["task_metrics"]["map"]
+    return m["before"], m["after"]
+
+
+def test_int8_keeps_map_and_report_json_carries_it(int8_out):
+    result, out = int8_out
+    before, after = _drop(result.report)
+    assert before > 0.3 and after >= before - INT8_MAX_DROP, (before, after)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["fidelity"]["task"] == "detection"
+    assert saved["fidelity"]["task_metrics"]["map50"]["after"] is not None
+    assert saved["accuracy"] == {"before": None, "after": None}  # no top-1 for a detector
+    fid = result.report.fidelity
+    assert fid["box_match_rate"] >= 0.9 and fid["box_iou_mean"] >= 0.8, fid  # decoded boxes agree with fp32
+    assert any("map" in n for n in result.report.notes)
+
+
+@pytest.mark.slow  # ~60 s under load: two fine-tune epochs on 512 canvases
+def test_prune_30_fine_tuned_keeps_map(det):
+    from edgekit.pipeline import compress
+
+    result = compress(zoo.load("detector"), "prune-30", data=det, latency=False,
+                      overrides=["prune.finetune.epochs=2", "prune.finetune.lr=0.003"])
+    before, after = _drop(result.report)
+    assert after >= PRUNE_MIN_KEPT * before, (before, after)
+    assert result.report.macs.after < 0.8 * result.report.macs.before
+    assert result.report.stage("prune").report["finetune"]["epochs"] == 2  # the detection loss fine-tuned it
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_int8_detector_exports_and_validates(int8_out, det, target, tmp_path):
+    pytest.importorskip("onnxruntime" if target == "onnx" else "openvino")
+    from edgekit.exporters import export
+
+    art = export(str(int8_out[1]), target, "int8", out=tmp_path / target, data=det)
+    assert art.report.passed and art.report.numeric, art.report.summary()
+    assert art.report.outputs["output"]["cosine"] >= 0.99
+    task = [c for c in art.report.checks if c["name"].startswith("detection box_match_rate")]
+    assert len(task) == 1 and task[0]["passed"] and "not measured" not in task[0]["detail"], task  # decoded boxes agree
+
+
+def test_multi_output_detector_goes_through_fuse_prune_and_ptq(det):
+    from edgekit.fusion import fuse
+    from edgekit.prune.structured import prune
+    from edgekit.quant.ptq import quantize_ptq
+
+    model = zoo.create("detector", pretrained=True)
+    model.packed = False  # a tuple of per-level tensors
+    x = det.calib.x[:4]
+    with torch.no_grad():
+        ref = model(x)
+        fused, _ = fuse(model, "deploy")
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(fused(x), ref))
+        pruned, _ = prune(model, (x[:1],), 0.3, "l1", False, 8, ["head*"])
+        assert [t.shape for t in pruned(x)] == [t.shape for t in ref]
+        q, _ = quantize_ptq(fused, det.calib.x, x[:1])
+        for a, b in zip(q(x), ref):
+            assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0) > 0.99
+
+
+def test_compress_refuses_a_multi_output_detector(det):
+    from edgekit.loading import LoadedModel
+    from edgekit.pipeline import compress
+
+    loaded = zoo.load("detector")
+    loaded.model.packed = False
+    with pytest.raises(UserInputError, match="packed tensor"):
+        compress(LoadedModel(loaded.model, loaded.info), "deploy", data=det, latency=False)
