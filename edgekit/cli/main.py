@@ -183,7 +183,7 @@ def zoo_list(json_: bool = JSON_OPTION) -> None:
         from edgekit import models
 
         rows = []
-        for name in models.names():
+        for name in models.names(task=None):
             meta = models.info(name)
             rows.append({"name": name, "family": meta.family, "description": meta.description, "checkpoint": meta.checkpoint.is_file()})
         if json_:
@@ -219,6 +219,8 @@ def zoo_train(
         result = train_zoo(name, epochs=epochs, seed=seed)
         if json_:
             emit_json(result)
+        elif "map" in result:  # a detector (edgekit.models.detector_train)
+            console().print(f"{result['name']}: test mAP@[.5:.95] {result['map']:.4f}, mAP@.5 {result['map50']:.4f} after {result['epochs']} epochs ({result['seconds']:.0f}s)")
         else:
             console().print(f"{result['name']}: test top-1 {result['accuracy']:.2%} after {result['epochs']} epochs ({result['seconds']:.0f}s)")
 
