@@ -79,6 +79,12 @@ class Preprocess:
         return None if isinstance(self.resize, int) else self._hw(self.resize)
 
     def image(self, im, where: str) -> torch.Tensor:
+        return self.to_tensor(self.pixels(im, where))
+
+    def pixels(self, im, where: str) -> np.ndarray:
+        """The PIL part: mode, resize, crop -> uint8 array H x W (x 3). Decoding threads run only this, so the
+        float copies are made (and freed) by the caller's thread: per-thread allocator arenas would otherwise keep
+        about a hundred MB of freed float images at 224x224."""
         from PIL import Image
 
         im = im.convert("L" if self.channels == 1 else "RGB")
@@ -99,8 +105,12 @@ class Preprocess:
                 raise UserInputError(f"{where}: image is {h}x{w} after resize, smaller than data.crop {ch}x{cw}")
             top, left = (h - ch) // 2, (w - cw) // 2
             im = im.crop((left, top, left + cw, top + ch))
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr[None] if self.channels == 1 else arr.transpose(2, 0, 1).copy())
+        return np.asarray(im, dtype=np.uint8)
+
+    def to_tensor(self, arr: np.ndarray) -> torch.Tensor:
+        """uint8 H x W (x 3) -> float32 C x H x W on the 0..1 scale, normalized."""
+        x = torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)))
+        x = x.to(torch.float32).div_(255.0)
         if self.channels not in (1, 3):  # e.g. a 4-channel model: replicate the gray image
             x = x.mean(0, keepdim=True).expand(self.channels, -1, -1).contiguous()
         return self.normalize(x)
@@ -135,8 +145,19 @@ class SampleSource:
         """Every label without decoding images, when the source knows them (folders, ``dataset.targets``)."""
         return None
 
+    def fetch(self, i: int) -> Any:
+        """The part of :meth:`sample` that decoding threads run (default: all of it)."""
+        return self.sample(i)
+
+    def finish(self, fetched: Any, i: int) -> tuple[torch.Tensor, Any]:
+        """The rest of :meth:`sample`, in the caller's thread."""
+        return fetched
+
     def sample(self, i: int) -> tuple[torch.Tensor, Any]:
         x, y = self.load(i)
+        return self._checked(x, y, i)
+
+    def _checked(self, x: torch.Tensor, y: Any, i: int) -> tuple[torch.Tensor, Any]:
         where = self.where(i)
         check_values(x, where)
         if y is not None and self.task == "classification":
@@ -160,15 +181,20 @@ class ImageFolderSource(SampleSource):
     def labels(self) -> list[int]:
         return self._labels
 
-    def load(self, i: int) -> tuple[torch.Tensor, int]:
+    def fetch(self, i: int) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(self.files[i]) as im:
-                x = self.prep.image(im, self.where(i))
+                return self.prep.pixels(im, self.where(i))
         except (UnidentifiedImageError, OSError) as exc:
             raise UserInputError(f"{self.files[i]}: not a readable image ({exc})") from None
-        return x, self._labels[i]
+
+    def finish(self, fetched: np.ndarray, i: int) -> tuple[torch.Tensor, int]:
+        return self._checked(self.prep.to_tensor(fetched), self._labels[i], i)
+
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.prep.to_tensor(self.fetch(i)), self._labels[i]
 
 
 class DatasetSource(SampleSource):
@@ -286,7 +312,8 @@ class StreamSplit:
     def _load_many(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, Any]]:
         if self.workers > 1 and len(idx) > 1:
             with ThreadPoolExecutor(min(self.workers, len(idx))) as pool:  # image decoding releases the GIL
-                return list(pool.map(self.source.sample, idx))
+                fetched = list(pool.map(self.source.fetch, idx))
+            return [self.source.finish(f, i) for f, i in zip(fetched, idx)]
         return [self.source.sample(i) for i in idx]
 
     def _stack(self, items: list[tuple[torch.Tensor, Any]], idx: Sequence[int]) -> torch.Tensor:
@@ -316,12 +343,37 @@ class StreamSplit:
                 yield x, None
             else:
                 yield x, torch.tensor(targets, dtype=torch.int64)
+        release_memory()
 
     def materialize(self):
-        """An in-memory :class:`edgekit.data.Split` of these samples (for small splits: calibration)."""
+        """An in-memory :class:`edgekit.data.Split` of these samples (for small splits: calibration), filled one
+        batch at a time (peak: the split plus one batch, not twice the split)."""
         from edgekit.data import Split
 
-        return Split(self.x[:], self.y)
+        x = torch.empty(len(self), *self.sample_shape)
+        for start in range(0, len(self), self.batch_size):
+            stop = min(start + self.batch_size, len(self))
+            x[start:stop] = self.take(range(start, stop))
+        release_memory()
+        return Split(x, self.y)
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the system after a pass over decoded images (glibc ``malloc_trim``; a
+    no-op elsewhere): the peak resident memory of a long run then stays near what is actually held."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int, calibration_max: int | None) -> tuple[list[int], list[int], list[int]]:
@@ -348,6 +400,7 @@ def estimate_norm(split: StreamSplit, samples: int = 256, seed: int = 0) -> tupl
     for start in range(0, n, 32):
         xb = split.take(pos[start : start + 32]).double()
         total, sq, count = total + float(xb.sum()), sq + float((xb * xb).sum()), count + xb.numel()
+    release_memory()
     mean = total / max(1, count)
     std = math.sqrt(max(sq / max(1, count) - mean * mean, 1e-12))
     return mean, std

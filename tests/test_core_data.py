@@ -109,6 +109,21 @@ def test_image_folder_streams_batches_and_is_deterministic(tmp_path):
     assert d.preprocessing["estimated"] and abs(float(d.train.x[:].mean())) < 0.2
 
 
+def test_threaded_decoding_and_batchwise_calibration_equal_one_sample_at_a_time(tmp_path):
+    """Threads decode to uint8 only (floats are made in the caller's thread, for memory); the calibration split
+    is filled batch by batch. Both must give exactly what loading each sample alone gives."""
+    from edgekit.data import DataOptions
+
+    root = _folder(tmp_path / "imgs", per_class=10)
+    d = load_data(str(root), input_shape=(3, 16, 16), options=DataOptions(batch_size=3, split={"train": 0.4, "calibration": 0.4, "test": 0.2}))
+    src, cal = d.train.source, d.calib
+    assert len(cal) == 12 and d.train.workers > 1  # 4 batches of 3, the last one full
+    alone = torch.stack([src.sample(i)[0] for i in d.train.indices[:7]])
+    assert torch.equal(d.train.x[:7], alone)  # threaded take == one at a time, bit for bit
+    calib_src = load_data(str(root), input_shape=(3, 16, 16), options=DataOptions(split={"train": 0.4, "calibration": 0.4, "test": 0.2}))
+    assert torch.equal(cal.x, calib_src.calib.x) and torch.equal(cal.y, calib_src.calib.y)  # batch size changes nothing
+
+
 def test_image_folder_preprocessing_and_splits(tmp_path):
     from edgekit.data import DataOptions
 
