@@ -25,9 +25,10 @@ from edgekit.capture import FX, Capture, FixedBatch, capture, layers_as_modules
 from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
-from edgekit.quant.config import PTQConfig, activation_scheme
+from edgekit.quant.config import PTQConfig
 from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantWeight, WeightMode
 from edgekit.quant.observers import make_observer
+from edgekit.quant.placement import Placement, activation_policy
 
 
 def check_calibration(x: Any, example: torch.Tensor, samples: int) -> torch.Tensor:
@@ -75,7 +76,12 @@ def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> tuple[f
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    ShapeProp(gm).propagate(example[: cap.batch_size] if cap.batch_size else example)
+    x = example[: cap.batch_size] if cap.batch_size else example
+    ShapeProp(gm).propagate(x)
+    from edgekit.quant.placement_attention import decompose_attention
+
+    if decompose_attention(gm):  # fused attention calls -> matmul / softmax / matmul (quantizable products)
+        ShapeProp(gm).propagate(x)
     return gm, cap
 
 
@@ -84,20 +90,22 @@ _DROPOUT_FNS = {torch.ops.aten.dropout, torch.ops.aten.dropout_, torch.ops.aten.
 
 def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Plan]:
     """Swap conv/linear for int8-weight layers and insert observing ActFakeQuant modules (in place)."""
-    p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore)
+    place = activation_policy(opts.target, opts.symmetric_activations)
+    p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore, softmax_input=place.softmax_input)
     for target in p.layers:
         parent, _, attr = target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm
         layer = getattr(owner, attr)
         setattr(owner, attr, QUANT_LAYERS[type(layer)](layer))
-    scheme = activation_scheme(opts.symmetric_activations)
+    scheme = place.initial_scheme()
     nodes = {n.name: n for n in gm.graph.nodes}
     for i, name in enumerate(p.tensors):
         node = nodes[name]
         qname = f"act_quant_{i}"
-        # probabilities (softmax outputs) keep their full [0, 1] range: clipping observers (MSE, percentile,
-        # entropy) would cut the few large attention weights that matter most
-        method = "minmax" if _is_softmax(node, gm) else opts.calibration.method
+        # probabilities (softmax outputs) keep their full [0, 1] range, and so do the logits a softmax reads:
+        # clipping observers (MSE, percentile, entropy) would cut the few large attention scores that matter most
+        keep_range = _is_softmax(node, gm) or qdq.feeds_softmax(node, dict(gm.named_modules()))
+        method = "minmax" if keep_range else opts.calibration.method
         obs = make_observer(method, scheme, percentile=opts.calibration.percentile)
         gm.add_module(qname, ActFakeQuant(scheme, obs))
         with gm.graph.inserting_after(node):
@@ -126,8 +134,9 @@ def weight_layers(gm: nn.Module) -> dict[str, QuantWeight]:
 
 
 @torch.no_grad()
-def calibrate(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> int:
-    """Run the calibration samples through the observers, then set every quantizer's scale/zero point."""
+def calibrate(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32, placement: Placement | None = None) -> int:
+    """Run the calibration samples through the observers, then set every quantizer's scale/zero point
+    (on the grid ``placement`` settles on for the observed range, see :mod:`edgekit.quant.placement`)."""
     gm.eval()
     quants = act_quants(gm)
     for q in quants.values():
@@ -136,6 +145,9 @@ def calibrate(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> int:
     for xb in track(batches, "calibrating"):
         gm(xb)
     for name, q in quants.items():
+        settled = placement.settle(float(q.observer.lo)) if placement is not None and q.observer.lo is not None else None
+        if settled is not None:  # placement ``by_range``: uint8 (zero point 0) for a non-negative tensor, else int8
+            q.scheme = q.observer.scheme = settled
         try:
             q.freeze_from_observer()
         except RuntimeError as exc:
@@ -234,6 +246,10 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         from edgekit.quant.equalize import equalize
 
         report["equalized_pairs"] = equalize(gm)
+    if opts.smoothquant.enabled:
+        from edgekit.quant.smoothquant import smooth
+
+        report["smoothquant"] = smooth(gm, calib[:64], opts.smoothquant.alpha, batch)
     gm, p = prepare(gm, opts)
     set_weight_mode(gm, WeightMode.FLOAT)
     if opts.weight_bits != 8:
@@ -241,7 +257,7 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
 
         for layer in weight_layers(gm).values():
             layer.scheme = weight_scheme(opts.weight_bits)
-    calibrate(gm, calib, batch)
+    calibrate(gm, calib, batch, activation_policy(opts.target, opts.symmetric_activations))
     float_weights = None
     if opts.rounding == "adaround":  # after calibration: each layer learns its rounding on quantized inputs
         from edgekit.quant.adaround import AdaRoundOptions, adaround_layers
@@ -258,7 +274,8 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         "quantized_layers": p.layers,
         "quantized_ops": len(p.op_nodes),
         "activation_quantizers": len(p.tensors),
-        "activations": "int8 symmetric" if opts.symmetric_activations else "uint8 affine",
+        "target": opts.target,
+        "activations": activation_policy(opts.target, opts.symmetric_activations).describe(),
         "weights": f"{'int8' if opts.weight_bits == 8 else f'{opts.weight_bits}-bit grid in int8'} symmetric per-channel, "
                    f"{opts.rounding} rounding",
         "ignored": p.ignored,

@@ -9,10 +9,14 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
    output zero point sits at the grid's bottom, which an affine grid calibrated on a ReLU output has).
    Without an output Q a runtime would run that conv in float on dequantized inputs.
 3. Residual adds: both inputs and the output are quantized, so ``DQ, DQ -> Add -> Q`` fuses (QLinearAdd in
-   ORT, an int8 eltwise in OpenVINO/TensorRT).
+   ORT, an int8 eltwise in OpenVINO/TensorRT). An add of a parameter (a positional embedding) is not a
+   residual add: it stays float (quantizing the embedding per tensor cost 1.7 pt top-1 on the digits vit).
 4. Weights are int8 initializers feeding a per-channel DequantizeLinear (axis 0); biases stay float
    initializers (ORT and OpenVINO quantize them to int32 at the fusion; TensorRT ignores bias Q/DQ).
 5. Graph outputs are never quantized (the logits stay float).
+6. Per runtime (:mod:`edgekit.quant.placement`): with ``softmax_input=False`` the output of an op that feeds a
+   softmax (the attention logits Q·Kᵀ, through a scaling mul/div) is not quantized, as NNCF places it for
+   OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits).
 
 Ops the quantizer does not handle are left in float and listed by :func:`plan` (nothing is silently dropped).
 """
@@ -78,6 +82,18 @@ def _is_float_tensor(n) -> bool:
     return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
 
 
+def _is_parameter(n: fx.Node) -> bool:
+    """A graph constant (a parameter such as a positional embedding), possibly broadcast / reshaped."""
+    while n.op in ("call_function", "call_method") and n.args and isinstance(n.args[0], fx.Node) and (
+            (target_of(n) if n.op == "call_function" else n.target) in _VIEW_OPS):
+        n = n.args[0]
+    return n.op == "get_attr"
+
+
+_VIEW_OPS = {"expand", "view", "reshape", "expand_as", aten.expand, aten.view, aten.reshape, aten._unsafe_view,
+             torch.reshape}
+
+
 def matches(name: str, patterns) -> bool:
     """Wildcard match of a layer name against ``ignore`` patterns (``head``, ``features.*``, ``*.attn.*``)."""
     return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
@@ -94,9 +110,10 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
         return None
     if node.op == "call_function" or node.op == "call_method":
         t = target_of(node) if node.op == "call_function" else node.target
-        if t in _ADD_FNS or t == "add":
+        if (t in _ADD_FNS or t == "add") and not node.meta.get("attention_mask_add"):  # placement_attention.MASK_ADD
             a = node.args[:2]
-            if len(a) == 2 and all(_is_float_tensor(x) for x in a) and a[0].meta["tensor_meta"].shape == a[1].meta["tensor_meta"].shape:
+            if len(a) == 2 and all(_is_float_tensor(x) and not _is_parameter(x) for x in a) and \
+                    a[0].meta["tensor_meta"].shape == a[1].meta["tensor_meta"].shape:
                 return "add"
         if t in _MATMUL_FNS or t == "matmul":
             if len(node.args) >= 2 and all(_is_float_tensor(x) for x in node.args[:2]):
@@ -126,8 +143,33 @@ def _is_passthrough(node: fx.Node, modules) -> bool:
     return t in _PASSTHROUGH_FN or t in _FUSED_ACTS_FN or t in _ADD_FNS or t in _MATMUL_FNS
 
 
-def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=()) -> Plan:
-    """Decide the QDQ placement on a shape-propagated graph (``node.meta['tensor_meta']`` set)."""
+def feeds_softmax(node: fx.Node, modules: dict[str, nn.Module], hops: int = 3) -> bool:
+    """Whether ``node``'s only use chain reaches a softmax within ``hops`` scaling / reshaping ops."""
+    for _ in range(hops):
+        users = list(node.users)
+        if len(users) != 1:
+            return False
+        node = users[0]
+        if is_softmax(node, modules):
+            return True
+        if not _is_passthrough(node, modules) or op_kind(node, modules) is not None:
+            return False
+    return False
+
+
+def is_softmax(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A softmax call: ``nn.Softmax`` module, ``x.softmax(...)``, ``torch.softmax`` / ATen ``_softmax``."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Softmax)
+    if node.op == "call_method":
+        return node.target == "softmax"
+    return node.op == "call_function" and target_of(node) in SOFTMAX_FNS
+
+
+def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = True) -> Plan:
+    """Decide the QDQ placement on a shape-propagated graph (``node.meta['tensor_meta']`` set).
+
+    ``softmax_input=False``: leave a quantized op's output in float when it feeds a softmax (rule 6)."""
     modules = dict(gm.named_modules())
     p = Plan()
     needs: dict[str, None] = {}
@@ -155,6 +197,8 @@ def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=()) -> Plan:
                 needs[a.name] = None
                 p.inputs_of[node.name].append(a.name)
         out = _fused_output(node, modules)
+        if not softmax_input and feeds_softmax(out, modules):
+            continue
         if out.name not in outputs and not all(u.op == "output" for u in out.users):
             needs[out.name] = None
     p.tensors = list(needs)

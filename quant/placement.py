@@ -1,0 +1,124 @@
+"""Target-aware Q/DQ placement: which activation grid each quantized tensor gets, for the runtime that will run it.
+
+The same fake-quantized graph is not the fastest int8 graph on every runtime. What was read from the runtimes'
+own execution graphs (``edgekit.quant.placement_report``) on the zoo ``vit`` at 224:
+
+* **OpenVINO** (CPU plugin): with uint8 *affine* activations (a non-zero zero point) every FullyConnected ran
+  as the slower zero-point-compensating ``FullyConnected`` kernel and 14 attention ``Subgraph`` nodes ran in
+  f32; with signed symmetric activations (zero point 0), as NNCF places them, all 49 ran as
+  ``FullyConnectedQuantizedLegacy`` int8 and the attention subgraphs (Q·Kᵀ, softmax, A·V) ran in int8.
+  Non-negative tensors (softmax probabilities, ReLU outputs) take uint8 with zero point 0, so no level is
+  spent on negative values. NNCF leaves the softmax input (the Q·Kᵀ logits) in float; so does this rule.
+* **ONNX Runtime** (CPU EP): uint8 affine activations x int8 weights is MLAS's fast path, and a ReLU before a
+  quantizer whose zero point sits at the grid's bottom is dropped (``QLinearConv`` with a fused ReLU).
+* **TensorRT**: explicit quantization takes signed symmetric int8 only (the recipe ``int8-sym``).
+
+One :class:`Placement` per runtime, registered in :data:`PLACEMENTS` by the name recipes use as
+``quantize.target``. The placement a model was made for is recorded in the quantize stage's report (and so in
+``report.json``); exporting it to another runtime works where that runtime takes the graph, and the export's
+``validation.json`` carries :func:`placement_note` saying the placement was not made for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from edgekit.quant.config import ACT_INT8_SYM, ACT_UINT8, QScheme
+from edgekit.registry import Registry
+
+Activations = Literal["affine", "symmetric", "by_range"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How Q/DQ pairs are placed for one runtime.
+
+    ``activations``: ``affine`` (uint8, zero point from the range), ``symmetric`` (int8, zero point 0) or
+    ``by_range`` (uint8 with zero point 0 where calibration saw no negative value, else int8 symmetric).
+    ``softmax_input``: quantize the tensor feeding a softmax (the attention logits Q·Kᵀ, possibly scaled).
+    ``runtime`` / ``targets``: the runtime name (``exporters.runtimes.RUNTIMES``) and the export targets whose
+    artifacts run on it (a placement is "made for" an export to one of them).
+    """
+
+    name: str
+    activations: Activations
+    softmax_input: bool
+    targets: tuple[str, ...]
+    note: str = ""
+
+    def initial_scheme(self) -> QScheme:
+        """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
+        return ACT_UINT8 if self.activations == "affine" else ACT_INT8_SYM
+
+    def settle(self, lo: float) -> QScheme | None:
+        """The grid for a tensor whose calibrated minimum is ``lo`` (None: keep the initial grid)."""
+        if self.activations != "by_range":
+            return None
+        return ACT_UINT8 if lo >= 0.0 else ACT_INT8_SYM
+
+    def describe(self) -> str:
+        return {"affine": "uint8 affine", "symmetric": "int8 symmetric",
+                "by_range": "int8 symmetric, uint8 (zero point 0) where non-negative"}[self.activations]
+
+
+PLACEMENTS: Registry[Placement] = Registry("quantization target")
+DEFAULT_TARGET = "onnxruntime"  # what the shipped int8 recipe measures latency on (recipes/int8.yaml)
+
+
+def register_placement(p: Placement) -> Placement:
+    PLACEMENTS.add(p.name, p)
+    return p
+
+
+for _p in (
+    Placement("onnxruntime", "affine", softmax_input=True, targets=("onnx", "tvm", "coreml"),
+              note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point)"),
+    Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
+              note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
+                   "FullyConnected and the attention subgraphs run in int8 on the CPU plugin"),
+    Placement("tensorrt", "symmetric", softmax_input=True, targets=("tensorrt",),
+              note="signed symmetric int8 only (TensorRT explicit quantization; recipe int8-sym)"),
+):
+    register_placement(_p)
+
+
+def placement(name: str | None) -> Placement:
+    """The registered placement ``name`` (``None``: :data:`DEFAULT_TARGET`); unknown names raise UserInputError."""
+    return PLACEMENTS.get(name or DEFAULT_TARGET)
+
+
+def activation_policy(target: str | None, symmetric_activations: bool) -> Placement:
+    """The placement for ``target``; ``symmetric_activations: true`` (the older switch) forces int8 symmetric."""
+    p = placement(target)
+    if symmetric_activations and p.activations != "symmetric":
+        from dataclasses import replace
+
+        p = replace(p, activations="symmetric")
+    return p
+
+
+def placement_note(made_for: str | None, export_target: str) -> dict[str, object] | None:
+    """What ``validation.json`` says about the int8 placement of a model exported to ``export_target``.
+
+    None when the model carries no placement (not quantized by edgekit's PTQ). ``made_for_this_target`` is
+    False when the placement was made for another runtime: the artifact is valid but may not run every
+    quantized op in int8 there."""
+    if not made_for:
+        return None
+    p = PLACEMENTS.get(made_for) if made_for in PLACEMENTS else None
+    ok = p is not None and export_target in p.targets
+    note = {"made_for": made_for, "export_target": export_target, "made_for_this_target": ok}
+    if not ok:
+        best = next((n for n, q in PLACEMENTS.items() if export_target in q.targets), None)
+        note["note"] = (f"the int8 Q/DQ placement was made for {made_for}, not for target {export_target}: the graph "
+                        f"runs, but not necessarily as fast as it could" +
+                        (f"; quantize with `quantize.target: {best}` for it" if best else ""))
+    return note
+
+
+def placement_note_for(quantize_stage: dict | None, export_target: str) -> dict[str, object] | None:
+    """:func:`placement_note` for the ``quantize`` stage config of a compress output's recipe (None: no stage)."""
+    if quantize_stage is None:
+        return None
+    return placement_note(str(quantize_stage.get("target") or DEFAULT_TARGET), export_target)
