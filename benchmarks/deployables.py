@@ -23,7 +23,9 @@ Rows (a row a deployable):
   :mod:`edgekit.exporters.tvm_schedule`'s heuristic schedules: zero tuning trials on both sides) and with the
   fastest fp32 runtime.
 
-The machine is shared: the ``uptime`` load is recorded before and after the timing loop, beside the table,
+Runtimes share one process, so idle threads must not spin: ONNX Runtime sessions run with
+``session.intra_op.allow_spinning=0`` and PyTorch with ``OMP_WAIT_POLICY=PASSIVE``; TVM uses ``TVM_NUM_THREADS``
+threads in a worker process of its own (driven from the same loop, timed there). The machine is shared: the ``uptime`` load is recorded before and after the timing loop, beside the table,
 and the numbers are measured under that load.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -38,12 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's OpenMP threads sleep when idle (read at import)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HEADERS = ["deployable", "runtime", "fp32 ms", "compressed ms", "speed ratio", "fastest fp32", "vs fastest",
            "fp32 bytes", "compressed bytes", "fp32 top-1", "compressed top-1", "note"]
-FP32_RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -52,7 +56,7 @@ class Deployable:
 
     name: str
     runtime: str  # the runtime it runs on; its fp32 counterpart is timed on the same one
-    run: Callable[[], object]
+    run: Callable[[], object] | None  # None: a TVM library timed in the TVM worker (Reference.tvm_libs)
     compressed_bytes: int
     compressed_top1: float | None = None
     note: str = ""
@@ -73,6 +77,7 @@ class Reference:
     runners: dict[str, Callable[[], object]] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     top1: float | None = None
+    tvm_libs: dict[str, Path] = field(default_factory=dict)  # timing key -> library, run by TvmWorker
 
 
 def uptime() -> str:
@@ -80,7 +85,9 @@ def uptime() -> str:
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each no-argument callable, timed round robin (one call of each per round)."""
+    """Median ms of each no-argument callable, timed round robin (one call of each per round, the order
+    reversed every other round). A callable marked ``self_timed`` returns its own ms (a run in a worker
+    process, timed there without the round trip)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -89,9 +96,51 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int 
     for i in range(runs):
         for k in keys if i % 2 == 0 else keys[::-1]:
             t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
+            out = fns[k]()
+            ms = (time.perf_counter() - t0) * 1e3
+            samples[k].append(float(out) if getattr(fns[k], "self_timed", False) else ms)
     return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _tvm_worker(conn, libs: dict[str, str], x: np.ndarray, threads: int) -> None:
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    from edgekit.exporters.tvm import load_vm
+
+    runs = {k: load_vm(Path(p), threads) for k, p in libs.items()}
+    conn.send("ready")
+    while (key := conn.recv()) is not None:
+        t0 = time.perf_counter()
+        runs[key](x)
+        conn.send((time.perf_counter() - t0) * 1e3)
+
+
+class TvmWorker:
+    """The TVM libraries run in one worker process, driven from the timing loop: in the process of the other
+    runtimes TVM's thread pool fights their pools (measured under load: the BiViT library 5-8 s per call
+    there, 40 ms on its own). ``runner(key)`` is a self-timed callable for :func:`interleaved_ms`."""
+
+    def __init__(self, libs: dict[str, Path], x: np.ndarray, threads: int) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_tvm_worker, args=(child, {k: str(v) for k, v in libs.items()}, x, threads),
+                                daemon=True)
+        self.proc.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("TVM worker did not start")
+
+    def runner(self, key: str) -> Callable[[], float]:
+        def run() -> float:
+            self.conn.send(key)
+            return self.conn.recv()
+
+        run.self_timed = True  # type: ignore[attr-defined]
+        return run
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=30)
 
 
 def onnx_top1(run_one: Callable[[np.ndarray], np.ndarray], data) -> float | None:
@@ -104,9 +153,18 @@ def onnx_top1(run_one: Callable[[np.ndarray], np.ndarray], data) -> float | None
 
 
 def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    from edgekit.exporters.runtimes import ort_session
+    """An ONNX Runtime session like :func:`edgekit.exporters.runtimes.ort_session`, but whose idle threads sleep
+    instead of spinning: in one process with other runtimes, spinning threads left by one run take the cores
+    from the next runner (measured under load: TVM after a spinning ORT run 252 ms, after a sleeping one 40 ms)."""
+    from edgekit.backends import require
 
-    sess = ort_session(path, threads)
+    ort = require("onnxruntime", "ONNX Runtime inference")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda a: sess.run(None, {name: a})[0]
 
@@ -159,13 +217,13 @@ def tvm_fp32(ref: Reference, threads: int) -> None:
     pipeline plus :mod:`edgekit.exporters.tvm_schedule`'s zero-trial schedules) to the reference runners."""
     if "tvm" in ref.runners:
         return
-    from edgekit.exporters.tvm import host_target, import_onnx, load_vm
+    from edgekit.exporters.tvm import host_target, import_onnx
     from edgekit.exporters.tvm_schedule import compile_scheduled
 
     lib = ref.workdir / "fp32-tvm.so"
     compile_scheduled(import_onnx(ref.onnx, ref.x.shape), host_target()).export_library(str(lib))
-    run = load_vm(lib, threads)
-    ref.runners["tvm"] = lambda: run(ref.x)
+    ref.tvm_libs["fp32/tvm"] = lib
+    ref.runners["tvm"] = None  # timed in the TVM worker process (see TvmWorker)
     ref.bytes["tvm"] = lib.stat().st_size
 
 
@@ -220,7 +278,8 @@ def bivit_tvm_rows(ref: Reference, args) -> list[Deployable]:
     check = tvm_build.compare(model, run, torch.from_numpy(ref.x), n=4)
     top1 = onnx_top1(run, ref.data)
     parts = built.storage
-    return [Deployable("bivit-w1a1", "tvm", lambda: run(ref.x), lib.stat().st_size, top1,
+    ref.tvm_libs["bivit-w1a1/tvm"] = lib
+    return [Deployable("bivit-w1a1", "tvm", None, lib.stat().st_size, top1,
                        f"{note}; XNOR/AND-popcount kernels for {parts['binary_layers']} linear layers and "
                        f"{parts['binary_matmuls']} attention matmuls, the rest fp32; both sides built with the same zero-trial schedules; binarized "
                        f"weights {parts['binary_bytes']:,} B vs {parts['binary_fp32_bytes']:,} B fp32 "
@@ -240,7 +299,7 @@ ROWS: dict[str, Callable[[Reference, Any], list[Deployable]]] = {
 
 def table_rows(ref: Reference, deployables: list[Deployable], ms: dict[str, float]) -> list[dict[str, Any]]:
     fp = {rt: ms[f"fp32/{rt}"] for rt in ref.runners}
-    fastest = min(FP32_RUNTIMES, key=lambda rt: fp[rt])
+    fastest = min(fp, key=lambda rt: fp[rt])  # every fp32 runtime timed in the loop (TVM too when a row needs it)
     rows = []
     for d in deployables:
         c = ms[f"{d.name}/{d.runtime}"]
@@ -272,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-deployables-") as tmp:
         ref = reference(args.size, args.threads, Path(tmp))
         deployables = [d for key in args.only for d in ROWS[key](ref, args)]
-        fns = {f"fp32/{rt}": fn for rt, fn in ref.runners.items()}
-        fns.update({f"{d.name}/{d.runtime}": d.run for d in deployables})
-        load_before = uptime()
-        ms = interleaved_ms(fns, args.runs)
-        load_after = uptime()
+        fns = {f"fp32/{rt}": fn for rt, fn in ref.runners.items() if fn is not None}
+        fns.update({f"{d.name}/{d.runtime}": d.run for d in deployables if d.run is not None})
+        worker = TvmWorker(ref.tvm_libs, ref.x, args.threads) if ref.tvm_libs else None
+        try:
+            fns.update({k: worker.runner(k) for k in ref.tvm_libs} if worker else {})
+            load_before = uptime()
+            ms = interleaved_ms(fns, args.runs)
+            load_after = uptime()
+        finally:
+            if worker:
+                worker.close()
     rows = table_rows(ref, deployables, ms)
     fastest = rows[0]["fastest_fp32_runtime"] if rows else "?"
     cells = [[_cell(r[k]) for k in ("deployable", "runtime", "fp32_ms", "compressed_ms", "speed_ratio")]

@@ -10,8 +10,10 @@ fails on a different zoo model (fp16 graph: inceptionnext, "Binary operators mus
 ToMixedPrecision: mobilenetv2, "Expected TensorType, but got R.Callable"), so the manifest records the path.
 Option ``llvm_opt_level`` (0-3) trades kernel speed for compile time (1 halves it; the CI matrix uses it).
 
-Performance note: the default Relax CPU pipeline applies no schedules (no MetaSchedule tuning database), so
-untuned kernels are slow; tune with MetaSchedule for deployment numbers.
+Performance: the default Relax CPU pipeline applies no schedules, so its kernels are serial loops (the ViT at
+224: seconds). Option ``schedule=heuristic`` compiles with :mod:`edgekit.exporters.tvm_schedule` instead
+(parallel, vectorised loops and TVM's fast erf/exp; zero tuning trials). Option ``tune`` (MetaSchedule trials)
+is refused (``TUNE_BLOCKED`` says what blocks it on the machines this was built on).
 
 Devices (option ``device``):
 * ``host``: ``llvm`` with the CPU features of this machine (``Target.from_device("cpu")``); validated here
@@ -40,6 +42,16 @@ INT8_NOTE = ("the QDQ graph imported by Relax's ONNX frontend: every quantize/de
              "numerics), convolutions and matmuls run as float32 kernels on the dequantized values (the default Relax "
              "pipeline fuses no QDQ pattern into int8 kernels), so expect no int8 speed-up")
 CROSS_CC = "aarch64-linux-gnu-gcc"
+SCHEDULES = ("default", "heuristic")
+TUNE_BLOCKED = (
+    "target tvm: tune (MetaSchedule search) is not implemented. What blocks it here (TVM 0.27, 2 shared cores): "
+    "MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses hundreds of TVMScript intrinsics "
+    "with inspect.stack() (still importing after 500 s at load 20); its LocalBuilder / LocalRunner start one "
+    "Python worker per process that imports TVM again (20-60 s each under that load) and its sanity check "
+    "waits on them without a timeout (the 'hang' seen before); the target needs an explicit num-cores; the "
+    "default cost model 'xgb' needs xgboost, which is not installed. Use -O schedule=heuristic (zero-trial "
+    "schedules) meanwhile"
+)
 
 
 def host_target():
@@ -81,9 +93,14 @@ def import_onnx(path: Path, input_shape):
     return from_onnx(onnx.load(str(path)), shape_dict={"input": list(input_shape)}, keep_params_in_input=False)
 
 
-def compile_module(mod, target):
+def compile_module(mod, target, schedule: str = "default"):
+    """Compile with the default Relax pipeline, or with :mod:`edgekit.exporters.tvm_schedule`'s heuristic one."""
     import tvm
 
+    if schedule == "heuristic":
+        from edgekit.exporters.tvm_schedule import compile_scheduled
+
+        return compile_scheduled(mod, target)
     return tvm.compile(mod, target=target)
 
 
@@ -127,6 +144,9 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
         suffix=".so",
         precisions=("fp32", "fp16", "int8"),
         options={"device": Option("host", str, choices=DEVICES), "llvm_opt_level": Option(None, int, choices=(0, 1, 2, 3), nullable=True),
+                 "schedule": Option("default", str, choices=SCHEDULES,
+                                    help="heuristic: parallel/vectorised loops and fast erf (edgekit.exporters.tvm_schedule)"),
+                 "tune": Option(0, int, minimum=0, help="MetaSchedule trials: not implemented (refused when > 0)"),
                  **hub_options(DEFAULT_OPSET)},
         source="onnx",
         runtime="tvm relax VM (host llvm)",
@@ -138,6 +158,10 @@ class TVMExporter(Exporter):
         from edgekit.backends import require
 
         tvm = require("tvm", "TVM export")
+        if ctx.options.get("tune", 0):
+            from edgekit.errors import NotImplementedStageError
+
+            raise NotImplementedStageError(TUNE_BLOCKED)
         device = ctx.options["device"]
         target = device_target(device, ctx.options.get("llvm_opt_level"))
         ex, method = self._compile(ctx, target)
@@ -164,6 +188,7 @@ class TVMExporter(Exporter):
         if ctx.precision == "int8":
             ctx.extra_manifest["tvm_int8"] = INT8_NOTE
         return {"model_file": model_file, "tvm_device": device, "tvm_fp16_method": method,
+                "tvm_schedule": ctx.options.get("schedule", "default"),
                 "runtime": {"name": "tvm", "version": tvm.__version__}}
 
     def _import(self, ctx: ExportContext, precision: str):
@@ -183,10 +208,11 @@ class TVMExporter(Exporter):
     def _compile(self, ctx: ExportContext, target):
         """fp32: the fp32 graph. fp16: the fp16 ONNX graph; if Relax cannot build it, ToMixedPrecision on the
         fp32 graph (each fails on different zoo models in TVM 0.27); the manifest records which was used."""
+        schedule = ctx.options.get("schedule", "default")
         if ctx.precision in ("fp32", "int8"):
-            return compile_module(self._import(ctx, ctx.precision), target), None
+            return compile_module(self._import(ctx, ctx.precision), target, schedule), None
         try:
-            return compile_module(self._import(ctx, "fp16"), target), "fp16 ONNX graph"
+            return compile_module(self._import(ctx, "fp16"), target, schedule), "fp16 ONNX graph"
         except UserInputError:
             raise
         except Exception as first:  # noqa: BLE001
@@ -194,7 +220,7 @@ class TVMExporter(Exporter):
 
             try:
                 mod = relax.transform.ToMixedPrecision(out_dtype="float16")(self._import(ctx, "fp32"))
-                return compile_module(mod, target), f"relax ToMixedPrecision (fp16 ONNX graph failed: {str(first).splitlines()[0][:200]})"
+                return compile_module(mod, target, schedule), f"relax ToMixedPrecision (fp16 ONNX graph failed: {str(first).splitlines()[0][:200]})"
             except Exception as second:  # noqa: BLE001
                 raise EdgekitError(
                     f"TVM could not build model {ctx.name} in fp16: from the fp16 ONNX graph: {str(first).splitlines()[0][:300]}; "

@@ -53,3 +53,33 @@ def test_scheduled_pipeline_matches_torch(tmp_path):
         ref = model(x).numpy()
     got = load_vm(tmp_path / "m.so", threads=1)(x.numpy())
     assert np.abs(got - ref).max() <= 1e-5
+
+
+def _small():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.GELU(), nn.Flatten(), nn.LayerNorm(256), nn.Linear(256, 4)).eval()
+    return model, torch.randn(1, 3, 16, 16)
+
+
+@pytest.mark.slow
+def test_tvm_schedule_heuristic_export(tmp_path):
+    """-O schedule=heuristic exports a library that passes validation and says so in the manifest."""
+    import json
+
+    from edgekit.exporters import export
+
+    model, x = _small()
+    art = export(model, "tvm", "fp32", out=tmp_path / "h", example_inputs=x, validation_samples=8, schedule="heuristic")
+    assert art.report.passed
+    assert json.loads((tmp_path / "h" / "manifest.json").read_text())["tvm_schedule"] == "heuristic"
+
+
+def test_tvm_tune_refused(tmp_path):
+    """-O tune=N is refused with what blocks MetaSchedule here (never a silent untuned build)."""
+    from edgekit.errors import NotImplementedStageError
+    from edgekit.exporters import export
+
+    model, x = _small()
+    with pytest.raises(NotImplementedStageError, match="MetaSchedule"):
+        export(model, "tvm", "fp32", out=tmp_path / "t", example_inputs=x, validation_samples=8, tune=8)
+    assert not (tmp_path / "t" / "model.so").exists()
