@@ -232,7 +232,7 @@ def adaround_layers(model: nn.Module, layers: dict[str, nn.Module], calib: torch
     float_weights = {n: m.weight.detach().clone() for n, m in layers.items()}
     report = {}
     try:
-        for n in _order(model, layers, calib[:1]):
+        for n in _order(model, layers, calib[:batch_size]):  # a whole batch: a graph may fix its batch size
             mod = layers[n]
             xf = _capture(float_model, float_layers[n], calib, batch_size)
             x = _capture(model, mod, calib, batch_size) if opts.asymmetric else xf
