@@ -1,0 +1,217 @@
+"""int8 transformers, one run side by side: edgekit vs NNCF on OpenVINO, edgekit vs ORT quantize_static on ORT.
+
+Models at 224 (seeded random weights, latency only): the zoo ``vit`` (DeiT-Tiny shape) and ``hybrid``, and two
+third-party classes built in code from ``transformers`` configs (no download): ViT-S/16 (``ViTConfig``: 384 wide,
+12 layers, 6 heads) and Swin-T (``SwinConfig()`` defaults). edgekit quantizes each twice, with
+``quantize.target: openvino`` and ``quantize.target: onnxruntime`` (edgekit.quant.placement). Every quantizer
+gets the same calibration samples (digits calibration images upsampled to 224). Accuracy: top-1 on the digits
+test split for the zoo ``vit`` / ``hybrid`` checkpoints (edgekit with the int8 recipe's options: MSE
+calibration, 256 samples, bias correction). The per-op precision tables are read from each runtime's own
+execution graph (edgekit.quant.placement_report).
+
+    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.int8_transformers
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._report import command_line, machine_note, markdown_table, write_section  # noqa: E402
+from benchmarks.quant_vs_peers import nncf_quantize, ort_quantize_static, ort_top1, ov_top1  # noqa: E402
+
+
+class Logits(nn.Module):
+    """A ``transformers`` image classifier called the way its users call it, returning the logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def third_party(name: str) -> nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    if name == "vit-s":
+        cfg = ViTConfig(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                        intermediate_size=1536, num_labels=1000)
+        return Logits(ViTForImageClassification(cfg)).eval()
+    return Logits(SwinForImageClassification(SwinConfig(num_labels=1000))).eval()  # Swin-T: 96 wide, depths 2-2-6-2
+
+
+def build_model(name: str, size: str) -> nn.Module:
+    from edgekit import models
+
+    if name in ("vit-s", "swin-t"):
+        return third_party(name)
+    torch.manual_seed(0)
+    return models.create(name, pretrained=(size == "digits"), size=size).eval()
+
+
+def quantize_all(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, tmp: Path, tag: str, method: str,
+                 bias_corr: bool) -> tuple[dict[str, Path], dict[str, object]]:
+    """fp32 ONNX, edgekit int8 for OpenVINO and for ORT (QDQ ONNX), ORT quantize_static ONNX, NNCF IR."""
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
+
+    paths = {"fp32": tmp / f"{tag}-fp32.onnx", "ek-ov": tmp / f"{tag}-ek-ov.onnx", "ek-ort": tmp / f"{tag}-ek-ort.onnx",
+             "ort-q": tmp / f"{tag}-ortq.onnx", "nncf": tmp / f"{tag}-nncf.xml"}
+    to_onnx(model, example, paths["fp32"])
+    info: dict[str, object] = {}
+    for key, target in (("ek-ov", "openvino"), ("ek-ort", "onnxruntime")):
+        cfg = PTQConfig(calibration={"method": method, "samples": len(calib)}, bias_correction=bias_corr, target=target)
+        t0 = time.perf_counter()
+        q, rep = quantize_ptq(model, calib, example, cfg)
+        info[f"{key} s"] = time.perf_counter() - t0
+        info[f"{key} model"] = q
+        info[f"{key} float_ops"] = sorted({f.rsplit(" (", 1)[-1].rstrip(")") for f in rep["float_ops"]})
+        to_onnx(q, example, paths[key])
+    c = calib.numpy().astype(np.float32)
+    t0 = time.perf_counter()
+    ort_quantize_static(paths["fp32"], paths["ort-q"], c)
+    info["ort-q s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nncf_quantize(paths["fp32"], paths["nncf"], c)
+    info["nncf s"] = time.perf_counter() - t0
+    return paths, info
+
+
+VARIANTS = (("fp32", "onnxruntime"), ("ek-ort", "onnxruntime"), ("ek-ov", "onnxruntime"), ("ort-q", "onnxruntime"),
+            ("fp32", "openvino"), ("ek-ov", "openvino"), ("ek-ort", "openvino"), ("nncf", "openvino"))
+
+
+def latencies(paths: dict[str, Path], x: np.ndarray, runs: int, rounds: int) -> dict[tuple[str, str], float]:
+    """Interleaved rounds over every variant; each variant's figure is the median of its per-round medians."""
+    from edgekit.exporters.latency import measure_file_latency
+
+    per: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for key, rt in VARIANTS:
+            per.setdefault((key, rt), []).append(measure_file_latency(paths[key], x, rt, threads=2, runs=runs, warmup=5)["median"])
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency-models", default="vit,hybrid,vit-s,swin-t")
+    ap.add_argument("--accuracy-models", default="vit,hybrid")
+    ap.add_argument("--calib", type=int, default=32, help="calibration samples at 224 (same for every quantizer)")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
+    from edgekit.data import load_data
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.placement_report import ort_precisions, openvino_precisions, side_by_side
+    from edgekit.quant.ptq import quantize_ptq
+    from edgekit.training import evaluate
+
+    load_before = uptime()
+    data = load_data()
+    acc_rows, lat_rows, notes = [], [], []
+    ov_reports: dict[str, dict] = {}
+    ort_reports: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8tf-") as tmpd:
+        tmp = Path(tmpd)
+        for name in filter(None, args.accuracy_models.split(",")):
+            print(f"[accuracy] {name}", flush=True)
+            model = build_model(name, "digits")
+            paths, info = quantize_all(model, data.calib.x[:256], data.test.x[:1], tmp, f"{name}-digits", "mse", True)
+            x, y = data.test.x, data.test.y
+            fp32 = 100 * evaluate(model, data.test)
+            ek_ov, ek_ort = 100 * ov_top1(paths["ek-ov"], x, y), 100 * ort_top1(paths["ek-ort"], x, y)
+            no_sq = {}
+            for key, target in (("ek-ov", "openvino"), ("ek-ort", "onnxruntime")):  # the SmoothQuant default, measured
+                cfg = PTQConfig(calibration={"method": "mse", "samples": 256}, target=target, smoothquant={"enabled": False})
+                no_sq[key] = 100 * evaluate(quantize_ptq(model, data.calib.x, data.test.x[:1], cfg)[0], data.test)
+            acc_rows.append([name, fp32, 100 * evaluate(info["ek-ov model"], data.test), ek_ov, f"{ek_ov - fp32:+.2f}",
+                             no_sq["ek-ov"], ek_ort, f"{ek_ort - fp32:+.2f}", no_sq["ek-ort"],
+                             100 * ort_top1(paths["ort-q"], x, y), 100 * ov_top1(paths["nncf"], x, y)])
+        for name in filter(None, args.latency_models.split(",")):
+            print(f"[latency] {name}", flush=True)
+            model = build_model(name, "224")
+            ex = F.interpolate(data.test.x[:1], size=(224, 224), mode="bilinear", align_corners=False)
+            cal = F.interpolate(data.calib.x[: args.calib], size=(224, 224), mode="bilinear", align_corners=False)
+            try:
+                paths, info = quantize_all(model, cal, ex, tmp, f"{name}-224", "minmax", False)
+                lat = latencies(paths, ex.numpy(), args.runs, args.rounds)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                notes.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                continue
+            lat_rows.append([name, lat["fp32", "onnxruntime"], lat["ek-ort", "onnxruntime"], lat["ek-ov", "onnxruntime"],
+                             lat["ort-q", "onnxruntime"], f"{lat['ek-ort', 'onnxruntime'] / lat['ort-q', 'onnxruntime']:.2f}x",
+                             lat["fp32", "openvino"], lat["ek-ov", "openvino"], lat["ek-ort", "openvino"], lat["nncf", "openvino"],
+                             f"{lat['ek-ov', 'openvino'] / lat['nncf', 'openvino']:.2f}x"])
+            ov_reports[f"{name} edgekit"] = openvino_precisions(paths["ek-ov"])
+            ov_reports[f"{name} NNCF"] = openvino_precisions(paths["nncf"])
+            ort_reports[f"{name} edgekit"] = ort_precisions(paths["ek-ort"])
+            ort_reports[f"{name} quantize_static"] = ort_precisions(paths["ort-q"])
+            if info["ek-ov float_ops"]:
+                notes.append(f"{name}: ops edgekit leaves in float (openvino placement): {', '.join(info['ek-ov float_ops'])}")
+            notes.append(f"{name}: quantize seconds: edgekit (openvino) {info['ek-ov s']:.0f}, (onnxruntime) {info['ek-ort s']:.0f}, "
+                         f"ORT quantize_static {info['ort-q s']:.0f}, NNCF {info['nncf s']:.0f}")
+    load_after = uptime()
+    md = ["## int8 transformers: edgekit vs NNCF (OpenVINO) and ORT quantize_static\n",
+          f"`{command_line()}`  \nMachine: {machine_note()}. **Measured under load**: the machine was shared with other "
+          f"agents' jobs; `uptime` before: `{load_before}`; after: `{load_after}`. Absolute times are inflated by the load; "
+          "the ratios come from interleaved rounds (every variant once per round), so a slow stretch hits all variants "
+          f"of a model alike. Latency: ms, batch 1, 2 threads, median of the per-round medians ({args.rounds} rounds of "
+          f"{args.runs} runs). Calibration: the same {args.calib} digits images upsampled to 224 for every quantizer at 224 "
+          "(edgekit minmax, no bias correction there; ORT quantize_static after `quant_pre_process`, U8S8 per-channel QDQ; "
+          "NNCF `nncf.quantize` defaults on the OpenVINO model read from the same fp32 ONNX). "
+          "edgekit `ek-ov` = `quantize.target: openvino`, `ek-ort` = `quantize.target: onnxruntime`.\n",
+          "### Latency at 224x224 (random weights)\n",
+          markdown_table(["model", "ORT fp32", "ORT ek-ort", "ORT ek-ov", "ORT quantize_static", "ek-ort / quantize_static",
+                          "OV fp32", "OV ek-ov", "OV ek-ort", "OV NNCF", "ek-ov / NNCF"], lat_rows),
+          "\n### Accuracy (digits test split, 359 images, top-1 %; int8 run on the runtime named)\n",
+          markdown_table(["model", "fp32", "ek-ov (torch)", "ek-ov (OpenVINO)", "drop", "ek-ov no SmoothQuant (torch)",
+                          "ek-ort (ORT)", "drop", "ek-ort no SmoothQuant (torch)", "ORT quantize_static (ORT)",
+                          "NNCF (OpenVINO)"], acc_rows),
+          "\nOne image is 0.28 pt of this split. edgekit runs with its defaults (SmoothQuant on, alpha 0.8); the "
+          "'no SmoothQuant' columns are the same quantizer with `smoothquant.enabled: false`.\n"]
+    if ov_reports:
+        h, rows = side_by_side(ov_reports)
+        md += ["\n### Ops run in int8 by OpenVINO's CPU plugin (read from `compiled.get_runtime_model()`)\n",
+               "`int8 / all` original ops of each kind whose executed node runs in i8/u8 (`MatMul (activations)`: "
+               "the attention products Q·Kᵀ and A·V; `MVN`: LayerNorm).\n", markdown_table(h, rows)]
+    if ort_reports:
+        h, rows = side_by_side(ort_reports)
+        md += ["\n### Kernels ONNX Runtime runs (its optimized graph after QDQ fusions)\n",
+               "Integer kernels count as int8; `MatMulIntegerToFloat` is an int8 product with a float output.\n",
+               markdown_table(h, rows)]
+    if notes:
+        md.append("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
+    text = "\n".join(md)
+    print(text)
+    if not args.no_write:
+        write_section("int8_transformers", text)
+
+
+if __name__ == "__main__":
+    main()
