@@ -23,9 +23,9 @@ Rows (a row a deployable):
   :mod:`edgekit.exporters.tvm_schedule`'s heuristic schedules: zero tuning trials on both sides) and with the
   fastest fp32 runtime.
 
-Runtimes share one process, so idle threads must not spin: ONNX Runtime sessions run with
-``session.intra_op.allow_spinning=0`` and PyTorch with ``OMP_WAIT_POLICY=PASSIVE``; TVM uses ``TVM_NUM_THREADS``
-threads in a worker process of its own (driven from the same loop, timed there). The machine is shared: the ``uptime`` load is recorded before and after the timing loop, beside the table,
+One loop drives every runner, but OpenVINO and TVM run in a worker process per runtime (timed there; their
+thread pools otherwise take the cores from the next runner), and the in-process ones do not spin when idle:
+ONNX Runtime with ``session.intra_op.allow_spinning=0``, PyTorch with ``OMP_WAIT_POLICY=PASSIVE``. The machine is shared: the ``uptime`` load is recorded before and after the timing loop, beside the table,
 and the numbers are measured under that load.
 """
 
@@ -56,7 +56,7 @@ class Deployable:
 
     name: str
     runtime: str  # the runtime it runs on; its fp32 counterpart is timed on the same one
-    run: Callable[[], object] | None  # None: a TVM library timed in the TVM worker (Reference.tvm_libs)
+    run: Callable[[], object] | None  # None: timed in a worker process (Reference.worker_files)
     compressed_bytes: int
     compressed_top1: float | None = None
     note: str = ""
@@ -77,7 +77,7 @@ class Reference:
     runners: dict[str, Callable[[], object]] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     top1: float | None = None
-    tvm_libs: dict[str, Path] = field(default_factory=dict)  # timing key -> library, run by TvmWorker
+    worker_files: dict[str, tuple[str, Path]] = field(default_factory=dict)  # key -> (runtime, file), see Worker
 
 
 def uptime() -> str:
@@ -102,33 +102,41 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int 
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
-def _tvm_worker(conn, libs: dict[str, str], x: np.ndarray, threads: int) -> None:
+def _worker_main(conn, files: dict[str, tuple[str, str]], x: np.ndarray, threads: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    from edgekit.exporters.tvm import load_vm
+    runs = {}
+    for key, (runtime, path) in files.items():
+        if runtime == "tvm":
+            from edgekit.exporters.tvm import load_vm
 
-    runs = {k: load_vm(Path(p), threads) for k, p in libs.items()}
+            runs[key] = lambda run=load_vm(Path(path), threads): run(x)
+        else:
+            from edgekit.exporters.runtimes import openvino_compiled
+
+            runs[key] = lambda req=openvino_compiled(Path(path), threads).create_infer_request(): req.infer({0: x})
     conn.send("ready")
     while (key := conn.recv()) is not None:
         t0 = time.perf_counter()
-        runs[key](x)
+        runs[key]()
         conn.send((time.perf_counter() - t0) * 1e3)
 
 
-class TvmWorker:
-    """The TVM libraries run in one worker process, driven from the timing loop: in the process of the other
-    runtimes TVM's thread pool fights their pools (measured under load: the BiViT library 5-8 s per call
-    there, 40 ms on its own). ``runner(key)`` is a self-timed callable for :func:`interleaved_ms`."""
+class Worker:
+    """Runners of one runtime in a worker process of their own, driven from the timing loop. In one process
+    with the others, one runtime's thread pool takes the cores from the next runner (measured at load 20: the
+    BiViT TVM library 205 ms in the loop with OpenVINO and PyTorch in-process, 44 ms with only ONNX Runtime
+    beside it). ``runner(key)`` is a self-timed callable for :func:`interleaved_ms`."""
 
-    def __init__(self, libs: dict[str, Path], x: np.ndarray, threads: int) -> None:
+    def __init__(self, files: dict[str, tuple[str, Path]], x: np.ndarray, threads: int) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_tvm_worker, args=(child, {k: str(v) for k, v in libs.items()}, x, threads),
-                                daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, {k: (r, str(p)) for k, (r, p) in files.items()}, x,
+                                                           threads), daemon=True)
         self.proc.start()
         if self.conn.recv() != "ready":
-            raise RuntimeError("TVM worker did not start")
+            raise RuntimeError("benchmark worker did not start")
 
     def runner(self, key: str) -> Callable[[], float]:
         def run() -> float:
@@ -180,7 +188,6 @@ def reference(size: str, threads: int, workdir: Path) -> Reference:
     """The fp32 model of ``size`` on every fp32 runtime (digits: the trained zoo vit; 224: DeiT-Tiny-shaped,
     random init, seed 0)."""
     from edgekit.data import load_data
-    from edgekit.exporters.runtimes import openvino_compiled
     from edgekit.loading import load_model
     from edgekit.models.vit import vit
     from edgekit.records import ModelInfo
@@ -206,8 +213,8 @@ def reference(size: str, threads: int, workdir: Path) -> Reference:
             return model(xt)
 
     ort = ort_runner(ref.onnx, threads)
-    req = openvino_compiled(ref.onnx, threads).create_infer_request()
-    ref.runners = {"torch": torch_run, "onnxruntime": lambda: ort(x), "openvino": lambda: req.infer({0: x})}
+    ref.runners = {"torch": torch_run, "onnxruntime": lambda: ort(x), "openvino": None}
+    ref.worker_files["fp32/openvino"] = ("openvino", ref.onnx)  # timed in its own process (see Worker)
     ref.top1 = onnx_top1(ort, data)
     return ref
 
@@ -222,8 +229,8 @@ def tvm_fp32(ref: Reference, threads: int) -> None:
 
     lib = ref.workdir / "fp32-tvm.so"
     compile_scheduled(import_onnx(ref.onnx, ref.x.shape), host_target()).export_library(str(lib))
-    ref.tvm_libs["fp32/tvm"] = lib
-    ref.runners["tvm"] = None  # timed in the TVM worker process (see TvmWorker)
+    ref.worker_files["fp32/tvm"] = ("tvm", lib)
+    ref.runners["tvm"] = None  # timed in the TVM worker process (see Worker)
     ref.bytes["tvm"] = lib.stat().st_size
 
 
@@ -278,7 +285,7 @@ def bivit_tvm_rows(ref: Reference, args) -> list[Deployable]:
     check = tvm_build.compare(model, run, torch.from_numpy(ref.x), n=4)
     top1 = onnx_top1(run, ref.data)
     parts = built.storage
-    ref.tvm_libs["bivit-w1a1/tvm"] = lib
+    ref.worker_files["bivit-w1a1/tvm"] = ("tvm", lib)
     return [Deployable("bivit-w1a1", "tvm", None, lib.stat().st_size, top1,
                        f"{note}; XNOR/AND-popcount kernels for {parts['binary_layers']} linear layers and "
                        f"{parts['binary_matmuls']} attention matmuls, the rest fp32; both sides built with the same zero-trial schedules; binarized "
@@ -333,15 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         deployables = [d for key in args.only for d in ROWS[key](ref, args)]
         fns = {f"fp32/{rt}": fn for rt, fn in ref.runners.items() if fn is not None}
         fns.update({f"{d.name}/{d.runtime}": d.run for d in deployables if d.run is not None})
-        worker = TvmWorker(ref.tvm_libs, ref.x, args.threads) if ref.tvm_libs else None
+        workers = {rt: Worker({k: v for k, v in ref.worker_files.items() if v[0] == rt}, ref.x, args.threads)
+                   for rt in sorted({v[0] for v in ref.worker_files.values()})}
         try:
-            fns.update({k: worker.runner(k) for k in ref.tvm_libs} if worker else {})
+            fns.update({k: workers[rt].runner(k) for k, (rt, _) in ref.worker_files.items()})
             load_before = uptime()
             ms = interleaved_ms(fns, args.runs)
             load_after = uptime()
         finally:
-            if worker:
-                worker.close()
+            for w in workers.values():
+                w.close()
     rows = table_rows(ref, deployables, ms)
     fastest = rows[0]["fastest_fp32_runtime"] if rows else "?"
     cells = [[_cell(r[k]) for k in ("deployable", "runtime", "fp32_ms", "compressed_ms", "speed_ratio")]

@@ -70,3 +70,22 @@ def test_refuses_what_has_no_popcount_kernel():
         tvm_build.build(_binarized(8), torch.randn(1, 3, 32, 32))
     with pytest.raises(UserInputError, match="no BinaryLinear"):
         tvm_build.build(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.randn(1, 4))
+
+
+def test_deployables_rows_name_the_fastest_fp32_runtime(tmp_path):
+    """benchmarks.deployables: self-timed (worker) runners report their own ms; each row's ratios are against
+    fp32 on its own runtime and against the fastest fp32 runtime timed in the same loop."""
+    from benchmarks.deployables import Deployable, Reference, interleaved_ms, table_rows
+
+    def worker_like():
+        return 5.0
+
+    worker_like.self_timed = True
+    ms = interleaved_ms({"fp32/tvm": worker_like, "fp32/onnxruntime": lambda: None}, runs=3, warmup=0)
+    assert ms["fp32/tvm"] == 5.0 and ms["fp32/onnxruntime"] < 5.0
+    ref = Reference(None, None, None, None, "random", tmp_path, runners={"onnxruntime": None, "tvm": None},
+                    bytes={"onnx": 1000, "tvm": 2000})
+    ms = {"fp32/onnxruntime": 10.0, "fp32/tvm": 40.0, "bivit-w1a1/tvm": 8.0}
+    (row,) = table_rows(ref, [Deployable("bivit-w1a1", "tvm", None, 100)], ms)
+    assert row["speed_ratio"] == 5.0 and row["fastest_fp32_runtime"] == "onnxruntime"
+    assert row["ratio_vs_fastest"] == 10.0 / 8.0 and row["fp32_bytes"] == 2000
