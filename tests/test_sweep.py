@@ -117,3 +117,22 @@ def test_profile_threads_key_only_the_profile_steps():
     assert base.profiles[0].key != one.profiles[0].key
     with pytest.raises(UserInputError, match="--threads -1"):
         build_grid("convnet", [["int8"]], ["onnx"], ["local"], data=None, seed=0, profile_threads=-1)
+
+
+def test_profile_step_gives_the_runner_time_to_start(monkeypatch, tmp_path):
+    """A sweep's profile waits budget + PROFILE_SLACK_S for the runner (not the interactive 60 s), with its threads."""
+    from edgekit.devices import profile as prof
+    from edgekit.sweep import steps
+
+    seen = {}
+
+    def fake_profile(art, dev, opts):
+        seen["opts"] = opts
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(prof, "profile", fake_profile)
+    monkeypatch.setattr("edgekit.devices.read_artifact", lambda path: path)
+    monkeypatch.setattr("edgekit.devices.get_device", lambda name, f: name)
+    rec = steps.run_profile(str(tmp_path), "k", "art", "local", None, budget_s=0.5, threads=1)
+    assert rec["state"] == "failed" and "stop here" in rec["error"]
+    assert seen["opts"].timeout_s == 0.5 + steps.PROFILE_SLACK_S and seen["opts"].threads == 1
