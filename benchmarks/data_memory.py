@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             table,
             "",
-            f"Resident memory after loading the data (splits made, normalization estimated, calibration split in memory): "
-            f"{figures['rss_after_data_mb']:.0f} MB. Where the main thread was at the peak: `{figures['peak_where']}`.",
-            "",
+            *([f"Resident memory after loading the data (splits made, normalization estimated, calibration split in memory): "
+               f"{figures['rss_after_data_mb']:.0f} MB. Where the main thread was at the peak: `{figures['peak_where']}`.", ""]
+              if figures.get("rss_after_data_mb") is not None else []),
             f"Load (memory is not timing-sensitive; recorded anyway): before `{load_before}`; after `{uptime()}`.",
         ]))
     return 0 if peak <= args.limit_mb else 1

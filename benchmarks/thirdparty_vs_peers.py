@@ -211,6 +211,7 @@ def report(results: list[dict[str, Any]], args, load_before: str, load_after: st
                     verdicts.append((f"prune-50 {name} {rt}", ok))
     secs = "; ".join(f"{r['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) for r in results)
     met = sum(ok for _, ok in verdicts)
+    missing = [m for m in args.models.split(",") if m not in {r["name"] for r in results}]
     md = [
         "## Third-party models (transformers): int8 and prune-50 vs ORT quantize_static, NNCF, Torch-Pruning",
         "",
@@ -245,10 +246,12 @@ def report(results: list[dict[str, Any]], args, load_before: str, load_after: st
         f"Targets met: {met} of {len(verdicts)}"
         + (f"; missed: {', '.join(k for k, ok in verdicts if not ok)}." if met < len(verdicts) else "."),
         "",
+        *([f"**Not measured** (the run was stopped for time before them): {', '.join(missing)}.", ""] if missing else []),
         f"Seconds to compress (wall, under load): {secs}.",
         "",
         "Notes:",
         *[f"- {n}" for r in results for n in r["notes"]],
+        *[f"- {n}" for n in getattr(args, "note", None) or []],
     ]
     return "\n".join(md)
 
@@ -262,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", help="save each model's figures here as it finishes (a partial run still reports)")
     ap.add_argument("--report-from", help="write the section from a --json file of an earlier run, run nothing")
+    ap.add_argument("--note", action="append", default=[], help="a finding to list under the tables (repeatable)")
     args = ap.parse_args(argv)
     if args.report_from:
         saved = json.loads(Path(args.report_from).read_text())
         results = [{**r, "lat": {(k, rt): v for k, rt, v in r["lat"]}} for r in saved["results"]]
-        args = argparse.Namespace(**{**saved["args"], "no_write": args.no_write})
+        args = argparse.Namespace(**{**saved["args"], "no_write": args.no_write, "note": args.note})
         text = report(results, args, *saved["uptime"])
         print(text)
         if not args.no_write:

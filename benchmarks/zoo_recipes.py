@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Zoo x recipes: digits top-1 now vs recorded before (issue 12: nothing regresses)",
         "",
         f"`{command_line()}`  ",
+        "(cells come from one or more runs of `python -m benchmarks.zoo_recipes --json FILE [--models ..] [--recipes ..]` "
+        "into the same FILE; a `--report-only` run writes the table from it)  ",
         f"Machine: {machine_note()}. `edgekit.compress(model, recipe)` with the shipped digits checkpoint, the "
         "built-in digits data and seed 0 (latency not measured); top-1 % on the digits test split. *recorded* = the "
         "figure docs/benchmarks.md held before this run (section named; *settings differ* = that section used "
