@@ -97,7 +97,7 @@ def main() -> None:
             first_file = out / "first-sweep.json" if (out / "first-sweep.json").is_file() else out / "sweep.json"
             first = SweepResult.read(first_file)
             last = SweepResult.read(out / "sweep.json")
-            again = last if not any(last.steps_run.values()) else None
+            again = last if not last.steps_run.get("compress") else None  # a rerun: nothing recompressed
             full = json.loads((out / "first-run.json").read_text()) if (out / "first-run.json").is_file() else \
                 {"wall_s": first.wall_s, "steps_run": first.steps_run, "uptime": "not recorded"}
             results.append(first)
@@ -122,7 +122,8 @@ def main() -> None:
         up1 = uptime()
         again = sweep(model, args.recipes, args.targets, ["local"], out=out, workers=args.workers,
                       profile_budget_s=args.budget, profile_threads=args.threads, plots=False)
-        assert not any(again.steps_run.values()), f"{model}: the rerun ran steps {again.steps_run}"
+        retried = sum(c.state == "failed" for c in first.cells)  # failed steps are not cached: a rerun retries them
+        assert sum(again.steps_run.values()) <= 2 * retried, f"{model}: the rerun ran steps {again.steps_run}"
         record = out / "first-run.json"
         this = {"wall_s": first.wall_s, "steps_run": first.steps_run, "uptime": up0}
         if first.steps_run.get("compress") or not record.is_file():
