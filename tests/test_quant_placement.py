@@ -137,6 +137,7 @@ def _ov_run(path, x):
     return np.concatenate([c([x[i : i + 1]])[0] for i in range(len(x))])
 
 
+@pytest.mark.slow  # 25-44 s measured under load (load average ~18 on 2 cores): export + runtime compile
 @pytest.mark.parametrize("target,runtime", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
 def test_fake_quant_model_and_exported_qdq_agree(tmp_path, target, runtime):
     pytest.importorskip(runtime)
@@ -156,6 +157,7 @@ def test_fake_quant_model_and_exported_qdq_agree(tmp_path, target, runtime):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
 
+@pytest.mark.slow  # 53 s measured under load: two exports and two OpenVINO compiles
 def test_openvino_runs_attention_in_int8_with_the_openvino_placement(tmp_path):
     pytest.importorskip("openvino")
     from edgekit.exporters.torch2onnx import to_onnx
