@@ -177,8 +177,10 @@ class _RawStage:
 
 
 # Pipeline phases: a stage of a later phase must not run before one of an earlier phase (pruning or
-# sparsifying an already quantized model prunes nothing). Composition inserts appended stages by phase.
-PHASES = {"fuse": 0, "prune": 1, "sparsify": 1, "quantize": 2, "ivit": 2, "binarize": 2}
+# sparsifying an already quantized model prunes nothing; pruning a BatchNorm-folded model fine-tunes it without
+# its BatchNorms: prune-30+int8 measured 97.2% on convnet and 77.2% on mobilenetv2 with fuse first, against
+# 99.2% / 99.4% for prune-30 alone). Composition inserts appended stages by phase.
+PHASES = {"prune": 0, "sparsify": 0, "fuse": 1, "quantize": 2, "ivit": 2, "binarize": 2}
 
 
 def _where(st: _RawStage) -> str:
@@ -194,7 +196,7 @@ def _check_order(stages: list[_RawStage]) -> None:
         if latest is not None and phase < PHASES[latest.name]:
             raise UserInputError(
                 f"{_where(st)}: stage {st.name!r} comes after stage {latest.name!r} ({_where(latest)}); "
-                f"{st.name} must run before {latest.name} (order: fuse, prune/sparsify, quantize/ivit/binarize)"
+                f"{st.name} must run before {latest.name} (order: prune/sparsify, fuse, quantize/ivit/binarize)"
             )
         if latest is None or phase >= PHASES[latest.name]:
             latest = st

@@ -122,9 +122,9 @@ def test_set_errors_point_at_the_flag(case, tmp_path):
 
 def test_composed_recipes_run_every_stage_in_order():
     rec = load_recipe(["int8", "prune-30"])
-    assert [s.name for s in rec.stages] == ["fuse", "prune", "quantize"]
+    assert [s.name for s in rec.stages] == ["prune", "fuse", "quantize"]
     rec = load_recipe(["prune-30", "int8"])
-    assert [s.name for s in rec.stages] == ["fuse", "prune", "quantize"]
+    assert [s.name for s in rec.stages] == ["prune", "fuse", "quantize"]
 
 
 # ------------------------------------------------------------------------------------------------ property
