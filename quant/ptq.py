@@ -184,12 +184,14 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
         m.wmode = WeightMode.FAKE if mode is WeightMode.FLOAT else mode
         dw = (reference[name] if reference and name in reference else m.weight) - m.qweight()
         m.wmode = mode
+        # The layer is linear in its input too: the batch is summed first, so one sample's output is computed
+        # (a batch of 224x224 activations would otherwise be allocated again per layer).
         if isinstance(m, QuantConv2d):
-            d = F.conv2d(xin, dw, None, m.stride, m.padding, m.dilation, m.groups)
-            part, n = d.sum(dim=(0, 2, 3)), d.shape[0] * d.shape[2] * d.shape[3]
+            d = F.conv2d(xin.sum(0, keepdim=True), dw, None, m.stride, m.padding, m.dilation, m.groups)
+            part, n = d.sum(dim=(0, 2, 3)), xin.shape[0] * d.shape[2] * d.shape[3]
         else:
-            d = F.linear(xin, dw)
-            part, n = d.reshape(-1, d.shape[-1]).sum(dim=0), d.numel() // d.shape[-1]
+            rows = xin.reshape(-1, xin.shape[-1])
+            part, n = F.linear(rows.sum(0), dw), rows.shape[0]
         sums[name] = sums[name] + part if name in sums else part
         counts[name] += n
 

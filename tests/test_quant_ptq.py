@@ -148,3 +148,40 @@ def test_equalization_option_keeps_accuracy():
     q, rep = quantize_ptq(model, data.calib.x, data.test.x[:1], PTQConfig(calibration={"method": "minmax", "samples": 64}, equalization=True))
     assert rep["equalized_pairs"] >= 1
     assert evaluate(q, data.test) >= evaluate(model, data.test) - ACC_TOL
+
+
+def test_bias_correction_equals_the_mean_output_error_of_each_layer(setup):
+    """bias_correct sums each batch before the layer (it is linear): the shift must still equal the mean over
+    samples and positions of (W - Q(W)) x on the layer's real inputs, computed here the long way."""
+    import torch.nn.functional as F
+
+    from edgekit.quant.fakequant import QuantConv2d, WeightMode
+    from edgekit.quant.ptq import bias_correct, weight_layers
+
+    data, model, example, _, _ = setup
+    x = data.calib.x[:40]
+    gm, _ = quantize_ptq(model, x, example, PTQConfig(calibration={"method": "minmax", "samples": 40}, bias_correction=False),
+                         do_freeze=False)
+    layers = weight_layers(gm)
+    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs[n].append(a[0].detach())) for n, m in layers.items()]
+    with torch.no_grad():
+        for i in range(0, len(x), 16):
+            gm(x[i : i + 16])
+    for h in hooks:
+        h.remove()
+    expected = {}
+    for n, m in layers.items():
+        mode, m.wmode = m.wmode, WeightMode.FAKE if m.wmode is WeightMode.FLOAT else m.wmode
+        dw = (m.weight - m.qweight()).detach()
+        m.wmode = mode
+        xin = torch.cat(inputs[n])
+        if isinstance(m, QuantConv2d):
+            expected[n] = F.conv2d(xin, dw, None, m.stride, m.padding, m.dilation, m.groups).mean(dim=(0, 2, 3))
+        else:
+            expected[n] = F.linear(xin, dw).reshape(-1, dw.shape[0]).mean(0)
+    before = {n: m.bias.detach().clone() for n, m in layers.items()}
+    bias_correct(gm, x, batch_size=16)
+    assert any(float(e.abs().max()) > 1e-6 for e in expected.values())  # the check is not vacuous
+    for n, m in layers.items():
+        torch.testing.assert_close(m.bias.detach() - before[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -43,10 +43,11 @@ class Task:
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def fidelity(self, reference: nn.Module, model: nn.Module, x: Any, n: int | None = None) -> dict[str, Any]:
+    def fidelity(self, reference: nn.Module, model: nn.Module, x: Any, n: int | None = None,
+                 batch_size: int = 32) -> dict[str, Any]:
         from edgekit.metrics import fidelity
 
-        return fidelity(reference, model, x, n=n)
+        return fidelity(reference, model, x, batch_size=batch_size, n=n)
 
 
 TASKS: Registry[Task] = Registry("task", lazy=[("edgekit.tasks", "[!_]*")])

@@ -265,7 +265,7 @@ class Detection(Task):
         from edgekit.metrics import fidelity
         from edgekit.nn_utils import eval_mode
 
-        out: dict[str, Any] = fidelity(reference, model, x, n=n)
+        out: dict[str, Any] = fidelity(reference, model, x, batch_size=batch_size, n=n)
         eval_mode(reference), eval_mode(model)
         n = len(x) if n is None else min(n, len(x))
         ref, got = [], []
