@@ -185,3 +185,40 @@ def test_bias_correction_equals_the_mean_output_error_of_each_layer(setup):
     assert any(float(e.abs().max()) > 1e-6 for e in expected.values())  # the check is not vacuous
     for n, m in layers.items():
         torch.testing.assert_close(m.bias.detach() - before[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_tf_style_zero_pad_before_conv_is_folded_by_ort(tmp_path):
+    """A model that pads explicitly before each conv (TF 'same' padding, as transformers' MobileNetV2 does):
+    the Q/DQ goes before the pad, so ONNX Runtime runs the pads inside its integer convs (none left in float)
+    and the exported graph still agrees with the fake-quant model."""
+    pytest.importorskip("onnxruntime")
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import qdq
+
+    class TFPad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 8, 3, groups=8)
+            self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = F.relu(self.c1(self.pad(x)))
+            x = F.relu(self.c2(F.pad(x, (1, 1, 1, 1))))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = TFPad().eval(), torch.randn(32, 3, 16, 16)
+    q, _ = quantize_ptq(model, x, x[:1], PTQConfig(calibration={"method": "minmax", "samples": 32}, bias_correction=False))
+    path = to_onnx(q, x[:1], tmp_path / "q.onnx")
+    ops = qdq.ort_optimized_op_types(path)
+    assert ops.get("QLinearConv") == 2 and "Pad" not in ops and "Conv" not in ops, ops
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(8)])
+    want = predict(q, x[:8]).numpy()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), np.abs(got - want).max()
