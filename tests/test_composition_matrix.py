@@ -34,6 +34,7 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "sparse-1to8": ("convnet", ("sparsify.finetune.epochs=1", "sparsify.final_epochs=1")),
     "int8": ("convnet", ("quantize.calibration.samples=64",)),
     "int8-sym": ("convnet", ("quantize.calibration.samples=64",)),
+    "int8-openvino": ("convnet", ("quantize.calibration.samples=64",)),
     "int8-qat": ("convnet", ("quantize.calibration.samples=64", "quantize.qat.epochs=1")),
     "ivit-int8": ("vit", ("ivit.epochs=0",)),
     "bivit-w1a8": ("vit", ("binarize.epochs=2",)),
@@ -46,6 +47,7 @@ TARGET_OPTIONS = {"tvm": {"llvm_opt_level": 1}}  # halves TVM compile time; nume
 REFUSED_CELLS: dict[tuple[str, str], str] = {
     ("int8", "tensorrt"): "int8-sym",  # uint8 affine activations; TensorRT int8 is symmetric
     ("int8-qat", "tensorrt"): "int8-sym",
+    ("int8-openvino", "tensorrt"): "int8-sym",  # unsigned activations after ReLU (zero point 0); TensorRT takes signed
     ("ivit-int8", "openvino"): "integer-only",  # OpenVINO's CPU plugin does not run the integer graph exactly
     ("ivit-int8", "tensorrt"): "MatMulInteger",  # TensorRT's ONNX parser takes no integer-only ops
     # Open (I-ViT's area): the model's torch graph uses a left shift, which CoreML's MIL has no op for; writing it
