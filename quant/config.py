@@ -93,9 +93,11 @@ class SmoothQuantConfig(BaseModel):
     weights with per-channel scales ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (exact in float)."""
 
     model_config = ConfigDict(extra="forbid")
-    # on by default: it only touches LayerNorm -> Linear pairs (transformer blocks; CNNs are unchanged). Measured on
-    # the digits vit (docs/benchmarks.md int8_transformers): alpha 0.8 kept top-1 agreement with fp32 highest
-    enabled: bool = True
+    # Off by default. On the digits vit it helped the ONNX Runtime placement (85.2% vs 83.6% top-1) and not the
+    # OpenVINO one (85.0 vs 85.2); but on small random-init ViTs the exported QDQ graph then agrees less with the
+    # fake-quant model (the suite's mha_vit: ONNX cosine 0.985 < 0.99 with it, 0.994 without), not yet explained.
+    # Turn it on per recipe (quantize.smoothquant.enabled=true) and let validation judge the export.
+    enabled: bool = False
     alpha: float = Field(0.8, ge=0.0, le=1.0)
 
 

@@ -83,7 +83,7 @@ def test_ptq_option_reports_and_refuses_bad_alpha():
     _, rep = quantize_ptq(_vit(), x, x[:1], PTQConfig(calibration={"method": "minmax", "samples": 8}, bias_correction=False,
                                                       smoothquant={"enabled": True, "alpha": 0.7}))
     assert rep["smoothquant"]["pairs"] == 4 and rep["smoothquant"]["alpha"] == 0.7
-    assert PTQConfig().smoothquant.enabled and PTQConfig().smoothquant.alpha == 0.8  # the measured default
+    assert not PTQConfig().smoothquant.enabled and PTQConfig().smoothquant.alpha == 0.8  # off until the export gap is explained
     _, off = quantize_ptq(_vit(), x, x[:1], PTQConfig(calibration={"method": "minmax", "samples": 8}, bias_correction=False,
                                                       smoothquant={"enabled": False}))
     assert "smoothquant" not in off
