@@ -29,9 +29,10 @@ test-fast: install
 docs: install
 	$(BIN)/python -m edgekit.docgen
 
-# Every benchmark, one after another (each rewrites its section of docs/benchmarks.md). Long: about an hour.
+# Every benchmark, one after another (each rewrites its section of docs/benchmarks.md). Long: several hours on 2 cores.
 BENCHMARKS := fusion_modes fusion_latency fusion_macps runtimes quant_vs_peers prune_structured sparsity_nm \
-              ivit_accuracy ivit_latency bivit_accuracy bivit_latency runner_overhead
+              ivit_accuracy ivit_latency bivit_accuracy bivit_latency runner_overhead deployables int8_transformers \
+              thirdparty_vs_peers zoo_recipes data_memory adaround max_drop sweep detection
 bench: install
 	for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b || exit 1; done
 
