@@ -150,7 +150,7 @@ def run_model(name: str, args, tmp: Path) -> dict[str, Any]:
     user_model, _ = unwrap(p.model)
     macs = {"fp32": count_macs(dense, x), "edgekit-p50": count_macs(p.model, x)}
     prune_rep = next(s.report for s in p.report.stages if s.name == "prune")
-    captured = p.report.model_info.capture or prune_rep.get("capture")  # the prune stage reports it as a string
+    captured = p.report.model_info.capture or (prune_rep.get("capture") or {}).get("method")
     notes.append(f"{name}: prune-50 graph captured by {captured}; pruned model is "
                  f"{'the user class ' if isinstance(user_model, type(model)) else ''}{type(user_model).__name__}"
                  f"{'' if isinstance(user_model, type(model)) else ' (not ' + type(model).__name__ + ')'}; "

@@ -15,6 +15,15 @@ is not a tensor is reduced to its logits leaf, see :mod:`edgekit.outputs`) and, 
 the user's module that produced it (from ``nn_module_stack``), so a stage can change the user's own modules.
 When ``torch.export`` cannot capture a model, :func:`capture` raises one :class:`UserInputError` naming the
 construct, the file:line in the user's code, and the one thing to change (:func:`explain_export_error`).
+
+One retry (:func:`export_retrying`, used by the pruning capture too): a model can hold a 0-d integer tensor as a
+plain attribute where its ``forward`` expects a number. ``transformers``' Swin does this to itself: under
+``torch.jit`` tracing (a TorchScript ONNX export of the same instance) ``SwinLayer.set_shift_and_window_size``
+(modeling_swin.py:578-582) stores ``torch.min(torch.tensor(input_resolution))`` in ``self.window_size``, and the
+next ``if min(input_resolution) <= self.window_size`` is control flow on a tensor's value, which torch.export
+refuses (``GuardOnDataDependentSymNode ... Eq(u0, 1)``). When an export fails that way and the model has such
+attributes, it is retried with them as the Python numbers they hold (restored afterwards; the capture records
+their names).
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import inspect
 import os
 import re
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import fx, nn
@@ -49,6 +59,7 @@ class Capture:
     output: str | None = None  # the output leaf the graph returns, when the model's output was not a tensor
     fx_error: str | None = None  # why torch.fx was not used (None when it was, or when it was not tried)
     batch_size: int | None = None  # the batch size the graph is fixed to; None: any batch size
+    numbers: list[str] = field(default_factory=list)  # 0-d tensor attributes captured as numbers (export_retrying)
 
     def runnable(self) -> nn.Module:
         """The graph as a module that takes any batch size (a fixed-batch graph is run in chunks)."""
@@ -69,6 +80,8 @@ class Capture:
             out["fx_error"] = self.fx_error
         if self.batch_size is not None:
             out["batch_size"] = self.batch_size
+        if self.numbers:
+            out["tensor_attributes_as_numbers"] = list(self.numbers)
         return out
 
 
@@ -131,22 +144,74 @@ def _capture_export(inner: nn.Module, path: str | None, example: tuple, fx_error
     target = SelectOutput(inner, path) if path is not None else inner
     was_training = inner.training
     inner.eval()
-    batch_size = None
-    try:
+
+    def attempt() -> tuple["torch.export.ExportedProgram", int | None]:
         with torch.no_grad():
             two = tuple(_batch_of_two(x) for x in example)
             ep = _export(target, two, dynamic=True)
-            if not _dynamic_batch(ep, two):  # the model fixes its batch size: capture at the example's batch size
-                example = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in example)
-                ep = _export(target, example, dynamic=False)
-                batch_size = 1
+            if _dynamic_batch(ep, two):
+                return ep, None
+            # the model fixes its batch size: capture at the example's batch size
+            one = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in example)
+            return _export(target, one, dynamic=False), 1
+
+    try:
+        (ep, batch_size), numbers = export_retrying(inner, attempt)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; explained below
         raise UserInputError(f"{what}: {explain_export_error(exc, inner)}") from None
     finally:
         inner.train(was_training)
     prefix = "model." if path is not None else ""
     gm, paths = _plain_graph_module(ep, prefix, type(inner).__name__)
-    return Capture(EXPORT, gm, paths, path, fx_error, batch_size)
+    return Capture(EXPORT, gm, paths, path, fx_error, batch_size, numbers)
+
+
+_T = TypeVar("_T")
+_DATA_DEPENDENT = re.compile(r"data-dependent|GuardOnDataDependent")
+
+
+def tensor_numbers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(path, module, attribute)`` of every plain attribute (not a parameter or buffer) of ``model``'s modules
+    that holds a 0-d integer or bool tensor."""
+    found = []
+    for mpath, mod in model.named_modules():
+        for attr, value in vars(mod).items():
+            if (isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.dim() == 0
+                    and not value.is_floating_point() and not value.is_complex()):
+                found.append((f"{mpath}.{attr}" if mpath else attr, mod, attr))
+    return found
+
+
+@contextmanager
+def numbers_for_tensors(model: nn.Module) -> Iterator[list[str]]:
+    """Within the block, the attributes :func:`tensor_numbers` finds hold ``value.item()``; restored on exit.
+    Yields their paths."""
+    found = tensor_numbers(model)
+    saved = [(mod, attr, getattr(mod, attr)) for _, mod, attr in found]
+    try:
+        for mod, attr, value in saved:
+            setattr(mod, attr, value.item())
+        yield [p for p, _, _ in found]
+    finally:
+        for mod, attr, value in saved:
+            setattr(mod, attr, value)
+
+
+def export_retrying(model: nn.Module, attempt: Callable[[], _T]) -> tuple[_T, list[str]]:
+    """``attempt()`` (a torch.export of ``model``); when it fails on a data-dependent guard and ``model`` holds
+    0-d integer tensors as plain attributes, once more with them as numbers (:func:`numbers_for_tensors`).
+    Returns ``(result, paths of the attributes replaced)``; raises the first error when the retry fails too."""
+    try:
+        return attempt(), []
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types
+        if not _DATA_DEPENDENT.search(f"{type(exc).__name__} {exc}") or not tensor_numbers(model):
+            raise
+        first = exc
+    with numbers_for_tensors(model) as names:
+        try:
+            return attempt(), names
+        except Exception:  # noqa: BLE001 - the first error is the one to explain
+            raise first from None
 
 
 def _dynamic_batch(ep: "torch.export.ExportedProgram", example: tuple) -> bool:
@@ -325,7 +390,26 @@ def _layer_name(gm: nn.Module, weight_target: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ errors
 
-_SKIP = (os.sep + "torch" + os.sep, os.sep + "site-packages" + os.sep, os.sep + "edgekit" + os.sep, "<frozen")
+# frames that are not the model's code: torch's, edgekit's (all its stage folders), Python's own and generated code
+# (``<string>``, ``<eval_with_key>``); a model library installed in site-packages (transformers, timm) is the model's code
+_SKIP = (os.sep + "torch" + os.sep, os.sep + "edgekit" + os.sep, "<frozen")
+
+
+def _not_user(filename: str) -> bool:
+    if filename.startswith("<") or any(s in filename for s in _SKIP):
+        return True
+    return any(filename.startswith(root) for root in _not_user_roots())
+
+
+def _not_user_roots() -> tuple[str, ...]:
+    import importlib.util
+    import sysconfig
+
+    roots = [sysconfig.get_paths()["stdlib"] + os.sep]
+    for sub in ("prune", "quant", "exporters", "devices"):  # the stage folders setup.py maps into edgekit
+        spec = importlib.util.find_spec(f"edgekit.{sub}")
+        roots += [loc + os.sep for loc in (spec.submodule_search_locations or [])] if spec else []
+    return tuple(roots)
 _FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 
 # (pattern in the message, what it is, the one thing to change)
@@ -348,10 +432,10 @@ _ADVICE = (
 def user_frame(exc: BaseException) -> str | None:
     """``file:line`` of the innermost frame in the user's code (from the message, else the traceback)."""
     text = str(exc)
-    hits = [(f, int(n)) for f, n in _FILE_LINE.findall(text) if not any(s in f for s in _SKIP)]
+    hits = [(f, int(n)) for f, n in _FILE_LINE.findall(text) if not _not_user(f)]
     if hits:
         return f"{hits[-1][0]}:{hits[-1][1]}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not any(s in f.filename for s in _SKIP)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _not_user(f.filename)]
     if frames:
         return f"{frames[-1].filename}:{frames[-1].lineno}"
     return None

@@ -38,6 +38,18 @@ class CapturedGraph:
     prefix: str = ""  # qualified names in ``gm`` = prefix + names in the user's model
     fx_error: str | None = None  # why the fast path was not taken
     dynamic_batch: bool = False
+    numbers: tuple[str, ...] = ()  # 0-d tensor attributes captured as numbers (edgekit.capture.export_retrying)
+
+    def summary(self) -> dict[str, Any]:
+        """What the report records about the capture (the keys of :meth:`edgekit.capture.Capture.summary`)."""
+        out: dict[str, Any] = {"method": self.method.value, "nodes": len(self.gm.graph.nodes)}
+        if self.fx_error:
+            out["fx_error"] = self.fx_error
+        if self.method is CaptureMethod.EXPORT and not self.dynamic_batch:
+            out["batch_size"] = int(self.inputs[0].shape[0])
+        if self.numbers:
+            out["tensor_attributes_as_numbers"] = list(self.numbers)
+        return out
 
 
 class _HandlerLeafTracer(fx.Tracer):
@@ -76,15 +88,27 @@ def _batch_of_two(example_inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
     return tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
 
 
-def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str, tuple, bool]:
+def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, str, tuple, bool, tuple]:
     """``torch.export`` (non-strict) with a dynamic batch where the model allows it (a batch of 1 is doubled so
-    the batch is not specialised), else at the example's shapes.
+    the batch is not specialised), else at the example's shapes; retried once with 0-d tensor attributes as
+    numbers (:func:`edgekit.capture.export_retrying`).
 
-    Returns ``(unlifted graph module, name prefix, the inputs it was captured with, dynamic batch?)``.
+    Returns ``(unlifted graph module, name prefix, the inputs it was captured with, dynamic batch?, the
+    attributes captured as numbers)``.
     """
+    from edgekit.capture import explain_export_error, export_retrying
+
     with torch.no_grad():
         out = model(*example_inputs)
     root, prefix = (model, "") if _pytree_only(out) else (_TensorLeaves(model), "model.")
+    try:
+        (gm, inputs, dynamic), numbers = export_retrying(model, lambda: _export(root, example_inputs))
+    except Exception as exc:  # noqa: BLE001 - report any capture failure in user terms
+        raise CaptureError(f"prune: {explain_export_error(exc, model)}") from None
+    return gm, prefix, inputs, dynamic, tuple(numbers)
+
+
+def _export(root: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[fx.GraphModule, tuple, bool]:
     two = _batch_of_two(example_inputs)
     auto = torch.export.Dim.AUTO
     try:
@@ -94,14 +118,8 @@ def export_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tu
     except Exception:  # noqa: BLE001 - a model that needs a static batch: capture it at the example's shapes
         gm = None
     if gm is not None:
-        return gm, prefix, two, True
-    try:
-        ep = torch.export.export(root, tuple(example_inputs), strict=False)
-    except Exception as exc:  # noqa: BLE001 - report any capture failure in user terms
-        from edgekit.capture import explain_export_error
-
-        raise CaptureError(f"prune: {explain_export_error(exc, model)}") from None
-    return ep.module(), prefix, tuple(example_inputs), False
+        return gm, two, True
+    return torch.export.export(root, tuple(example_inputs), strict=False).module(), tuple(example_inputs), False
 
 
 def capture_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor], method: CaptureMethod | None = None) -> CapturedGraph:
@@ -117,10 +135,10 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[torch.Tensor], meth
             fx_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if method is CaptureMethod.FX:
                 raise CaptureError(f"torch.fx cannot trace {type(model).__name__}: {fx_error}") from None
-    gm, prefix, inputs, dynamic = export_graph(model, example_inputs)
+    gm, prefix, inputs, dynamic, numbers = export_graph(model, example_inputs)
     with torch.no_grad():
         ShapeProp(gm).propagate(*inputs)
-    return CapturedGraph(gm, CaptureMethod.EXPORT, inputs, prefix, fx_error, dynamic)
+    return CapturedGraph(gm, CaptureMethod.EXPORT, inputs, prefix, fx_error, dynamic, numbers)
 
 
 __all__ = ["CaptureMethod", "CaptureError", "CapturedGraph", "capture_graph", "export_graph", "trace_with_handlers",

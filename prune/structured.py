@@ -189,7 +189,7 @@ def prune(
         "removed_per_layer": info.removed,
         "units_removed": len(plan.remove),
         "units_total": sum(g["units"] for g in plan.per_group),
-        "capture": info.capture.value,
+        "capture": plan.graph.captured.summary(),  # a dict, as the fuse / quantize stages report it
         "model_kind": info.model_kind.value,
         "model_type": info.model_type,
         "attribute_updates": info.attribute_updates,

@@ -99,6 +99,62 @@ def test_explain_names_the_user_frame_when_the_message_has_none():
     assert "NumpyInForward" in msg and "To fix:" in msg
 
 
+def _swin_after_torchscript_export(tmp_path):
+    """transformers' Swin whose last stage's window covers its whole map (8x8 with window 8, as Swin-T's 7x7 with
+    window 7), exported once to ONNX by TorchScript: ``set_shift_and_window_size`` then leaves a 0-d tensor in
+    ``window_size`` and the next ``torch.export`` of the instance fails on ``min(...) <= self.window_size``."""
+    from edgekit.exporters.torch2onnx import to_onnx
+
+    factory = tp._hf("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=2, embed_dim=16,
+                     depths=[1, 1], num_heads=[1, 2], window_size=8, mlp_ratio=2.0)
+    pytest.importorskip("transformers")
+    model = factory()
+    to_onnx(model, tp.example(1), tmp_path / "swin.onnx", exporter="torchscript")
+    block = model.swin.encoder.layers[1].blocks[0]
+    assert isinstance(block.window_size, torch.Tensor)  # what the TorchScript trace did to the model
+    return model, "swin.encoder.layers.1.blocks.0.window_size"
+
+
+def test_swin_captures_after_a_torchscript_export(tmp_path):
+    model, attr = _swin_after_torchscript_export(tmp_path)
+    with pytest.raises(Exception, match="data-dependent") as err:  # the failure this capture works around
+        torch.export.export(model, (tp.example(2),), strict=False)
+    assert "modeling_swin.py:" in explain_export_error(err.value, model)  # the library's file:line is named
+    cap = capture(SelectOutput(model, "logits"), (tp.example(1),))  # no eager forward first (it resets window_size)
+    assert cap.summary()["tensor_attributes_as_numbers"] == [attr] and cap.output == "logits"
+    assert isinstance(model.swin.encoder.layers[1].blocks[0].window_size, torch.Tensor)  # restored
+    x = tp.example(3, seed=4)
+    with torch.no_grad():
+        assert float((cap.runnable()(x) - model(x).logits).abs().max()) <= EXACT
+
+
+class TensorConfig(nn.Module):
+    """Keeps a config number as a 0-d tensor attribute and branches on it (not a parameter or buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+        self.min_width = torch.tensor(16)
+
+    def forward(self, x):
+        if x.shape[-1] >= self.min_width:
+            x = x[..., ::2]
+        return self.fc(torch.cat([x, x], -1).flatten(1))
+
+
+def test_tensor_config_attributes_are_captured_as_numbers_by_every_capture():
+    from edgekit.prune.capture import capture_graph
+
+    model = TensorConfig().eval()
+    cap = capture(model, (tp.example(1),))
+    assert cap.summary()["tensor_attributes_as_numbers"] == ["min_width"] and isinstance(model.min_width, torch.Tensor)
+    x = tp.example(3, seed=5)
+    with torch.no_grad():
+        assert float((cap.runnable()(x) - model(x)).abs().max()) <= EXACT
+    graph = capture_graph(model, (tp.example(1),))
+    assert graph.summary()["method"] == EXPORT and graph.numbers == ("min_width",)
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 
 

@@ -60,7 +60,7 @@ def _export_onnx(result, tmp_path) -> None:
 def test_prune30_third_party_captures_shrinks_and_exports(tp, tmp_path):
     model, res = _compress(tp.name, "prune-30", ["prune.finetune.epochs=0"])
     rep = res.report.stages[0].report
-    assert rep["capture"] == CaptureMethod.EXPORT.value
+    assert rep["capture"]["method"] == CaptureMethod.EXPORT.value
     assert rep["macs"]["after"] == res.report.macs.after
     if tp.name in NOTHING_AT_30:
         assert rep["units_removed"] == 0 and res.report.macs.after == res.report.macs.before
@@ -199,4 +199,4 @@ def test_groupnorm_keeps_equal_groups():
     gn = new.gn
     assert isinstance(new, GNNet) and gn.num_groups == 4 and gn.num_channels == new.conv1.out_channels == 16
     assert gn.weight.shape == (16,) and new.conv2.in_channels == 16 and new(x).shape == (2, 10)
-    assert report["capture"] == "torch.export"
+    assert report["capture"]["method"] == "torch.export"
