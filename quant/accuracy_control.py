@@ -3,10 +3,17 @@
 The idea of NNCF's ``quantize_with_accuracy_control`` (and of AIMET's automatic mixed precision), written
 for edgekit's quantizer: quantize everything, measure the top-1 drop on the validation split (the labeled
 calibration split, never the test split the report quotes), rank the quantized layers by their single-layer
-sensitivity (:func:`edgekit.quant.sensitivity.layer_sensitivity`: output SQNR, lowest first), then return
-layers to float one at a time, most sensitive first, re-quantizing and re-measuring after each, until the drop
-is at most ``max_drop`` points or ``max_reverted`` layers are float. If the budget cannot be met the best model
-found is returned with ``report["met"] = False`` (the stage then fails with that best figure, exit 1).
+sensitivity (:func:`edgekit.quant.sensitivity.layer_sensitivity`: output SQNR, lowest first), then the
+quantized ops without weights (residual adds, matmuls: their input quantizers alone, same SQNR), and return
+them to float one at a time, most sensitive first, re-quantizing and re-measuring after each, until the drop
+is at most ``max_drop`` points or ``max_reverted`` of them are float. Once it holds, each one kept in float is
+tried back in int8 (latest first) and stays int8 if the drop still holds, so no revert that did not help is
+kept. If the budget cannot be met the best model found is returned with ``report["met"] = False`` (the stage
+then fails with that best figure, exit 1).
+
+The drop is counted in whole validation images: with ``n`` images one image is ``100 / n`` points, and a budget
+below that (0.5 pt with 180 images) means no validation image may change its prediction;
+``report["resolution_pt"]`` says so.
 """
 
 from __future__ import annotations
@@ -14,9 +21,57 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from edgekit.quant.config import PTQConfig
+
+
+@torch.no_grad()
+def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -> list[dict[str, Any]]:
+    """SQNR of the output with only the input quantizers of one quantized weightless op (add, matmul) on, for each
+    such op of a calibrated, not yet frozen model, lowest first. Names are the graph's node names (``ignore``
+    patterns match them)."""
+    from edgekit.outputs import logits
+    from edgekit.quant import qdq
+    from edgekit.quant.fakequant import ActFakeQuant, ActMode, WeightMode
+    from edgekit.quant.ptq import act_quants, graph_of, weight_layers
+    from edgekit.quant.sensitivity import sqnr_db
+
+    graph = graph_of(gm)
+    mods = dict(graph.named_modules())
+    quants, layers = act_quants(graph), weight_layers(graph)
+    ops: dict[str, list[str]] = {}
+    for n in graph.graph.nodes:
+        if n.op not in ("call_function", "call_method"):
+            continue
+        ins = [a.target for a in n.args[:2] if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(mods.get(a.target), ActFakeQuant)]
+        t = qdq.target_of(n) if n.op == "call_function" else n.target
+        if ins and (t in qdq._ADD_FNS or t == "add" or t in qdq._MATMUL_FNS or t == "matmul"):
+            ops[n.name] = ins
+    saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
+
+    def run() -> torch.Tensor:
+        return torch.cat([logits(gm(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+    out = []
+    try:
+        for q in quants.values():
+            q.mode = ActMode.OFF
+        for m in layers.values():
+            m.wmode = WeightMode.FLOAT
+        ref = run()
+        for name, ins in ops.items():
+            for qn in ins:
+                quants[qn].mode = ActMode.QUANT
+            out.append({"layer": name, "sqnr_db": round(sqnr_db(ref, run()), 2)})
+            for qn in ins:
+                quants[qn].mode = ActMode.OFF
+    finally:
+        for n, q in quants.items():
+            q.mode = saved[0][n]
+        for n, m in layers.items():
+            m.wmode = saved[1][n]
+    return sorted(out, key=lambda r: r["sqnr_db"])
 
 
 def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.Tensor, example: torch.Tensor,
@@ -24,7 +79,7 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
                            evaluate: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Int8 PTQ of ``model`` whose top-1 drop on ``(calib, labels)`` is at most ``max_drop`` points, if possible.
 
-    Returns ``(model, report)``; the report lists the layers kept in float, the drop after each step and
+    Returns ``(model, report)``; the report lists the layers and ops kept in float, the drop after each step and
     whether the budget was met. ``evaluate`` (default: top-1 on ``calib``/``labels``) may be given for tests.
     """
     from edgekit.outputs import logits
@@ -38,29 +93,45 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
             pred = torch.cat([logits(m(calib[i : i + 128])).argmax(1) for i in range(0, len(calib), 128)])
             return float((pred == labels).float().mean())
 
+    def holds(d: float) -> bool:
+        return d * 100 <= max_drop + 1e-9
+
+    def attempt(kept: list[str]):
+        q, rep = quantize_ptq(model, calib, example, opts.model_copy(update={"ignore": [*opts.ignore, *kept]}))
+        return reference - evaluate(q), q, rep
+
     reference = evaluate(model)
     q, rep = quantize_ptq(model, calib, example, opts)
     acc = evaluate(q)
     steps = [{"kept_float": [], "accuracy": acc, "drop_pt": round((reference - acc) * 100, 3)}]
     best = (reference - acc, q, rep, [])
     kept: list[str] = []
-    if (reference - acc) * 100 > max_drop:
+    requantized: list[str] = []
+    if not holds(reference - acc):
         calibrated, _ = quantize_ptq(model, calib, example, opts, do_freeze=False)
         ranking = [r["layer"] for r in layer_sensitivity(calibrated, calib, labels)]
+        ranking += [r["layer"] for r in op_sensitivity(calibrated, calib)]
         limit = len(ranking) if max_reverted is None else min(max_reverted, len(ranking))
         for layer in ranking[:limit]:
             kept.append(layer)
-            q, rep = quantize_ptq(model, calib, example, opts.model_copy(update={"ignore": [*opts.ignore, *kept]}))
-            acc = evaluate(q)
-            steps.append({"kept_float": list(kept), "accuracy": acc, "drop_pt": round((reference - acc) * 100, 3)})
-            if reference - acc < best[0]:
-                best = (reference - acc, q, rep, list(kept))
-            if (reference - acc) * 100 <= max_drop:
+            drop, q, rep = attempt(kept)
+            steps.append({"kept_float": list(kept), "accuracy": reference - drop, "drop_pt": round(drop * 100, 3)})
+            if drop < best[0]:
+                best = (drop, q, rep, list(kept))
+            if holds(drop):
                 break
+        if holds(best[0]):  # backward pass: a revert the drop does not need goes back to int8
+            for layer in reversed(best[3][:-1]):
+                trial = [k for k in best[3] if k != layer]
+                drop, q, rep = attempt(trial)
+                if holds(drop):
+                    best = (drop, q, rep, trial)
+                    requantized.append(layer)
     drop, q, rep, kept = best
     rep = {**rep, "accuracy_control": {
-        "max_drop_pt": max_drop, "met": drop * 100 <= max_drop, "split": "calibration (validation)",
+        "max_drop_pt": max_drop, "met": holds(drop), "split": "calibration (validation)",
+        "validation_images": int(len(labels)), "resolution_pt": round(100 / max(1, len(labels)), 3),
         "accuracy_float": reference, "accuracy_int8": reference - drop, "drop_pt": round(drop * 100, 3),
-        "kept_float": kept, "steps": steps,
+        "kept_float": kept, "requantized": requantized, "steps": steps,
     }}
     return q, rep

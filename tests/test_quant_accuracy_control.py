@@ -83,3 +83,49 @@ def test_stage_fails_with_the_best_found_when_max_drop_cannot_hold(digits, monke
     monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", unmet)
     with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt .* 1 layer\(s\) in float \(features.0\)"):
         edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])
+
+
+class _Residual(torch.nn.Module):
+    """A small net with a residual add, written the usual way (not from the zoo)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + self.body(h)
+        return self.head(h.mean((2, 3)))
+
+
+def _add_quantized(m) -> bool:
+    from edgekit.quant.fakequant import ActFakeQuant
+    from edgekit.quant.ptq import graph_of
+
+    g = graph_of(m)
+    if not isinstance(g, torch.fx.GraphModule):  # the float model
+        return False
+    mods = dict(g.named_modules())
+    return any(n.op == "call_function" and "add" in n.name and any(
+        u.op == "call_module" and isinstance(mods.get(u.target), ActFakeQuant) for u in n.users)
+        for n in g.graph.nodes)
+
+
+def test_a_drop_from_a_weightless_op_is_found_and_needless_reverts_go_back_to_int8():
+    """The drop comes only from the residual add's output quantizer: reverting weight layers does not help, so
+    the control goes on to the add, then re-quantizes the layers it had kept in float for nothing."""
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    x = torch.randn(32, 3, 8, 8)
+    y = torch.randint(0, 10, (32,))
+    q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=0.5,
+                                    evaluate=lambda m: 0.9 - 0.01 * _add_quantized(m))
+    ac = rep["accuracy_control"]
+    assert ac["steps"][0]["drop_pt"] == pytest.approx(1.0)
+    assert ac["met"] and ac["drop_pt"] == pytest.approx(0.0) and len(ac["kept_float"]) == 1
+    assert ac["kept_float"][0].startswith("add") and not _add_quantized(q)
+    tried = ac["steps"][-1]["kept_float"]
+    assert len(tried) > 1 and sorted(ac["requantized"]) == sorted(tried[:-1])  # weight layers first, not needed
+    assert _int8_layers(q) == 3 and ac["validation_images"] == 32 and ac["resolution_pt"] == pytest.approx(3.125)
