@@ -82,18 +82,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="runtime threads when profiling (0: runtime default)")
     ap.add_argument("--render-only", action="store_true",
                     help="write the section from OUT/MODEL/sweep.json (+ first-run.json, first-sweep.json) without running")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="build pass: compress and export only (into the cache; OUT/MODEL/build-pass.json), no rerun, no section")
     ap.add_argument("--note", default="", help="a paragraph added under the tables")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    from edgekit.sweep import sweep
+    from edgekit.sweep import SweepResult, sweep
 
     results, rows, front_rows, notes = [], [], [], []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         out = Path(args.out) / model
         if args.render_only:
-            from edgekit.sweep import SweepResult
-
             first_file = out / "first-sweep.json" if (out / "first-sweep.json").is_file() else out / "sweep.json"
             first = SweepResult.read(first_file)
             last = SweepResult.read(out / "sweep.json")
@@ -117,6 +117,18 @@ def main() -> None:
                                    c.file_bytes])
             continue
         up0 = uptime()
+        if args.no_profile:
+            built = sweep(model, args.recipes, args.targets, ["local"], out=out, workers=args.workers, plots=False, profile=False)
+            states = {}
+            for c in built.cells:
+                states[c.state] = states.get(c.state, 0) + 1
+            rec = {"wall_s": built.wall_s, "steps_run": built.steps_run, "steps_cached": built.steps_cached,
+                   "states": states, "uptime_start": up0, "uptime_end": uptime()}
+            (out / "build-pass.json").write_text(json.dumps(rec))
+            print(f"{model}: build pass {json.dumps(rec)}", flush=True)
+            for c in [c for c in built.cells if c.state not in ("works", "not profiled")]:
+                print(f"  {c.recipe} / {c.target}: {c.state}: {(c.error or '')[:200]}", flush=True)
+            continue
         first = sweep(model, args.recipes, args.targets, ["local"], out=out, workers=args.workers,
                       profile_budget_s=args.budget, profile_threads=args.threads, plots=False)
         up1 = uptime()
@@ -125,6 +137,9 @@ def main() -> None:
         retried = sum(c.state == "failed" for c in first.cells)  # failed steps are not cached: a rerun retries them
         assert sum(again.steps_run.values()) <= 2 * retried, f"{model}: the rerun ran steps {again.steps_run}"
         record = out / "first-run.json"
+        if not record.is_file() and (out / "first-sweep.json").is_file():  # a first run kept as its sweep.json
+            kept = SweepResult.read(out / "first-sweep.json")
+            record.write_text(json.dumps({"wall_s": kept.wall_s, "steps_run": kept.steps_run, "uptime": "not recorded"}))
         this = {"wall_s": first.wall_s, "steps_run": first.steps_run, "uptime": up0}
         if first.steps_run.get("compress") or not record.is_file():
             record.write_text(json.dumps(this))
@@ -146,6 +161,8 @@ def main() -> None:
             front_rows.append([model, c.recipe, c.target, f"{c.accuracy:.2%}", c.accuracy_drop_pt, c.latency_ms,
                                c.file_bytes])
         print(f"{model}: first {first.wall_s:.0f} s ({first.steps_run}), rerun {again.wall_s:.2f} s; {up1}", flush=True)
+    if args.no_profile:
+        return
     if not args.no_write:
         plot_all(results, PLOT)
     md = [

@@ -136,3 +136,34 @@ def test_profile_step_gives_the_runner_time_to_start(monkeypatch, tmp_path):
     rec = steps.run_profile(str(tmp_path), "k", "art", "local", None, budget_s=0.5, threads=1)
     assert rec["state"] == "failed" and "stop here" in rec["error"]
     assert seen["opts"].timeout_s == 0.5 + steps.PROFILE_SLACK_S and seen["opts"].threads == 1
+
+
+def test_no_profile_builds_only_and_a_later_pass_profiles_from_the_cache(monkeypatch, tmp_path):
+    """--no-profile: compress and export (cached), cells `not profiled`; a later pass (here with --threads 1, as
+    on a quiet machine) runs only the profiles."""
+    from pathlib import Path
+
+    from edgekit.sweep import steps
+
+    calls: list[str] = []
+
+    def fake(kind, extra):
+        def run(cache, key, *args):
+            calls.append(kind)
+            return steps._finish(steps.step_dir(Path(cache), kind, key), {"kind": kind, "key": key, "state": "works", **extra})
+        return run
+
+    monkeypatch.setattr(steps, "run_compress", fake("compress", {"out": "o", "accuracy_before": 0.99, "accuracy_after": 0.98}))
+    monkeypatch.setattr(steps, "run_export", fake("export", {"precision": "int8", "file_bytes": 10}))
+    monkeypatch.setattr(steps, "run_profile", fake("profile", {"latency_ms": 0.5}))
+    out = tmp_path / "sw"
+    built = sweep("convnet", "int8,prune-30", "onnx,openvino", out=out, workers=1, profile=False, plots=False)
+    assert calls == ["compress"] * 2 + ["export"] * 4
+    assert {c.state for c in built.cells} == {"not profiled"} and all(c.latency_ms is None for c in built.cells)
+    assert built.steps_run == {"compress": 2, "export": 4, "profile": 0} and ranked(built.cells, "latency") == []
+    assert built.cells[0].accuracy == 0.98 and built.cells[0].file_bytes == 10
+    calls.clear()
+    timed = sweep("convnet", "int8,prune-30", "onnx,openvino", out=out, workers=1, profile_threads=1, plots=False)
+    assert calls == ["profile"] * 4
+    assert timed.steps_cached == {"compress": 2, "export": 4, "profile": 0}
+    assert {(c.state, c.latency_ms) for c in timed.cells} == {("works", 0.5)}

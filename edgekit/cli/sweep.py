@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         max_size: Optional[str] = typer.Option(None, "--max-size", help="Keep cells whose artifact is at most this size (e.g. 4MB)."),
         budget: float = typer.Option(2.0, "--budget", min=0.05, help="Profile time budget per cell (s)."),
         threads: int = typer.Option(0, "--threads", min=0, help="Runtime threads when profiling (0: the runtime's default; 1 is steadier on a shared machine)."),
+        no_profile: bool = typer.Option(False, "--no-profile", help="Compress and export only (cached); profile in a later run, e.g. on a quiet machine."),
         seed: int = typer.Option(0, "--seed"),
         json_: bool = JSON_OPTION,
     ) -> None:
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
             size_cap = parse_size(max_size)  # checked before any work
             res = sweep(model, recipes, targets, devices, out=out, data=data, seed=seed, overrides=overrides,
                         executor=executor, workers=workers, address=address, devices_file=devices_file,
-                        profile_budget_s=budget, profile_threads=threads)
+                        profile_budget_s=budget, profile_threads=threads, profile=not no_profile)
             best = ranked(res.cells, objective, max_drop, size_cap)
             if json_:
                 emit_json({**res.to_dict(), "ranked": [c.to_dict() for c in best], "out_dir": out})

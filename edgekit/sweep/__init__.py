@@ -44,11 +44,13 @@ def sweep(model: str, recipes: str | Sequence[str], targets: str | Sequence[str]
           *, out: str | Path, data: str | None = None, seed: int = 0, overrides: Sequence[str] = (),
           executor: str = "local", workers: int | None = None, address: str | None = None,
           devices_file: str | None = None, profile_budget_s: float = 2.0, profile_threads: int = 0,
-          plots: bool = True) -> SweepResult:
+          plots: bool = True, profile: bool = True) -> SweepResult:
     """Run the grid; return (and write ``OUT/sweep.json``) one :class:`SweepCell` per recipe x target x device.
 
     ``profile_threads``: the runtime's intra-op threads when profiling (0: its default); on a shared machine one
-    thread keeps a multi-threaded runtime from waiting on a descheduled worker. It is part of the profile key."""
+    thread keeps a multi-threaded runtime from waiting on a descheduled worker. It is part of the profile key.
+    ``profile=False`` compresses and exports only (cells that built are ``not profiled``): the build steps can
+    run on a busy machine and a later pass, on a quiet one, profiles from the cache."""
     from edgekit.artifacts import write_json_atomic
     from edgekit.progress import task
     from edgekit.sweep import steps
@@ -73,7 +75,7 @@ def sweep(model: str, recipes: str | Sequence[str], targets: str | Sequence[str]
         with task(f"sweep: export {len(builds)} artifact(s)"):
             exp = _phase(ex, cache, "export", builds, run, reused,
                          lambda e: (steps.run_export, (cache, e.key, comp[e.compress.key]["out"], e.target)))
-        todo = [p for p in grid.profiles if exp.get(p.export.key, {}).get("state") == "works"]
+        todo = [p for p in grid.profiles if profile and exp.get(p.export.key, {}).get("state") == "works"]
         with task(f"sweep: profile {len(todo)} artifact(s) on {len(device_list)} device(s)"):
             prof = _profiles(ex, cache, todo, run, reused, devices_file, profile_budget_s, profile_threads)
     finally:
@@ -144,7 +146,10 @@ def _cell(p, comp: dict, exp: dict, prof: dict) -> SweepCell:
     if e["state"] != "works":
         cell.state, cell.error = e["state"], e.get("error")
         return cell
-    r = prof[p.key]
+    r = prof.get(p.key)
+    if r is None:  # sweep(profile=False)
+        cell.state = "not profiled"
+        return cell
     cell.cached["profile"] = bool(r.get("cached"))
     cell.state, cell.error = r["state"], r.get("error")
     cell.latency_ms, cell.latency_ci95_ms, cell.latency_kind = r.get("latency_ms"), r.get("latency_ci95_ms"), r.get("latency_kind")

@@ -19,7 +19,7 @@ class SweepCell(Record):
     recipe: str
     target: str
     device: str
-    state: str  # works | ready, not validated | refused | failed
+    state: str  # works | ready, not validated | refused | failed | not profiled
     error: str | None = None
     precision: str | None = None
     accuracy: float | None = None  # top-1 of the compressed model (PyTorch, test split)
