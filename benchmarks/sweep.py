@@ -35,7 +35,7 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def plot_all(results: list, path: Path) -> None:
+def plot_all(results: list, path: Path, title: str = "edgekit sweep on this machine (local device)") -> None:
     """One panel per model: top-1 vs latency per target, the Pareto front dashed (atomic write)."""
     import matplotlib
 
@@ -63,7 +63,7 @@ def plot_all(results: list, path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
-    fig.suptitle("edgekit sweep on this machine (local device, under load)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=100, format="png")
@@ -91,6 +91,7 @@ def main() -> None:
     from edgekit.sweep import SweepResult, sweep
 
     results, rows, front_rows, notes = [], [], [], []
+    up_start = uptime()
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         out = Path(args.out) / model
         if args.render_only:
@@ -170,8 +171,9 @@ def main() -> None:
         "",
         f"`{command_line().split(' --note')[0]}`",
         "",
-        f"Machine: {machine_note()}; measured under load (other agents running), `uptime` at the end: "
-        f"`{uptime()}`. Device `local`, digits 3x32x32, recipes `{args.recipes}`, targets `{args.targets}`, "
+        f"Machine: {machine_note()}; `uptime` at the start and the end of this invocation: `{up_start}`, "
+        f"`{uptime()}` (the `first run` column is the grid's first run, compress and export included, with the load "
+        f"of that run where it was recorded). Device `local`, digits 3x32x32, recipes `{args.recipes}`, targets `{args.targets}`, "
         f"profile budget {args.budget} s per cell, profiling threads "
         f"{args.threads or 'runtime default'}. TVM latencies are of the default Relax CPU build, untuned.",
         "",
@@ -182,7 +184,8 @@ def main() -> None:
         markdown_table(["model", "cells", "states", "first run s", "first run steps", "load at first run (1/5/15)",
                         "this pass s", "this pass steps run", "rerun s", "rerun steps cached"], rows),
         "",
-        "Pareto front per model (top-1 higher, latency lower; latency median ms, batch 1, under load):",
+        f"Pareto front per model (top-1 higher, latency lower; latency median ms, batch 1, profiling threads "
+        f"{args.threads or 'runtime default'}):",
         "",
         markdown_table(["model", "recipe", "target", "top-1", "drop pt", "latency ms", "file bytes"], front_rows),
         "",
