@@ -235,7 +235,13 @@ _UNARY = [aten.relu, aten.relu_, aten.hardtanh, aten.hardtanh_, aten.gelu, aten.
           aten.log_softmax, aten.clone, aten.contiguous, aten._to_copy, aten.to, aten.alias, aten.detach,
           aten.neg, aten.exp, aten.pow, aten.sqrt, aten.rsqrt, aten.erf, aten.clamp, aten.leaky_relu, aten.elu,
           aten.abs, aten.mish, aten.softplus, aten.type_as, aten.square, aten.sign, aten.log, aten.reciprocal,
-          aten.feature_dropout, aten.lift_fresh_copy]
+          aten.feature_dropout, aten.lift_fresh_copy,
+          # in-place and clamp forms (``nn.Dropout(inplace=True)`` before transformers' MobileNetV2 classifier
+          # exports as dropout_; without a rule the last conv's 1280 channels were frozen)
+          aten.dropout_, aten.feature_dropout_, aten.alpha_dropout, aten.alpha_dropout_, aten.feature_alpha_dropout,
+          aten.feature_alpha_dropout_, aten.gelu_, aten.sigmoid_, aten.tanh_, aten.clamp_, aten.clamp_min,
+          aten.clamp_max, aten.clip, aten.clip_, aten.leaky_relu_, aten.elu_, aten.relu6, aten.hardsigmoid_,
+          aten.mish_, aten.neg_, aten.exp_]
 _SPATIAL = [aten.avg_pool1d, aten.avg_pool2d, aten.max_pool1d, aten.max_pool2d, aten.adaptive_avg_pool1d,
             aten.adaptive_avg_pool2d, aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.pad,
             aten.constant_pad_nd]

@@ -200,3 +200,27 @@ def test_groupnorm_keeps_equal_groups():
     assert isinstance(new, GNNet) and gn.num_groups == 4 and gn.num_channels == new.conv1.out_channels == 16
     assert gn.weight.shape == (16,) and new.conv2.in_channels == 16 and new(x).shape == (2, 10)
     assert report["capture"]["method"] == "torch.export"
+
+
+def test_inplace_dropout_before_the_classifier_does_not_freeze_the_last_conv():
+    """transformers' MobileNetV2 ends ``conv_1x1 (1280) -> pool -> nn.Dropout(inplace=True) -> classifier``;
+    ``aten.dropout_`` had no rule, so the 1280 channels were frozen (Torch-Pruning halves them)."""
+
+    class InplaceDropoutHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 64, 1)
+            self.drop, self.classifier = nn.Dropout(0.2, inplace=True), nn.Linear(64, 10)
+
+        def forward(self, x):
+            if x.shape[-1] > 16:  # shape control flow: fx cannot trace this
+                x = nn.functional.avg_pool2d(x, 2)
+            x = self.conv2(torch.relu(self.conv1(x))).mean((2, 3))
+            return self.classifier(self.drop(x))
+
+    model, x = InplaceDropoutHead().eval(), example(2)
+    assert_fx_fails(model)
+    new, report = prune(model, (x,), ratio=0.5, round_to=8, ignore=["classifier*"])
+    assert report["capture"]["method"] == "torch.export" and "dropout_" not in " ".join(report["frozen_notes"])
+    assert new.conv2.out_channels == new.classifier.in_features == 32 and new.classifier.out_features == 10
+    assert new(x).shape == (2, 10)
