@@ -71,6 +71,26 @@ def plot_all(results: list, path: Path, title: str = "edgekit sweep on this mach
     os.replace(tmp, path)
 
 
+def add_model(model: str, first, again, full: dict, this: dict | None, rows: list, notes: list, front_rows: list,
+              again_call_s: float | None = None) -> None:
+    """One model's row (first run, this pass, cache-only rerun), its failed cells and its Pareto front."""
+    from edgekit.sweep import pareto
+
+    states: dict[str, int] = {}
+    for c in first.cells:
+        states[c.state] = states.get(c.state, 0) + 1
+    rows.append([model, len(first.cells), ", ".join(f"{v} {k}" for k, v in sorted(states.items())),
+                 f"{full['wall_s']:.0f}", json.dumps(full["steps_run"]), full["uptime"].split("load average:")[-1].strip(),
+                 f"{this['wall_s']:.1f} (load {this['uptime'].split('load average:')[-1].strip()})" if this else "-",
+                 json.dumps(this["steps_run"]) if this else "-",
+                 (f"{again_call_s:.3f} ({again.wall_s:.3f} in steps)" if again_call_s is not None else f"{again.wall_s:.3f}")
+                 if again else "not measured", json.dumps(again.steps_cached) if again else "-"])
+    for c in [c for c in first.cells if c.state != "works"]:
+        notes.append(f"- {model} / {c.recipe} / {c.target}: {c.state}: {(c.error or '')[:160]}")
+    for c in pareto(first.cells, "latency_ms"):
+        front_rows.append([model, c.recipe, c.target, f"{c.accuracy:.2%}", c.accuracy_drop_pt, c.latency_ms, c.file_bytes])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="convnet,mobilenetv2,resnet50,repvgg")
@@ -88,34 +108,31 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
+    from edgekit.artifacts import write_json_atomic
     from edgekit.sweep import SweepResult, sweep
 
-    results, rows, front_rows, notes = [], [], [], []
+    results, rows, front_rows, notes, builds = [], [], [], [], []
     up_start = uptime()
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         out = Path(args.out) / model
+        if (out / "build-pass.json").is_file() and not args.no_profile:
+            b = json.loads((out / "build-pass.json").read_text())
+            builds.append(f"- {model}: {b['wall_s']:.0f} s, steps run {json.dumps(b['steps_run'])}, load "
+                          f"{b['uptime_start'].split('load average:')[-1].strip()} -> {b['uptime_end'].split('load average:')[-1].strip()}")
         if args.render_only:
-            first_file = out / "first-sweep.json" if (out / "first-sweep.json").is_file() else out / "sweep.json"
+            passed = out / "pass.json"  # the last profiling pass (see below); else the first run's own sweep.json
+            first_file = passed if passed.is_file() else out / "first-sweep.json" if (out / "first-sweep.json").is_file() else out / "sweep.json"
             first = SweepResult.read(first_file)
             last = SweepResult.read(out / "sweep.json")
-            again = last if not last.steps_run.get("compress") else None  # a rerun: nothing recompressed
+            again = last if not any(last.steps_run.values()) else None  # a rerun: every step from the cache
             full = json.loads((out / "first-run.json").read_text()) if (out / "first-run.json").is_file() else \
                 {"wall_s": first.wall_s, "steps_run": first.steps_run, "uptime": "not recorded"}
+            meta = out / "pass-uptime.json"
+            this = {"wall_s": first.wall_s, "steps_run": first.steps_run,
+                    "uptime": json.loads(meta.read_text())["end"] if meta.is_file() else "not recorded"} if passed.is_file() else None
+            add_model(model, first, again, full, this, rows, notes, front_rows,
+                      json.loads(meta.read_text()).get("rerun_call_s") if meta.is_file() else None)
             results.append(first)
-            states = {}
-            for c in first.cells:
-                states[c.state] = states.get(c.state, 0) + 1
-            rows.append([model, len(first.cells), ", ".join(f"{v} {k}" for k, v in sorted(states.items())),
-                         f"{full['wall_s']:.0f}", json.dumps(full["steps_run"]), full["uptime"].split("load average:")[-1].strip(),
-                         "-", "-", f"{again.wall_s:.3f}" if again else "not measured",
-                         json.dumps(again.steps_cached) if again else "-"])
-            for c in [c for c in first.cells if c.state != "works"]:
-                notes.append(f"- {model} / {c.recipe} / {c.target}: {c.state}: {(c.error or '')[:160]}")
-            from edgekit.sweep import pareto
-
-            for c in pareto(first.cells, "latency_ms"):
-                front_rows.append([model, c.recipe, c.target, f"{c.accuracy:.2%}", c.accuracy_drop_pt, c.latency_ms,
-                                   c.file_bytes])
             continue
         up0 = uptime()
         if args.no_profile:
@@ -133,8 +150,10 @@ def main() -> None:
         first = sweep(model, args.recipes, args.targets, ["local"], out=out, workers=args.workers,
                       profile_budget_s=args.budget, profile_threads=args.threads, plots=False)
         up1 = uptime()
+        t_again = time.perf_counter()
         again = sweep(model, args.recipes, args.targets, ["local"], out=out, workers=args.workers,
                       profile_budget_s=args.budget, profile_threads=args.threads, plots=False)
+        again_call_s = round(time.perf_counter() - t_again, 3)  # the whole call: the grid's keys (hashes) included
         retried = sum(c.state == "failed" for c in first.cells)  # failed steps are not cached: a rerun retries them
         assert sum(again.steps_run.values()) <= 2 * retried, f"{model}: the rerun ran steps {again.steps_run}"
         record = out / "first-run.json"
@@ -145,22 +164,11 @@ def main() -> None:
         if first.steps_run.get("compress") or not record.is_file():
             record.write_text(json.dumps(this))
         full = json.loads(record.read_text())
+        write_json_atomic(out / "pass.json", first.to_dict())
+        write_json_atomic(out / "pass-uptime.json", {"start": up0, "end": up1, "rerun_call_s": again_call_s})
         results.append(first)
-        states: dict[str, int] = {}
-        for c in first.cells:
-            states[c.state] = states.get(c.state, 0) + 1
-        rows.append([model, len(first.cells), ", ".join(f"{v} {k}" for k, v in sorted(states.items())),
-                     f"{full['wall_s']:.0f}", json.dumps(full["steps_run"]), full["uptime"].split("load average:")[-1].strip(),
-                     f"{first.wall_s:.1f}" if full != this else "-",
-                     json.dumps(first.steps_run) if full != this else "-",
-                     f"{again.wall_s:.3f}", json.dumps(again.steps_cached)])
-        for c in [c for c in first.cells if c.state != "works"]:
-            notes.append(f"- {model} / {c.recipe} / {c.target}: {c.state}: {(c.error or '')[:160]}")
-        from edgekit.sweep import pareto
-
-        for c in pareto(first.cells, "latency_ms"):
-            front_rows.append([model, c.recipe, c.target, f"{c.accuracy:.2%}", c.accuracy_drop_pt, c.latency_ms,
-                               c.file_bytes])
+        add_model(model, first, again, full, {**this, "uptime": up1} if full != this else None, rows, notes, front_rows,
+                  again_call_s)
         print(f"{model}: first {first.wall_s:.0f} s ({first.steps_run}), rerun {again.wall_s:.2f} s; {up1}", flush=True)
     if args.no_profile:
         return
@@ -171,8 +179,10 @@ def main() -> None:
         "",
         f"`{command_line().split(' --note')[0]}`",
         "",
-        f"Machine: {machine_note()}; `uptime` at the start and the end of this invocation: `{up_start}`, "
-        f"`{uptime()}` (the `first run` column is the grid's first run, compress and export included, with the load "
+        f"Machine: {machine_note()}; "
+        + ("rendered from the saved passes (`--render-only`); " if args.render_only else "")
+        + f"`uptime` at the start and the end of this invocation: `{up_start}`, `{uptime()}`; each pass's load is in "
+        f"its row (the `first run` column is the grid's first run, compress and export included, with the load "
         f"of that run where it was recorded). Device `local`, digits 3x32x32, recipes `{args.recipes}`, targets `{args.targets}`, "
         f"profile budget {args.budget} s per cell, profiling threads "
         f"{args.threads or 'runtime default'}. TVM latencies are of the default Relax CPU build, untuned.",
@@ -182,7 +192,7 @@ def main() -> None:
         "compress and export read from the cache); `-` when the first run is this pass:",
         "",
         markdown_table(["model", "cells", "states", "first run s", "first run steps", "load at first run (1/5/15)",
-                        "this pass s", "this pass steps run", "rerun s", "rerun steps cached"], rows),
+                        "this pass s (load at its end)", "this pass steps run", "rerun s (whole call)", "rerun steps cached"], rows),
         "",
         f"Pareto front per model (top-1 higher, latency lower; latency median ms, batch 1, profiling threads "
         f"{args.threads or 'runtime default'}):",
@@ -191,6 +201,10 @@ def main() -> None:
         "",
         "![Pareto fronts of the sweep](sweep-pareto.png)",
     ]
+    if builds:
+        md += ["", "Build passes (`--no-profile`: compress and export only, at SCHED_IDLE beside other agents' jobs) "
+               "that re-ran the steps whose content key changed since the first run (recipes edited since, failed "
+               "steps retried); this pass then read them from the cache:", "", *builds]
     if notes:
         md += ["", "Cells that did not work (state and the first line of their error):", "", *notes]
     if args.note:
