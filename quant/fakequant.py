@@ -146,6 +146,23 @@ class ActFakeQuant(FakeQuantized, nn.Module):
         return f"mode={self.mode}, scale={self.scale_f:.4g}, zero_point={self.zero_point_i}, range=[{self.scheme.qmin},{self.scheme.qmax}]"
 
 
+class TiedFakeQuant(nn.Module):
+    """A second Q/DQ point on the grid of ``source``: for a tensor that is a slice / view / permutation of one
+    ``source`` quantizes (the q, k, v heads cut out of a fused ``qkv`` output). Its values are already on that
+    grid, so it changes nothing numerically; it is there so that the exported graph has ``DQ -> Gather -> Q``
+    with equal parameters (which ONNX Runtime and OpenVINO drop, so the consumer reads the integer tensor)
+    and a Q/DQ pair right before the consuming matmul. It never observes: calibration sets only ``source``."""
+
+    def __init__(self, source: ActFakeQuant) -> None:
+        super().__init__()
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.source.mode in (ActMode.OBSERVE, ActMode.OFF):
+            return x
+        return self.source(x)
+
+
 class QuantWeight(FakeQuantized, nn.Module):
     """Base of the int8-weight layers (conv, linear). ``wmode`` is a :class:`WeightMode`: ``float``
     (calibration), ``fake`` (fake-quant, LSQ scales in QAT), ``int8`` (frozen: int8 buffer + per-channel scales)."""

@@ -26,7 +26,7 @@ from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
 from edgekit.quant.config import PTQConfig
-from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantWeight, WeightMode
+from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantWeight, TiedFakeQuant, WeightMode
 from edgekit.quant.observers import make_observer
 from edgekit.quant.placement import Placement, activation_policy
 
@@ -99,15 +99,21 @@ def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Pl
         setattr(owner, attr, QUANT_LAYERS[type(layer)](layer))
     scheme = place.initial_scheme()
     nodes = {n.name: n for n in gm.graph.nodes}
-    for i, name in enumerate(p.tensors):
+    ties = tied_sources(nodes, p.tensors)
+    quant_of: dict[str, str] = {}
+    for i, name in sorted(enumerate(p.tensors), key=lambda t: t[1] in ties):  # sources first, then their ties
         node = nodes[name]
         qname = f"act_quant_{i}"
-        # probabilities (softmax outputs) keep their full [0, 1] range, and so do the logits a softmax reads:
-        # clipping observers (MSE, percentile, entropy) would cut the few large attention scores that matter most
-        keep_range = _is_softmax(node, gm) or qdq.feeds_softmax(node, dict(gm.named_modules()))
-        method = "minmax" if keep_range else opts.calibration.method
-        obs = make_observer(method, scheme, percentile=opts.calibration.percentile)
-        gm.add_module(qname, ActFakeQuant(scheme, obs))
+        if name in ties:
+            gm.add_module(qname, TiedFakeQuant(gm.get_submodule(quant_of[ties[name]])))
+        else:
+            # probabilities (softmax outputs) keep their full [0, 1] range, and so do the logits a softmax reads:
+            # clipping observers (MSE, percentile, entropy) would cut the few large attention scores that matter most
+            keep_range = _is_softmax(node, gm) or qdq.feeds_softmax(node, dict(gm.named_modules()))
+            method = "minmax" if keep_range else opts.calibration.method
+            obs = make_observer(method, scheme, percentile=opts.calibration.percentile)
+            gm.add_module(qname, ActFakeQuant(scheme, obs))
+        quant_of[name] = qname
         with gm.graph.inserting_after(node):
             qn = gm.graph.call_module(qname, (node,))
         node.replace_all_uses_with(qn, delete_user_cb=lambda u: u is not qn and u.op != "output")
@@ -115,6 +121,27 @@ def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Pl
     gm.graph.lint()
     gm.recompile()
     return gm, p
+
+
+def tied_sources(nodes: dict[str, fx.Node], tensors: list[str]) -> dict[str, str]:
+    """``{tensor: source}`` for each quantized tensor that is a pure data movement (select, slice, view,
+    permute, transpose, ...: :data:`qdq.DATA_MOVEMENT`) of another quantized tensor: it takes the source's grid
+    (:class:`TiedFakeQuant`) instead of being calibrated again on its own."""
+    quantized, ties = set(tensors), {}
+    for name in tensors:
+        n = nodes[name]
+        while qdq.moves_data(n) and isinstance(n.args[0], fx.Node):
+            n = n.args[0]
+            if n.name in quantized:
+                ties[name] = ties.get(n.name, n.name)
+                break
+    return {t: _root(s, ties) for t, s in ties.items()}
+
+
+def _root(name: str, ties: dict[str, str]) -> str:
+    while name in ties:
+        name = ties[name]
+    return name
 
 
 def _is_softmax(node: fx.Node, gm: fx.GraphModule) -> bool:

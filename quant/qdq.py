@@ -16,7 +16,8 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
 5. Graph outputs are never quantized (the logits stay float).
 6. Per runtime (:mod:`edgekit.quant.placement`): with ``softmax_input=False`` the output of an op that feeds a
    softmax (the attention logits Q·Kᵀ, through a scaling mul/div) is not quantized, as NNCF places it for
-   OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits).
+   OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits) and for ONNX Runtime
+   (Q·Kᵀ becomes ``MatMulIntegerToFloat`` feeding a float softmax).
 
 Ops the quantizer does not handle are left in float and listed by :func:`plan` (nothing is silently dropped).
 """
@@ -56,6 +57,30 @@ _PASSTHROUGH_FN = {torch.nn.functional.pad, torch.flatten, torch.reshape, operat
                    aten.roll, aten.index, aten.alias, aten.detach}
 _PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "chunk", "split",
                         "unsqueeze", "squeeze", "mean", "expand", "__getitem__", "relu", "clamp", "softmax", "mul", "dim"}
+
+
+# Ops that only select / reorder / reshape values (no arithmetic): a slice of a quantized tensor stays on its grid.
+DATA_MOVEMENT = {aten.select, aten.slice, aten.permute, aten.transpose, aten.view, aten.reshape, aten._unsafe_view,
+                 aten.squeeze, aten.unsqueeze, aten.expand, aten.clone, aten.contiguous, aten.t, aten.flatten,
+                 aten.unflatten, aten.alias, aten.unbind, aten.chunk, aten.split, aten.split_with_sizes,
+                 operator.getitem, torch.transpose, torch.permute, torch.reshape, torch.flatten, torch.chunk,
+                 torch.split, torch.squeeze, torch.unsqueeze}
+_DATA_MOVEMENT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "chunk", "split",
+                          "unsqueeze", "squeeze", "expand", "__getitem__"}
+
+
+def moves_data(node: fx.Node) -> bool:
+    """A select / slice / view / permutation of its first argument (see :data:`DATA_MOVEMENT`), or a
+    nearest-neighbour resize (it copies values: an FPN's top-down upsample keeps its input's grid, and ONNX
+    Runtime then runs ``DQ -> Resize -> Q`` on uint8 instead of in float with a requantization)."""
+    if node.op == "call_method":
+        return node.target in _DATA_MOVEMENT_METHODS
+    if node.op != "call_function":
+        return False
+    t = target_of(node)
+    if t is torch.nn.functional.interpolate:
+        return node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest") == "nearest"
+    return t in DATA_MOVEMENT or t in (aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d)
 
 
 def target_of(node: fx.Node) -> object:

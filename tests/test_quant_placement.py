@@ -3,6 +3,7 @@ report read from the runtimes' execution graphs, and the validation.json note fo
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -198,3 +199,50 @@ def test_export_to_another_runtime_writes_the_note(tmp_path):
     note = json.loads((tmp_path / "e" / "validation.json").read_text())["extra"]["int8_placement"]
     assert note["made_for"] == "openvino" and note["made_for_this_target"] is False
     assert art.report.passed
+
+
+def test_slices_of_a_quantized_tensor_share_its_grid():
+    """q, k, v cut out of the quantized qkv output take its quantizer's grid (TiedFakeQuant), never their own."""
+    from edgekit.quant import qdq
+    from edgekit.quant.fakequant import TiedFakeQuant
+
+    q, _ = _quant(_tiny_vit(), "onnxruntime")
+    gm = graph_of(q)
+    tied = [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), TiedFakeQuant)]
+    assert len(tied) >= 4  # at least q and k (or kᵀ) of both blocks' Q·Kᵀ
+    for n in tied:
+        src = n.args[0]
+        while not (src.op == "call_module" and isinstance(gm.get_submodule(src.target), ActFakeQuant)):
+            assert qdq.moves_data(src), src  # only data movement between the source quantizer and the tie
+            src = src.args[0]
+        assert gm.get_submodule(n.target).source is gm.get_submodule(src.target)
+    plain = copy.deepcopy(gm)
+    for n in tied:
+        setattr(plain, n.target, nn.Identity())
+    x = _calib(4)
+    with torch.no_grad():  # a slice of a quantized tensor is already on the source's grid: the tie changes nothing
+        assert torch.allclose(gm(x), plain(x), atol=1e-6)
+
+
+@pytest.mark.slow  # ~15 s under load: one export and one ORT session
+def test_onnxruntime_placement_runs_attention_integer_without_float_slices(tmp_path):
+    """ORT placement: Q·Kᵀ as MatMulIntegerToFloat (logits float), A·V as QLinearMatMul, and no
+    DequantizeLinear -> Gather left between the qkv output and the products (the tied grids let ORT drop them)."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from edgekit.exporters.torch2onnx import to_onnx
+
+    q, _ = _quant(_tiny_vit(), "onnxruntime")
+    path = to_onnx(q, _calib(1), tmp_path / "q.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = onnx.load(str(tmp_path / "opt.onnx")).graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("QLinearMatMul") == 2  # 2 blocks
+    assert "QLinearSoftmax" not in ops and ops.count("Softmax") == 2
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    gathers_of_dq = [n.name for n in g.node if n.op_type == "Gather" and made_by.get(n.input[0]) == "DequantizeLinear"]
+    assert not gathers_of_dq
