@@ -12,8 +12,12 @@ Option ``llvm_opt_level`` (0-3) trades kernel speed for compile time (1 halves i
 
 Performance: the default Relax CPU pipeline applies no schedules, so its kernels are serial loops (the ViT at
 224: seconds). Option ``schedule=heuristic`` compiles with :mod:`edgekit.exporters.tvm_schedule` instead
-(parallel, vectorised loops and TVM's fast erf/exp; zero tuning trials). Option ``tune`` (MetaSchedule trials)
-is refused (``TUNE_BLOCKED`` says what blocks it on the machines this was built on).
+(parallel, vectorised loops and TVM's fast erf/exp; zero tuning trials). Option ``tune=N`` runs N MetaSchedule
+trials on this CPU (:mod:`edgekit.exporters.tvm_tune`): the tuning database is cached under a key made of the
+model's kernels (structure, not weights) and the target, so the next export of the same structure searches
+nothing; kernels without a tuned schedule get the heuristic one. ``tune_cache`` (default
+``$EDGEKIT_TVM_TUNE_CACHE`` or ``~/.cache/edgekit/tvm-tune``) and ``tune_timeout`` (wall-clock seconds for the
+search; 0: none) bound it. The manifest records the key, trials and whether the database was reused.
 
 Devices (option ``device``):
 * ``host``: ``llvm`` with the CPU features of this machine (``Target.from_device("cpu")``); validated here
@@ -43,15 +47,7 @@ INT8_NOTE = ("the QDQ graph imported by Relax's ONNX frontend: every quantize/de
              "pipeline fuses no QDQ pattern into int8 kernels), so expect no int8 speed-up")
 CROSS_CC = "aarch64-linux-gnu-gcc"
 SCHEDULES = ("default", "heuristic")
-TUNE_BLOCKED = (
-    "target tvm: tune (MetaSchedule search) is not implemented. What blocks it here (TVM 0.27, 2 shared cores): "
-    "MetaSchedule's TuneContext imports tvm.s_tir.tensor_intrin, which parses hundreds of TVMScript intrinsics "
-    "with inspect.stack() (still importing after 500 s at load 20); its LocalBuilder / LocalRunner start one "
-    "Python worker per process that imports TVM again (20-60 s each under that load) and its sanity check "
-    "waits on them without a timeout (the 'hang' seen before); the target needs an explicit num-cores; the "
-    "default cost model 'xgb' needs xgboost, which is not installed. Use -O schedule=heuristic (zero-trial "
-    "schedules) meanwhile"
-)
+TUNE_DEVICES = ("host",)  # candidates are timed on the machine that tunes (no RPC runner)
 
 
 def host_target():
@@ -93,10 +89,18 @@ def import_onnx(path: Path, input_shape):
     return from_onnx(onnx.load(str(path)), shape_dict={"input": list(input_shape)}, keep_params_in_input=False)
 
 
-def compile_module(mod, target, schedule: str = "default"):
-    """Compile with the default Relax pipeline, or with :mod:`edgekit.exporters.tvm_schedule`'s heuristic one."""
+def compile_module(mod, target, schedule: str = "default", tune: dict[str, Any] | None = None):
+    """Compile with the default Relax pipeline, or with :mod:`edgekit.exporters.tvm_schedule`'s heuristic one; with
+    ``tune`` (``{"trials": N, "cache": path or None, "timeout_s": s, "info": {}}``) MetaSchedule-tuned
+    (:func:`edgekit.exporters.tvm_tune.compile_tuned`; what it did is written into ``tune["info"]``)."""
     import tvm
 
+    if tune and tune.get("trials"):
+        from edgekit.exporters.tvm_tune import compile_tuned
+
+        ex, info = compile_tuned(mod, target, tune["trials"], tune.get("cache"), tune.get("timeout_s"))
+        tune.setdefault("info", {}).update(info)
+        return ex
     if schedule == "heuristic":
         from edgekit.exporters.tvm_schedule import compile_scheduled
 
@@ -146,7 +150,9 @@ def compile_onnx_for_host(path: Path, input_shape, threads: int = 2):
         options={"device": Option("host", str, choices=DEVICES), "llvm_opt_level": Option(None, int, choices=(0, 1, 2, 3), nullable=True),
                  "schedule": Option("default", str, choices=SCHEDULES,
                                     help="heuristic: parallel/vectorised loops and fast erf (edgekit.exporters.tvm_schedule)"),
-                 "tune": Option(0, int, minimum=0, help="MetaSchedule trials: not implemented (refused when > 0)"),
+                 "tune": Option(0, int, minimum=0, help="MetaSchedule trials on this CPU; the database is cached by model structure and target (edgekit.exporters.tvm_tune)"),
+                 "tune_cache": Option(None, str, nullable=True, help="tuning database cache root (default $EDGEKIT_TVM_TUNE_CACHE or ~/.cache/edgekit/tvm-tune)"),
+                 "tune_timeout": Option(0, int, minimum=0, help="wall-clock seconds for the search (0: no limit); candidates after it are skipped"),
                  **hub_options(DEFAULT_OPSET)},
         source="onnx",
         runtime="tvm relax VM (host llvm)",
@@ -158,13 +164,17 @@ class TVMExporter(Exporter):
         from edgekit.backends import require
 
         tvm = require("tvm", "TVM export")
-        if ctx.options.get("tune", 0):
-            from edgekit.errors import NotImplementedStageError
-
-            raise NotImplementedStageError(TUNE_BLOCKED)
         device = ctx.options["device"]
+        tune = None
+        if ctx.options.get("tune", 0):
+            if device not in TUNE_DEVICES:
+                raise UserInputError(f"target tvm: -O tune needs the candidates timed on the device; device {device!r} "
+                                     "cannot run here and no RPC runner is supported: tune on the board itself "
+                                     f"(device host there), or leave tune at 0; tunable: {', '.join(TUNE_DEVICES)}")
+            tune = {"trials": int(ctx.options["tune"]), "cache": ctx.options.get("tune_cache"),
+                    "timeout_s": float(ctx.options.get("tune_timeout") or 0) or None, "info": {}}
         target = device_target(device, ctx.options.get("llvm_opt_level"))
-        ex, method = self._compile(ctx, target)
+        ex, method = self._compile(ctx, target, tune)
         model_file, linker = "model.so", None
         if device == "aarch64":
             if shutil.which(CROSS_CC):
@@ -187,8 +197,12 @@ class TVMExporter(Exporter):
         (ctx.out / "tvm_meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if ctx.precision == "int8":
             ctx.extra_manifest["tvm_int8"] = INT8_NOTE
+        schedule = ctx.options.get("schedule", "default")
+        if tune:
+            ctx.extra_manifest["tvm_tune"] = tune["info"]
+            schedule = f"metaschedule ({tune['info'].get('trials_total')} trials), heuristic where untuned"
         return {"model_file": model_file, "tvm_device": device, "tvm_fp16_method": method,
-                "tvm_schedule": ctx.options.get("schedule", "default"),
+                "tvm_schedule": schedule,
                 "runtime": {"name": "tvm", "version": tvm.__version__}}
 
     def _import(self, ctx: ExportContext, precision: str):
@@ -205,14 +219,14 @@ class TVMExporter(Exporter):
         finally:
             onnx_path.unlink(missing_ok=True)
 
-    def _compile(self, ctx: ExportContext, target):
+    def _compile(self, ctx: ExportContext, target, tune: dict[str, Any] | None = None):
         """fp32: the fp32 graph. fp16: the fp16 ONNX graph; if Relax cannot build it, ToMixedPrecision on the
         fp32 graph (each fails on different zoo models in TVM 0.27); the manifest records which was used."""
         schedule = ctx.options.get("schedule", "default")
         if ctx.precision in ("fp32", "int8"):
-            return compile_module(self._import(ctx, ctx.precision), target, schedule), None
+            return compile_module(self._import(ctx, ctx.precision), target, schedule, tune), None
         try:
-            return compile_module(self._import(ctx, "fp16"), target, schedule), "fp16 ONNX graph"
+            return compile_module(self._import(ctx, "fp16"), target, schedule, tune), "fp16 ONNX graph"
         except UserInputError:
             raise
         except Exception as first:  # noqa: BLE001
@@ -220,7 +234,7 @@ class TVMExporter(Exporter):
 
             try:
                 mod = relax.transform.ToMixedPrecision(out_dtype="float16")(self._import(ctx, "fp32"))
-                return compile_module(mod, target, schedule), f"relax ToMixedPrecision (fp16 ONNX graph failed: {str(first).splitlines()[0][:200]})"
+                return compile_module(mod, target, schedule, tune), f"relax ToMixedPrecision (fp16 ONNX graph failed: {str(first).splitlines()[0][:200]})"
             except Exception as second:  # noqa: BLE001
                 raise EdgekitError(
                     f"TVM could not build model {ctx.name} in fp16: from the fp16 ONNX graph: {str(first).splitlines()[0][:300]}; "

@@ -17,10 +17,11 @@ import numpy as np
 
 from edgekit.backends import require
 
-__all__ = ["VEC", "OPAQUE", "auto_schedule", "pipeline", "compile_scheduled"]
+__all__ = ["VEC", "OPAQUE", "SCHEDULED", "auto_schedule", "prepare_passes", "pipeline", "compile_scheduled"]
 
 VEC = 16  # float32 lanes of one AVX-512 vector
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves kernels scheduled by hand alone
+SCHEDULED = "tirx.is_scheduled"  # a PrimFunc scheduled already (by hand or from a tuning database): left alone
 
 
 def _loop_kinds(sch, blk) -> tuple[list, list]:
@@ -79,35 +80,67 @@ def _schedule_pass(tvm):
     @tvm.transform.module_pass(opt_level=0, name="EdgekitBiViTAutoSchedule")
     def _pass(mod, _ctx):
         for gv, func in list(mod.functions.items()):
-            if isinstance(func, tvm.tirx.PrimFunc) and int(func.attrs.get("op_pattern", -1) if func.attrs else -1) != OPAQUE:
+            attrs = func.attrs if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else {}
+            if (isinstance(func, tvm.tirx.PrimFunc) and int(attrs.get("op_pattern", -1)) != OPAQUE
+                    and not bool(attrs.get(SCHEDULED, False))):
                 mod[gv] = auto_schedule(tvm, func)
         return mod
 
     return _pass
 
 
-def pipeline(target):
-    """The default Relax CPU pipeline with FastMathTransform before legalization and :func:`auto_schedule` on
-    every PrimFunc after fusion (kernels marked ``op_pattern`` opaque are taken as scheduled)."""
+def prepare_passes(target) -> list:
+    """The passes before scheduling: library dispatch, FastMathTransform, legalization and fusion. MetaSchedule
+    extracts its tasks after exactly these (:mod:`edgekit.exporters.tvm_tune`), so the database keys match the
+    functions :func:`pipeline` later looks up."""
     tvm = require("tvm", "the scheduled TVM pipeline")
-    return _pipeline(tvm, target)
-
-
-def compile_scheduled(mod, target):
-    """``tvm.compile`` with :func:`pipeline` (zero tuning trials, heuristic schedules)."""
-    tvm = require("tvm", "the scheduled TVM pipeline")
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
-
-
-def _pipeline(tvm, target):
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitBiViTPipeline")
+    return (cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()] + cpu.legalize_passes(target)
+            + [relax.transform.DeadCodeElimination()])
+
+
+def pipeline(target, database=None):
+    """The default Relax CPU pipeline with FastMathTransform before legalization and :func:`auto_schedule` on
+    every PrimFunc after fusion (kernels marked ``op_pattern`` opaque or ``tirx.is_scheduled`` are taken as
+    scheduled). With a MetaSchedule ``database``, the functions it has a tuned schedule for take that schedule
+    first and :func:`auto_schedule` covers the rest."""
+    tvm = require("tvm", "the scheduled TVM pipeline")
+    return _pipeline(tvm, target, database)
+
+
+def compile_scheduled(mod, target, database=None):
+    """``tvm.compile`` with :func:`pipeline` (heuristic schedules; tuned ones from ``database`` where it has them)."""
+    tvm = require("tvm", "the scheduled TVM pipeline")
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline(target, database))
+
+
+def _apply_database(tvm, database):
+    """MetaScheduleApplyDatabase, then every function it replaced marked scheduled (so the heuristic pass skips it)."""
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitApplyTuned")
+    def _pass(mod, _ctx):
+        before = dict(mod.functions.items())
+        with database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and gv in before and not func.same_as(before[gv]):
+                mod[gv] = func.with_attr(SCHEDULED, True)
+        return mod
+
+    return _pass
+
+
+def _pipeline(tvm, target, database=None):
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitScheduledPipeline")
     def _run(mod, _ctx):
         with target:
-            passes = (cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()] + cpu.legalize_passes(target)
-                      + [relax.transform.DeadCodeElimination(), _schedule_pass(tvm)]
+            tuned = [_apply_database(tvm, database)] if database is not None else []
+            passes = (prepare_passes(target) + tuned + [_schedule_pass(tvm)]
                       + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 

@@ -74,12 +74,45 @@ def test_tvm_schedule_heuristic_export(tmp_path):
     assert json.loads((tmp_path / "h" / "manifest.json").read_text())["tvm_schedule"] == "heuristic"
 
 
-def test_tvm_tune_refused(tmp_path):
-    """-O tune=N is refused with what blocks MetaSchedule here (never a silent untuned build)."""
-    from edgekit.errors import NotImplementedStageError
+def test_tvm_tune_cross_device_refused(tmp_path):
+    """-O tune needs candidates timed on the device: an aarch64 target is refused by name before any work."""
+    from edgekit.errors import UserInputError
     from edgekit.exporters import export
 
     model, x = _small()
-    with pytest.raises(NotImplementedStageError, match="MetaSchedule"):
-        export(model, "tvm", "fp32", out=tmp_path / "t", example_inputs=x, validation_samples=8, tune=8)
+    with pytest.raises(UserInputError, match="aarch64"):
+        export(model, "tvm", "fp32", out=tmp_path / "t", example_inputs=x, validation_samples=8, tune=8, device="aarch64")
     assert not (tmp_path / "t" / "model.so").exists()
+
+
+@pytest.mark.slow
+def test_tvm_tune_caches_and_reuses(tmp_path):
+    """-O tune=N runs MetaSchedule, stores its database under a key of the model's kernels and the target, and
+    a second export of the same structure (other weights) searches nothing and reuses it; both validate and
+    the tuned library profiles."""
+    import json
+
+    from edgekit.exporters import export
+
+    model, x = _small()
+    cache = tmp_path / "cache"
+    art = export(model, "tvm", "fp32", out=tmp_path / "a", example_inputs=x, validation_samples=8, tune=4,
+                 tune_cache=str(cache))
+    assert art.report.passed
+    info = json.loads((tmp_path / "a" / "manifest.json").read_text())["tvm_tune"]
+    assert info["trials_searched_now"] == 4 and not info["reused"] and info["tasks"] >= 2
+    records = (cache / info["key"] / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 1  # at least one measured candidate was stored
+    torch.manual_seed(1)
+    other, _ = _small()
+    for p in other.parameters():
+        p.data.normal_()
+    art2 = export(other, "tvm", "fp32", out=tmp_path / "b", example_inputs=x, validation_samples=8, tune=4,
+                  tune_cache=str(cache))
+    info2 = json.loads((tmp_path / "b" / "manifest.json").read_text())["tvm_tune"]
+    assert art2.report.passed and info2["key"] == info["key"]
+    assert info2["reused"] and info2["trials_searched_now"] == 0 and info2["search_s_now"] == 0
+    assert (cache / info["key"] / "database_tuning_record.json").read_text().splitlines() == records
+    r = profile(read_artifact(tmp_path / "b"), LocalDevice(name="local"),
+                ProfileOptions(budget_s=0.3, warmup_s=0.05, warmup_runs=2, idle_s=0.0, min_runs=10, threads=1))
+    assert r.status == "ok" and r.validation.status == "passed"

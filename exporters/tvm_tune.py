@@ -1,0 +1,210 @@
+"""MetaSchedule tuning for TVM Relax CPU builds, with a tuning-database cache keyed by the model's structure and
+the target ("Tensor Program Optimization with Probabilistic Programs", Shao et al., NeurIPS 2022: TVM's
+MetaSchedule; the evolutionary search over schedule traces guided by a learned cost model of Ansor / AutoTVM,
+Chen et al., NeurIPS 2018).
+
+:func:`compile_tuned` runs the passes before scheduling (:func:`edgekit.exporters.tvm_schedule.prepare_passes`),
+extracts MetaSchedule's tasks (one per fused kernel), and derives the cache key from them: sha256 of each task's
+structural hash and weight (the loop nests and how often each runs, not the weights' values) with the target and
+the TVM version. ``CACHE/KEY/`` holds a JSON database (``database_workload.json``, ``database_tuning_record.json``)
+and ``tuning.json`` (trials spent, seconds, cost model). A request for at most the trials spent already does no
+search; a larger one searches the difference into the same database. The library is then compiled with
+:func:`~edgekit.exporters.tvm_schedule.pipeline`: each kernel takes its best measured schedule from the database,
+the rest (kernels no trial reached, or whose trials all failed) the heuristic zero-trial schedule.
+
+What the search needs and how it is bounded here: the target carries ``num-cores`` (added from this machine);
+candidates are compiled and timed in this process (:func:`_in_process`: MetaSchedule's local workers each
+re-import TVM and are killed at their timeout while importing on a loaded 2-core machine); ``timeout_s`` bounds
+the search's wall clock (candidates after it are refused, the database keeps what was measured, the manifest says
+``stopped_by_timeout``); the cost model is ``xgb`` (the ``xgboost`` package, extra ``tvm``), else ``random``
+(said in ``tuning.json``). Candidates must run on the target, so only the host is tuned (an aarch64 or CUDA
+target needs an RPC runner on the device: refused). Cache root: ``$EDGEKIT_TVM_TUNE_CACHE``, else
+``~/.cache/edgekit/tvm-tune``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekit.backends import require
+from edgekit.errors import EdgekitError
+
+__all__ = ["cache_root", "tuning_target", "structure_key", "compile_tuned", "cost_model_kind"]
+
+CACHE_ENV = "EDGEKIT_TVM_TUNE_CACHE"
+MAX_PER_ITER = 64  # candidates measured per search round (MetaSchedule's default)
+
+
+def cache_root(path: str | Path | None = None) -> Path:
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgekit" / "tvm-tune"
+
+
+def tuning_target(target):
+    """``target`` with ``num-cores`` (MetaSchedule refuses an llvm target without it): this machine's core count."""
+    tvm = require("tvm", "TVM tuning")
+    if target.kind.name != "llvm" or "num-cores" in target.attrs:
+        return target
+    spec = json.loads(str(target)) if str(target).startswith("{") else None
+    if spec is None:
+        raise EdgekitError(f"tvm tune: cannot read target {target} to add num-cores")
+    spec.pop("tag", None)
+    spec.pop("keys", None)
+    spec["num-cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return tvm.target.Target(spec)
+
+
+def cost_model_kind() -> str:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return "random"
+    return "xgb"
+
+
+def structure_key(tasks, target) -> str:
+    """sha256 over the tasks' structural hashes and weights, the target and the TVM version."""
+    tvm = require("tvm", "TVM tuning")
+    from tvm_ffi import structural_hash
+
+    parts = sorted(f"{structural_hash(t.dispatched[0])}:{int(t.weight)}" for t in tasks)
+    text = json.dumps({"tasks": parts, "target": str(target), "tvm": tvm.__version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _hand_scheduled(task) -> bool:
+    """A kernel scheduled by hand (BiViT's popcount kernels: ``op_pattern`` opaque or ``tirx.is_scheduled``)."""
+    from edgekit.exporters.tvm_schedule import OPAQUE, SCHEDULED
+
+    func = task.dispatched[0]["main"]
+    attrs = func.attrs or {}
+    return bool(attrs.get(SCHEDULED, False)) or int(attrs.get("op_pattern", -1)) == OPAQUE
+
+
+def _database(ms, d: Path):
+    return ms.database.JSONDatabase(path_workload=str(d / "database_workload.json"),
+                                    path_tuning_record=str(d / "database_tuning_record.json"), allow_missing=True)
+
+
+class SearchTimeout(EdgekitError):
+    """The search's wall-clock budget ran out (the database keeps every candidate measured until then)."""
+
+
+def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]):
+    """MetaSchedule's builder and runner without worker processes: each candidate is compiled (llvm, in memory)
+    and timed in this process. Local workers each import TVM and its tensor intrinsics again and are killed at
+    their timeout while still importing on a loaded 2-core machine; in-process, that import happens once.
+    After ``deadline`` (time.monotonic) the remaining candidates are refused, so the search ends."""
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, default_alloc_argument,
+                                                             default_run_evaluator)
+    from tvm.ir.utils import derived_object
+
+    built: dict[str, Any] = {}
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            out = []
+            for bi in build_inputs:
+                if deadline is not None and time.monotonic() > deadline:
+                    out.append(BuilderResult(None, "edgekit: tune_timeout reached, candidate not built"))
+                    continue
+                try:
+                    key = f"mem:{len(built)}:{id(bi)}"
+                    built[key] = default_build(bi.mod, bi.target, None)
+                    out.append(BuilderResult(key, None))
+                except Exception as exc:  # noqa: BLE001 - an invalid candidate is a failed trial, as in MetaSchedule
+                    out.append(BuilderResult(None, f"edgekit in-process build: {type(exc).__name__}: {str(exc)[:1000]}"))
+            return out
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs):
+            out = []
+            for ri in runner_inputs:
+                rt = built.pop(str(ri.artifact_path), None)
+                try:
+                    dev = tvm.runtime.device(str(ri.device_type), 0)
+                    args = default_alloc_argument(dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    out.append(LocalRunnerFuture(res=default_run_evaluator(rt, dev, config, args), error_message=None))
+                    counter["measured"] += 1
+                except Exception as exc:  # noqa: BLE001
+                    out.append(LocalRunnerFuture(res=None, error_message=f"edgekit in-process run: {str(exc)[:1000]}"))
+            return out
+
+    return InProcessBuilder(), InProcessRunner()
+
+
+def _search(ms, tvm, tasks, target, trials: int, d: Path, timeout_s: float | None, cost_model: str) -> int:
+    """Run the search; returns the candidates measured."""
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    contexts, weights = extracted_tasks_to_tune_contexts(tasks, str(d / "logs"), num_threads=int(target.attrs["num-cores"]))
+    if not contexts:
+        return 0
+    counter = {"measured": 0}
+    config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    builder, runner = _in_process(ms, tvm, config, deadline, counter)
+    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(d / "logs"), max_trials_global=trials,
+                  num_trials_per_iter=min(MAX_PER_ITER, trials), builder=builder, runner=runner,
+                  database=_database(ms, d), cost_model=cost_model,
+                  measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()])
+    return counter["measured"]
+
+
+def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, timeout_s: float | None = None,
+                  log: Callable[[str], None] | None = None):
+    """Tune ``mod`` (a Relax IRModule, static shapes) for ``target`` with ``trials`` MetaSchedule trials, or reuse
+    the cached database, and compile it; returns ``(executable, info)`` (``info``: key, cache directory, trials
+    requested / spent in total / searched now, search seconds, cost model, tasks)."""
+    tvm = require("tvm", "TVM tuning")
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgekit.exporters.tvm_schedule import compile_scheduled, prepare_passes
+
+    target = tuning_target(target)
+    with target:
+        prepared = tvm.transform.Sequential(prepare_passes(target))(mod)
+    tasks = [t for t in ms.relax_integration.extract_tasks(prepared, target) if not _hand_scheduled(t)]
+    key = structure_key(tasks, target)
+    d = cache_root(cache) / key
+    d.mkdir(parents=True, exist_ok=True)
+    meta_path = d / "tuning.json"
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {"trials": 0, "search_s": 0.0}
+    todo = max(0, int(trials) - int(meta["trials"]))
+    kind, searched_s, timed_out = cost_model_kind(), 0.0, False
+    if todo:
+        if log:
+            log(f"tvm tune: {todo} MetaSchedule trials over {len(tasks)} tasks (cost model {kind}) into {d}")
+        t0 = time.perf_counter()
+        try:
+            measured = _search(ms, tvm, tasks, target, todo, d, timeout_s, kind)
+        except Exception as exc:  # noqa: BLE001 - name what failed; the database keeps what was measured
+            raise EdgekitError(f"tvm tune: the MetaSchedule search failed after {time.perf_counter() - t0:.0f} s "
+                               f"(cache {d}): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+        searched_s = time.perf_counter() - t0
+        timed_out = bool(timeout_s) and time.perf_counter() - t0 > timeout_s
+        meta = {"trials": int(meta["trials"]) + (measured if timed_out else todo), "measured": int(meta.get("measured", 0)) + measured, "search_s": float(meta["search_s"]) + searched_s,
+                "cost_model": kind, "tasks": len(tasks), "target": str(target), "tvm": tvm.__version__,
+                "timeout_s": timeout_s}
+        tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, meta_path)
+    ex = compile_scheduled(mod, target, _database(ms, d))
+    info = {"key": key, "cache": str(d), "trials_requested": int(trials), "trials_total": int(meta["trials"]),
+            "trials_searched_now": todo, "reused": todo == 0, "search_s_now": round(searched_s, 1),
+            "search_s_total": round(float(meta["search_s"]), 1), "measured_total": int(meta.get("measured", 0)),
+            "stopped_by_timeout": bool(todo) and timed_out, "cost_model": meta.get("cost_model", kind),
+            "tasks": len(tasks), "target": str(target)}
+    return ex, info
