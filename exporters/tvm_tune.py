@@ -206,5 +206,5 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
             "trials_searched_now": todo, "reused": todo == 0, "search_s_now": round(searched_s, 1),
             "search_s_total": round(float(meta["search_s"]), 1), "measured_total": int(meta.get("measured", 0)),
             "stopped_by_timeout": bool(todo) and timed_out, "cost_model": meta.get("cost_model", kind),
-            "tasks": len(tasks), "target": str(target)}
+            "tasks": len(tasks), "task_names": sorted({t.task_name for t in tasks}), "target": str(target)}
     return ex, info

@@ -396,8 +396,11 @@ class _Importer:
 # ----------------------------------------------------------------------------------------------- API
 
 
-def build(model: nn.Module, example: torch.Tensor, target: Any = None) -> Built:
-    """Compile a frozen BiViT W1A1 model for ``example``'s shape (static) and ``target`` (default: this CPU)."""
+def build(model: nn.Module, example: torch.Tensor, target: Any = None, tune: int = 0,
+          tune_cache: str | Path | None = None) -> Built:
+    """Compile a frozen BiViT W1A1 model for ``example``'s shape (static) and ``target`` (default: this CPU).
+    ``tune`` > 0: the fp32 kernels (not the popcount ones, scheduled by hand) get ``tune`` MetaSchedule trials
+    through :func:`edgekit.exporters.tvm_tune.compile_tuned` (cached database; ``Built.storage["tune"]``)."""
     tvm = require("tvm", "the BiViT TVM build")
     from tvm import relax
 
@@ -420,6 +423,11 @@ def build(model: nn.Module, example: torch.Tensor, target: Any = None) -> Built:
     mod = imp.run(example)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     target = target or host_target()
+    if tune:
+        from edgekit.exporters.tvm_tune import compile_tuned
+
+        ex, info = compile_tuned(mod, target, tune, tune_cache)
+        return Built(ex, {**imp.stats, "tune": info})
     ex = tvm.compile(mod, target=target, relax_pipeline=tvm_schedule.pipeline(target))
     return Built(ex, dict(imp.stats))
 

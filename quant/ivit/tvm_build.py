@@ -4,7 +4,9 @@ Transformer Inference", Li & Gu, ICCV 2023), compiled for the host CPU (``llvm``
 The integer ONNX graph of :mod:`.onnx_export` is imported with ``tvm.relax.frontend.onnx.from_onnx`` (it uses
 only ops that importer supports: MatMulInteger, integer elementwise ops, Gather, Where, reductions; no
 ConvInteger, which the importer lacks -- convolutions are lowered to im2col + MatMulInteger), then compiled
-with the default Relax pipeline. ``run`` executes the compiled module on the Relax VM.
+with the default Relax pipeline, or, with ``tune`` > 0, through the exporter's tuned path
+(:func:`edgekit.exporters.tvm.compile_module`: MetaSchedule trials, database cached by graph structure and
+target, heuristic schedules where untuned). ``run`` executes the compiled module on the Relax VM.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class TVMModule:
         return out.numpy()
 
 
-def build(proto: Any, target: str = "llvm", opt_level: int = 3) -> TVMModule:
-    """Compile an (integer or float) ONNX ModelProto with Relax for ``target``."""
+def build(proto: Any, target: Any = "llvm", opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
+          info: dict | None = None) -> TVMModule:
+    """Compile an (integer or float) ONNX ModelProto with Relax for ``target`` (``tune`` > 0: MetaSchedule-tuned;
+    what the tuning did goes into ``info``)."""
     tvm = require("tvm", "I-ViT TVM build")
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -42,7 +46,16 @@ def build(proto: Any, target: str = "llvm", opt_level: int = 3) -> TVMModule:
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    with tvm.transform.PassContext(opt_level=opt_level):
-        ex = tvm.compile(mod, target=tvm.target.Target(target))
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if tune:
+        from edgekit.exporters.tvm import compile_module
+
+        spec = {"trials": int(tune), "cache": tune_cache, "info": {}}
+        ex = compile_module(mod, target, "heuristic", spec)
+        if info is not None:
+            info.update(spec["info"])
+    else:
+        with tvm.transform.PassContext(opt_level=opt_level):
+            ex = tvm.compile(mod, target=target)
     dev = tvm.cpu()
     return TVMModule(relax.VirtualMachine(ex, dev), dev, name)
