@@ -213,7 +213,7 @@ def lat_cells(r: dict) -> list[str]:
             + (f"{lat['NNCF OV']:.3g}" if "NNCF OV" in lat else "-")]
 
 
-def render(scan_rows: list[dict], rows: list[dict], few: int, up: str) -> str:
+def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str = "accuracy pass") -> str:
     over = [f"{r['model']} ({r['case']}: {r['drop_pt']:+.2f})" for r in scan_rows if r["drop_pt"] > MAX_DROP]
     plain_int8 = [r for r in scan_rows if r["case"] == "int8"]
     int8_drops = ", ".join(f"{r['model']} {r['drop_pt']:+.2f}" for r in plain_int8)
@@ -245,8 +245,9 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str) -> str:
         "",
         f"`{command_line()}`",
         "",
-        f"Machine: {machine_note()}; accuracy runs at SCHED_IDLE beside other agents' jobs, `uptime` at the start of "
-        f"this invocation: `{up}`. {lat_note} "
+        f"Machine: {machine_note()}; accuracy runs at SCHED_IDLE beside other agents' jobs (each row's load at its "
+        f"end: {'; '.join(r['uptime'].split('load average:')[-1].strip() for r in rows) or '-'}); `uptime` at the start of "
+        f"this invocation ({mode}): `{up}`. {lat_note} "
         "Top-1 on the digits test split (359 images: one image = 0.28 pt); both controls measure their drop on "
         f"the {', '.join(map(str, val_n)) or 180} labeled calibration images (validation: one image = "
         f"{100 / (val_n[0] if val_n else 180):.2f} pt, so a 0.5 pt budget there means no validation image may change) and "
@@ -332,7 +333,9 @@ def main() -> None:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)
         print(json.dumps(done[i]), flush=True)
         write_jsonl(rows_file, done)
-    text = render(scan_rows, [d for d in done if (d["model"], d["case"]) in todo], args.few, up)
+    mode = "latency pass" if args.latency_only else "render only" if args.render_only else \
+        "accuracy pass" if args.no_latency else "accuracy and latency"
+    text = render(scan_rows, [d for d in done if (d["model"], d["case"]) in todo], args.few, up, mode)
     if skipped:
         text += ("\n\nCases over 0.5 pt not compared in this run (time on a loaded machine; `--w4-models` limited "
                  f"the 4-bit cases): {', '.join(skipped)}.")

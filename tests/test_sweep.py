@@ -138,9 +138,8 @@ def test_profile_step_gives_the_runner_time_to_start(monkeypatch, tmp_path):
     assert seen["opts"].timeout_s == 0.5 + steps.PROFILE_SLACK_S and seen["opts"].threads == 1
 
 
-def test_no_profile_builds_only_and_a_later_pass_profiles_from_the_cache(monkeypatch, tmp_path):
-    """--no-profile: compress and export (cached), cells `not profiled`; a later pass (here with --threads 1, as
-    on a quiet machine) runs only the profiles."""
+def _fake_steps(monkeypatch) -> list[str]:
+    """Replace the three step kinds by fakes that record their kind and cache a result (run in-process: workers=1)."""
     from pathlib import Path
 
     from edgekit.sweep import steps
@@ -156,6 +155,13 @@ def test_no_profile_builds_only_and_a_later_pass_profiles_from_the_cache(monkeyp
     monkeypatch.setattr(steps, "run_compress", fake("compress", {"out": "o", "accuracy_before": 0.99, "accuracy_after": 0.98}))
     monkeypatch.setattr(steps, "run_export", fake("export", {"precision": "int8", "file_bytes": 10}))
     monkeypatch.setattr(steps, "run_profile", fake("profile", {"latency_ms": 0.5}))
+    return calls
+
+
+def test_no_profile_builds_only_and_a_later_pass_profiles_from_the_cache(monkeypatch, tmp_path):
+    """--no-profile: compress and export (cached), cells `not profiled`; a later pass (here with --threads 1, as
+    on a quiet machine) runs only the profiles."""
+    calls = _fake_steps(monkeypatch)
     out = tmp_path / "sw"
     built = sweep("convnet", "int8,prune-30", "onnx,openvino", out=out, workers=1, profile=False, plots=False)
     assert calls == ["compress"] * 2 + ["export"] * 4
@@ -167,3 +173,16 @@ def test_no_profile_builds_only_and_a_later_pass_profiles_from_the_cache(monkeyp
     assert calls == ["profile"] * 4
     assert timed.steps_cached == {"compress": 2, "export": 4, "profile": 0}
     assert {(c.state, c.latency_ms) for c in timed.cells} == {("works", 0.5)}
+
+
+def test_cli_no_profile(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli.main import app
+
+    calls = _fake_steps(monkeypatch)
+    res = CliRunner().invoke(app, ["sweep", "convnet", "--recipes", "int8", "--targets", "onnx", "--workers", "1",
+                                   "--out", str(tmp_path / "sw"), "--no-profile", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert calls == ["compress", "export"] and doc["cells"][0]["state"] == "not profiled" and doc["ranked"] == []
