@@ -107,3 +107,65 @@ def test_compress_refuses_a_multi_output_detector(det):
     loaded.model.packed = False
     with pytest.raises(UserInputError, match="packed tensor"):
         compress(LoadedModel(loaded.model, loaded.info), "deploy", data=det, latency=False)
+
+
+def test_pruned_repconv_blocks_reparameterize(det):
+    """prune then deploy (the detection benchmark's prune-30 row): a RepConv whose channels were pruned merges into
+    the conv of its pruned width (its __init__ channel counts are stale) and computes the same function."""
+    from edgekit.fusion.fuse import fuse
+    from edgekit.prune.structured import prune
+
+    model = zoo.load("detector").model.eval()
+    x = det.test.x[:4]
+    pruned, _ = prune(model, (x[:2],), ratio=0.34, round_to=16, ignore=["head*"])
+    deployed, report = fuse(pruned, "deploy")
+    widths = [m.out_channels for m in deployed.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [16, 32, 32, 32, 32, 48, 48], widths  # multiples of 16: 48 -> 32, 64 -> 48
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), pruned(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fpn_nearest_upsample_runs_in_int8_on_ort(tmp_path):
+    """An FPN top-down path (conv -> nearest upsample -> add): the upsample's output takes its input's grid, so
+    ONNX Runtime runs the Resize on uint8 (no DequantizeLinear -> float Resize -> QuantizeLinear requantization,
+    which made the detector's int8 ORT graph slower than quantize_static's) and the export agrees with the
+    fake-quant model."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime as ort
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import qdq
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
+    from edgekit.training import predict
+
+    class TopDown(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1)
+            self.lat1, self.lat2, self.out = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            a = F.relu(self.c1(x))
+            b = F.relu(self.c2(a))
+            return self.out(F.relu(self.lat1(a) + F.interpolate(self.lat2(b), size=a.shape[-2:], mode="nearest")))
+
+    torch.manual_seed(0)
+    model, x = TopDown().eval(), torch.randn(32, 3, 16, 16)
+    q, _ = quantize_ptq(model, x, x[:1], PTQConfig(calibration={"method": "mse", "samples": 32}, bias_correction=False))
+    from edgekit.quant.fakequant import TiedFakeQuant
+
+    after = [n for n in q.graph.nodes if n.op == "call_module" and n.args and getattr(n.args[0], "name", "") == "interpolate"]
+    assert len(after) == 1 and isinstance(q.get_submodule(after[0].target), TiedFakeQuant), after  # the input's grid
+    path = to_onnx(q, x[:1], tmp_path / "q.onnx")
+    ops = qdq.ort_optimized_op_types(path)
+    assert ops.get("Resize") == 1 and ops.get("QLinearAdd") == 1, ops
+    # one Q (the input's); DQs: the float output conv's input and weight (graph outputs stay float), none around Resize
+    assert ops.get("QuantizeLinear") == 1 and ops.get("DequantizeLinear") == 2, ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(8)])
+    want = predict(q, x[:8]).numpy()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), np.abs(got - want).max()

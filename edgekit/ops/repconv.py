@@ -94,7 +94,8 @@ class RepConv(nn.Module):
             weight, bias = weight + pad_kernel(w, size), bias + b
         if self.rbr_identity is not None:
             c, shift = bn_fold_factors(self.rbr_identity)
-            k = identity_kernel(self.in_channels, self.groups, size, self.rbr_dense[0].conv.weight)
+            ref = self.rbr_dense[0].conv  # its channels, not __init__'s: structured pruning changes them
+            k = identity_kernel(ref.in_channels, ref.groups, size, ref.weight)
             weight, bias = weight + k * c.reshape(-1, 1, 1, 1), bias + shift
         return weight, bias
 
@@ -102,8 +103,8 @@ class RepConv(nn.Module):
     def to_deploy(self) -> ConvAct:
         w, b = self.merged_weight_bias()
         ref = self.rbr_dense[0].conv
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.kernel_size // 2, groups=self.groups, bias=True).to(w.dtype)
+        conv = nn.Conv2d(ref.in_channels, ref.out_channels, self.kernel_size, self.stride,  # pruning may have
+                         self.kernel_size // 2, groups=ref.groups, bias=True).to(w.dtype)  # changed them
         conv.weight.copy_(w)
         conv.bias.copy_(b)
         conv.to(ref.weight.device)
