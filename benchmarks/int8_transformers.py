@@ -10,11 +10,19 @@ calibration, 256 samples, bias correction). The per-op precision tables are read
 execution graph (edgekit.quant.placement_report).
 
     flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.int8_transformers
+
+Split into passes (each under ~5 minutes on a quiet machine) with ``--state``: every pass stores its models' rows
+in the JSON state file and the section is rendered from all of them, each pass's command and load listed::
+
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models vit,hybrid --latency-models ''
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit,hybrid
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit-s,swin-t
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -127,20 +135,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--state", type=Path, help="JSON file that keeps the rows of earlier passes (see the docstring)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
     from edgekit.data import load_data
     from edgekit.quant.config import PTQConfig
-    from edgekit.quant.placement_report import ort_precisions, openvino_precisions, side_by_side
+    from edgekit.quant.placement_report import openvino_precisions, ort_precisions
     from edgekit.quant.ptq import quantize_ptq
     from edgekit.training import evaluate
 
     load_before = uptime()
     data = load_data()
-    acc_rows, lat_rows, notes = [], [], []
-    ov_reports: dict[str, dict] = {}
-    ort_reports: dict[str, dict] = {}
+    st = load_state(args.state)
+    acc, lat_by, ov_by, ort_by, notes_by = st["acc"], st["lat"], st["ov"], st["ort"], st["notes"]
     with tempfile.TemporaryDirectory(prefix="edgekit-int8tf-") as tmpd:
         tmp = Path(tmpd)
         for name in filter(None, args.accuracy_models.split(",")):
@@ -155,37 +163,71 @@ def main() -> None:
                 cfg = PTQConfig(calibration={"method": "mse", "samples": 256}, target=target,
                                 smoothquant={"enabled": not SQ_DEFAULT.enabled})
                 no_sq[key] = 100 * evaluate(quantize_ptq(model, data.calib.x, data.test.x[:1], cfg)[0], data.test)
-            acc_rows.append([name, fp32, 100 * evaluate(info["ek-ov model"], data.test), ek_ov, f"{ek_ov - fp32:+.2f}",
+            acc[name] = ([name, fp32, 100 * evaluate(info["ek-ov model"], data.test), ek_ov, f"{ek_ov - fp32:+.2f}",
                              no_sq["ek-ov"], ek_ort, f"{ek_ort - fp32:+.2f}", no_sq["ek-ort"],
                              100 * ort_top1(paths["ort-q"], x, y), 100 * ov_top1(paths["nncf"], x, y)])
+            save_state(args.state, st)
         for name in filter(None, args.latency_models.split(",")):
             print(f"[latency] {name}", flush=True)
             model = build_model(name, "224")
             ex = F.interpolate(data.test.x[:1], size=(224, 224), mode="bilinear", align_corners=False)
             cal = F.interpolate(data.calib.x[: args.calib], size=(224, 224), mode="bilinear", align_corners=False)
+            notes = notes_by[name] = []
+            for d in (lat_by, ov_by, ort_by):  # a model's rows come from its latest pass only
+                for k in [k for k in d if k == name or k.startswith(f"{name} ")]:
+                    del d[k]
             try:
                 paths, info = quantize_all(model, cal, ex, tmp, f"{name}-224", "minmax", False)
                 lat = latencies(paths, ex.numpy(), args.runs, args.rounds)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 notes.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                save_state(args.state, st)
                 continue
-            lat_rows.append([name, lat["fp32", "onnxruntime"], lat["ek-ort", "onnxruntime"], lat["ek-ov", "onnxruntime"],
+            lat_by[name] = ([name, lat["fp32", "onnxruntime"], lat["ek-ort", "onnxruntime"], lat["ek-ov", "onnxruntime"],
                              lat["ort-q", "onnxruntime"], f"{lat['ek-ort', 'onnxruntime'] / lat['ort-q', 'onnxruntime']:.2f}x",
                              lat["fp32", "openvino"], lat["ek-ov", "openvino"], lat["ek-ort", "openvino"], lat["nncf", "openvino"],
                              f"{lat['ek-ov', 'openvino'] / lat['nncf', 'openvino']:.2f}x"])
-            ov_reports[f"{name} edgekit"] = openvino_precisions(paths["ek-ov"])
-            ov_reports[f"{name} NNCF"] = openvino_precisions(paths["nncf"])
-            ort_reports[f"{name} edgekit"] = ort_precisions(paths["ek-ort"])
-            ort_reports[f"{name} quantize_static"] = ort_precisions(paths["ort-q"])
+            ov_by[f"{name} edgekit"] = openvino_precisions(paths["ek-ov"])
+            ov_by[f"{name} NNCF"] = openvino_precisions(paths["nncf"])
+            ort_by[f"{name} edgekit"] = ort_precisions(paths["ek-ort"])
+            ort_by[f"{name} quantize_static"] = ort_precisions(paths["ort-q"])
             if info["ek-ov float_ops"]:
                 notes.append(f"{name}: ops edgekit leaves in float (openvino placement): {', '.join(info['ek-ov float_ops'])}")
             notes.append(f"{name}: quantize seconds: edgekit (openvino) {info['ek-ov s']:.0f}, (onnxruntime) {info['ek-ort s']:.0f}, "
                          f"ORT quantize_static {info['ort-q s']:.0f}, NNCF {info['nncf s']:.0f}")
-    load_after = uptime()
+            save_state(args.state, st)
+    st["passes"].append([command_line(), load_before, uptime()])
+    save_state(args.state, st)
+    render(st, args)
+
+
+def load_state(path: Path | None) -> dict:
+    st = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    for k in ("acc", "lat", "ov", "ort", "notes"):
+        st.setdefault(k, {})
+    st.setdefault("passes", [])
+    return st
+
+
+def save_state(path: Path | None, st: dict) -> None:
+    if path is not None:
+        from edgekit.artifacts import write_json_atomic
+
+        write_json_atomic(path, st)
+
+
+def render(st: dict, args: argparse.Namespace) -> None:
+    """The section from every model in the state (this pass and the earlier ones of the same --state file)."""
+    from edgekit.quant.placement_report import side_by_side
+
+    acc_rows, lat_rows = list(st["acc"].values()), list(st["lat"].values())
+    ov_reports, ort_reports = st["ov"], st["ort"]
+    notes = [n for ns in st["notes"].values() for n in ns]
+    passes = "; ".join(f"`{cmd}`: `uptime` before `{a}`, after `{b}`" for cmd, a, b in st["passes"])
     md = ["## int8 transformers: edgekit vs NNCF (OpenVINO) and ORT quantize_static\n",
-          f"`{command_line()}`  \nMachine: {machine_note()}. **Measured under load**: the machine was shared with other "
-          f"agents' jobs; `uptime` before: `{load_before}`; after: `{load_after}`. Absolute times are inflated by the load; "
-          "the ratios come from interleaved rounds (every variant once per round), so a slow stretch hits all variants "
+          f"Passes: {passes}.  \nMachine: {machine_note()}. Other agents' jobs, if any, ran at SCHED_IDLE; the load is "
+          "the `uptime` of each pass above (a load well above 0 inflates absolute times). "
+          "The ratios come from interleaved rounds (every variant once per round), so a slow stretch hits all variants "
           f"of a model alike. Latency: ms, batch 1, 2 threads, median of the per-round medians ({args.rounds} rounds of "
           f"{args.runs} runs). Calibration: the same {args.calib} digits images upsampled to 224 for every quantizer at 224 "
           "(edgekit minmax, no bias correction there; ORT quantize_static after `quant_pre_process`, U8S8 per-channel QDQ; "
