@@ -145,6 +145,12 @@ def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]
     return InProcessBuilder(), InProcessRunner()
 
 
+def per_iter(trials: int, tasks: int) -> int:
+    """Candidates per search round: the task scheduler first gives every task one round, so a round of 64 on a
+    budget of 64 would spend it all on the first task; the budget spread over the tasks instead (4 to 64)."""
+    return max(1, min(MAX_PER_ITER, trials, max(4, trials // max(1, tasks))))
+
+
 def _search(ms, tvm, tasks, target, trials: int, d: Path, timeout_s: float | None, cost_model: str) -> int:
     """Run the search; returns the candidates measured."""
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -157,7 +163,7 @@ def _search(ms, tvm, tasks, target, trials: int, d: Path, timeout_s: float | Non
     deadline = time.monotonic() + timeout_s if timeout_s else None
     builder, runner = _in_process(ms, tvm, config, deadline, counter)
     ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(d / "logs"), max_trials_global=trials,
-                  num_trials_per_iter=min(MAX_PER_ITER, trials), builder=builder, runner=runner,
+                  num_trials_per_iter=per_iter(trials, len(contexts)), builder=builder, runner=runner,
                   database=_database(ms, d), cost_model=cost_model,
                   measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()])
     return counter["measured"]
