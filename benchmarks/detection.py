@@ -89,6 +89,10 @@ def interleaved_latency(runs_by_key: dict[Any, Callable[[np.ndarray], np.ndarray
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
+def _slug(variant: str) -> str:  # cache dir names: "int8-openvino" would be the int8 row's OpenVINO export dir
+    return variant.replace("int8-openvino", "int8ov")
+
+
 def load_note(uptime: str) -> str:
     """"Quiet machine" or "Measured under load" from the 1-minute load average of ``uptime``'s line."""
     try:
@@ -114,22 +118,23 @@ def build(data, tmp: Path, finetune_epochs: int | None) -> tuple[dict[str, dict[
     for variant, (recipes, over, precision, runtimes) in RECIPES.items():
         if recipes[0] == "prune-30" and finetune_epochs is not None:
             over = [*over, f"prune.finetune.epochs={finetune_epochs}"]
-        meta = tmp / f"{variant}.json"
-        if meta.exists() and (tmp / variant / "manifest.json").exists():
+        slug = _slug(variant)
+        meta = tmp / f"{slug}.json"
+        if meta.exists() and (tmp / slug / "manifest.json").exists():
             m = json.loads(meta.read_text())
             results[variant] = (None, m["seconds"], m["macs"])
         else:
             t0 = time.perf_counter()
-            res = compress(zoo.load("detector"), recipes, data=data, latency=False, overrides=over, out=tmp / variant,
+            res = compress(zoo.load("detector"), recipes, data=data, latency=False, overrides=over, out=tmp / slug,
                            force=True)
             results[variant] = (res.model, time.perf_counter() - t0, res.report.macs.after)
             meta.write_text(json.dumps({"seconds": results[variant][1], "macs": results[variant][2]}))
         files[variant] = {}
         for runtime in runtimes:
             target = "onnx" if runtime == "onnxruntime" else "openvino"
-            d = tmp / f"{variant}-{target}"
+            d = tmp / f"{slug}-{target}"
             if not (d / "manifest.json").exists():
-                export(str(tmp / variant), target, precision, out=d, data=data, force=True)
+                export(str(tmp / slug), target, precision, out=d, data=data, force=True)
             files[variant][runtime] = d / ("model.onnx" if target == "onnx" else "model.xml")
     calib = data.calib.x.numpy().astype(np.float32)
     fp32 = files["fp32"]["onnxruntime"]
@@ -155,7 +160,7 @@ def at_320(results, data, tmp: Path, threads: int, runs: int) -> list[list[Any]]
     calib = F.interpolate(data.calib.x[:64], size=(320, 320), mode="bilinear", align_corners=False).numpy()
     rows, paths = [], {}
     for variant in RECIPES:
-        path = tmp / f"{variant}-320.onnx"
+        path = tmp / f"{_slug(variant)}-320.onnx"
         if path.exists():
             paths[variant] = path
             continue
