@@ -89,3 +89,19 @@ def test_deployables_rows_name_the_fastest_fp32_runtime(tmp_path):
     (row,) = table_rows(ref, [Deployable("bivit-w1a1", "tvm", None, 100)], ms)
     assert row["speed_ratio"] == 5.0 and row["fastest_fp32_runtime"] == "onnxruntime"
     assert row["ratio_vs_fastest"] == 10.0 / 8.0 and row["fp32_bytes"] == 2000
+
+
+@pytest.mark.slow
+def test_tuned_build_matches_pytorch(tmp_path):
+    """tune > 0: the fp32 kernels get MetaSchedule trials (the popcount kernels, scheduled by hand, are not
+    tasks), the database is cached, and the library still computes the BiViT model."""
+    from edgekit.quant.bivit import tvm_build
+
+    model = _binarized(1)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = tvm_build.build(model, x, tune=4, tune_cache=tmp_path / "cache")
+    info = out.storage["tune"]
+    assert info["trials_total"] == 4 and info["tasks"] >= 1 and out.storage["binary_layers"] > 0
+    assert not any("popcount" in n or "xnor" in n for n in info["task_names"])
+    run = tvm_build.load(out.save(tmp_path / "model.so"), threads=1)
+    assert tvm_build.compare(model, run, x, n=2)["min_cosine"] > 0.999

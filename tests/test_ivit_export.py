@@ -103,3 +103,17 @@ def test_unfrozen_model_is_not_saved(tmp_path, digits):
     q = convert(MyViT(dim=16, depth=1, heads=2).eval(), digits.calib.x[:16], max_batches=1)
     with pytest.raises(UserInputError, match="freeze"):
         q.save_program(tmp_path)
+
+
+@pytest.mark.slow
+def test_export_tvm_tuned_bit_exact(ivit_output, tmp_path):
+    """The integer-only graph through the tuned TVM path (-O tune): MetaSchedule schedules change loops, not
+    integer results, so the library stays bit-exact; the database lands in the given cache."""
+    pytest.importorskip("tvm")
+    from edgekit.exporters.base import export
+
+    art = export(str(ivit_output), "tvm", out=tmp_path / "t", tune=4, tune_cache=str(tmp_path / "cache"))
+    assert art.report.passed
+    assert {c["name"]: c["passed"] for c in art.report.checks}["bit_exact"] is True
+    info = art.manifest["tvm_tune"]
+    assert info["trials_total"] == 4 and (tmp_path / "cache" / info["key"] / "tuning.json").exists()
