@@ -135,7 +135,7 @@ def scan(models_: list[str], few: int, data, path: Path) -> list[dict]:
     return [r for r in rows if r["model"] in models_]
 
 
-def compare(name: str, case: str, few: int, data, tmp: Path) -> dict:
+def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400) -> dict:
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.quant.accuracy_control import quantize_with_max_drop
@@ -147,25 +147,26 @@ def compare(name: str, case: str, few: int, data, tmp: Path) -> dict:
     cx, cy = data.calib.x, data.calib.y
     fp32 = top1(model, data.test.x, data.test.y)
     t0 = time.perf_counter()
-    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP)
+    vx, vy = (cx, cy) if val == "calib" else (data.train.x[:val_n], data.train.y[:val_n])
+    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=None if val == "calib" else (vx, vy))
     ek_s = time.perf_counter() - t0
     ac = rep["accuracy_control"]
     plain, _ = quantize_ptq(model, cx, example, opts)
-    paths = {"fp32": tmp / f"{name}-{case}-fp32.onnx", "edgekit": tmp / f"{name}-{case}-edgekit.onnx",
-             "plain": tmp / f"{name}-{case}-plain.onnx"}
+    prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}")
+    paths = {k: tmp / f"{prefix}-{k}.onnx" for k in ("fp32", "edgekit", "plain")}
     to_onnx(model, example, paths["fp32"])
     to_onnx(q, example, paths["edgekit"])
     to_onnx(plain, example, paths["plain"])
     row = {"model": name, "case": case, "fp32": fp32, "edgekit": top1(q, data.test.x, data.test.y),
            "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
            "edgekit_plain_val_drop_pt": ac["steps"][0]["drop_pt"], "edgekit_s": round(ek_s, 1)}
-    row.update(edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
+    row.update(artifacts=prefix, validation=f"{val} {len(vy)}", edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
                edgekit_steps=len(ac["steps"]))
     if case != "w4":
         n_cal = opts.calibration.samples if case == "few-calib" else len(cx)
         calib = cx[:n_cal].numpy().astype(np.float32)
         logging.getLogger("nncf").setLevel(logging.WARNING)
-        res = nncf_control(paths["fp32"], tmp / f"{name}-{case}-nncf.xml", calib, cx.numpy().astype(np.float32), cy.numpy())
+        res = nncf_control(paths["fp32"], tmp / f"{prefix}-nncf.xml", calib, vx.numpy().astype(np.float32), vy.numpy())
         tx, ty = data.test.x.numpy().astype(np.float32), data.test.y.numpy()
         row.update(nncf_plain=ov_top1(res["plain"], tx, ty), nncf=ov_top1(res["controlled"], tx, ty),
                    nncf_kept=res["kept_float"], nncf_s=res["seconds"])
@@ -173,14 +174,14 @@ def compare(name: str, case: str, few: int, data, tmp: Path) -> dict:
     return row
 
 
-def lat_paths(art: Path, name: str, case: str) -> dict[str, tuple[Path, str]]:
+def lat_paths(art: Path, prefix: str) -> dict[str, tuple[Path, str]]:
     """The models a row's latency columns time (written under ``art`` by :func:`compare`)."""
-    p = {k: art / f"{name}-{case}-{k}.onnx" for k in ("fp32", "plain", "edgekit")}
+    p = {k: art / f"{prefix}-{k}.onnx" for k in ("fp32", "plain", "edgekit")}
     out = {"fp32 ORT": (p["fp32"], "onnxruntime"), "plain ORT": (p["plain"], "onnxruntime"),
            "edgekit ORT": (p["edgekit"], "onnxruntime"), "fp32 OV": (p["fp32"], "openvino"),
            "plain OV": (p["plain"], "openvino"), "edgekit OV": (p["edgekit"], "openvino")}
-    if (art / f"{name}-{case}-nncf.xml").is_file():
-        out["NNCF OV"] = (art / f"{name}-{case}-nncf.xml", "openvino")
+    if (art / f"{prefix}-nncf.xml").is_file():
+        out["NNCF OV"] = (art / f"{prefix}-nncf.xml", "openvino")
     return out
 
 
@@ -191,7 +192,7 @@ def sched_note() -> str:
 
 def measure_row(row: dict, art: Path, x: np.ndarray, rounds: int, runs: int, threads: int) -> dict:
     before = uptime()
-    lat = latency(lat_paths(art, row["model"], row["case"]), x, rounds, runs, threads)
+    lat = latency(lat_paths(art, row.get("artifacts", f"{row['model']}-{row['case']}")), x, rounds, runs, threads)
     return {**row, "latency_ms": lat, "latency_threads": threads, "latency_sched": sched_note(),
             "latency_uptime": [before, uptime()]}
 
@@ -220,7 +221,7 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
     table = []
     for r in rows:
         table.append([
-            r["model"], r["case"], pct(r["fp32"]),
+            r["model"], r["case"], r.get("validation", "calib 180"), pct(r["fp32"]),
             next((pct(s["plain"]) for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
             pct(r["edgekit"]), f"{(r['fp32'] - r['edgekit']) * 100:+.2f}",
             f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}", "yes" if r["edgekit_met"] else "NO",
@@ -239,7 +240,6 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
                 + (" (competing with other agents' jobs: not a clean figure)" if "SCHED_IDLE" in scheds else
                    " under the shared bench lock, one at a time (other agents' jobs ran at SCHED_IDLE)")
                 + f"; load before/after: {'; '.join(loads)}.")
-    val_n = sorted({r.get("edgekit_val_images") for r in rows if r.get("edgekit_val_images")})
     return "\n".join([
         "## Accuracy-controlled int8: `--max-drop 0.5` vs NNCF quantize_with_accuracy_control",
         "",
@@ -249,9 +249,9 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         f"end: {'; '.join(r['uptime'].split('load average:')[-1].strip() for r in rows) or '-'}); `uptime` at the start of "
         f"this invocation ({mode}): `{up}`. {lat_note} "
         "Top-1 on the digits test split (359 images: one image = 0.28 pt); both controls measure their drop on "
-        f"the {', '.join(map(str, val_n)) or 180} labeled calibration images (validation: one image = "
-        f"{100 / (val_n[0] if val_n else 180):.2f} pt, so a 0.5 pt budget there means no validation image may change) and "
-        "calibrate on the same images. Cases: `int8` (the "
+        "the same validation images and calibrate on the same images: `validation` `calib 180` = the 180 labeled "
+        "calibration images themselves (one image = 0.56 pt, so a 0.5 pt budget means no validation image may be lost), "
+        "`train N` = the first N training images (not used for calibration). Cases: `int8` (the "
         f"int8 recipe's PTQ options), `few-calib` (min-max calibration on {few} image(s)), `w4` (4-bit weights, "
         "nearest; NNCF's PTQ has no 4-bit weight grid, so no NNCF column). `val drop`: edgekit's drop on the "
         "validation split, plain -> controlled (what `met` is judged on). edgekit keeps weight layers, then "
@@ -265,7 +265,7 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         f"{', '.join(o for o in over if '(int8' in o) or 'no zoo model'} (plain int8 drops: {int8_drops}). "
         f"Constructed cases over {MAX_DROP} pt: {', '.join(o for o in over if '(int8' not in o) or 'none'}.",
         "",
-        markdown_table(["model", "case", "fp32", "plain edgekit", "edgekit max-drop", "drop pt", "val drop pt", "met",
+        markdown_table(["model", "case", "validation", "fp32", "plain edgekit", "edgekit max-drop", "drop pt", "val drop pt", "met",
                         "edgekit kept float", "NNCF plain", "NNCF acc-control", "NNCF drop pt",
                         "NNCF ops kept float", "ORT ms fp32 / plain / max-drop", "OV ms fp32 / plain / max-drop / NNCF",
                         "control s (edgekit / NNCF)"], table),
@@ -291,6 +291,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="runtime threads for latency (1: steadier on a loaded machine)")
     ap.add_argument("--state", default="/tmp/edgekit-max-drop", help="scan.jsonl / rows.jsonl / artifacts (resumable)")
+    ap.add_argument("--val", choices=("calib", "train"), default="calib",
+                    help="where both controls measure the drop: the calibration images, or the first --val-n training images")
+    ap.add_argument("--val-n", type=int, default=400)
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
     ap.add_argument("--render-only", action="store_true", help="write the section from --state's rows; run nothing new")
@@ -321,18 +324,24 @@ def main() -> None:
     todo = [(m, c) for m, c in todo if not (c == "w4" and w4 and m not in w4)]
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
-        i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case), None)
+        i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
+                  and d.get("validation", "calib").split()[0] == args.val), None)
         if i is None and (args.render_only or args.latency_only):
             skipped.append(f"{name} ({case})")
             continue
         if i is None:
-            row = compare(name, case, args.few, data, art)
-            done.append(row)
+            done.append(compare(name, case, args.few, data, art, args.val, args.val_n))
             i = len(done) - 1
-        if args.latency_only or (not args.no_latency and not args.render_only and "latency_ms" not in done[i]):
+        if not args.no_latency and not args.render_only and not args.latency_only and "latency_ms" not in done[i]:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)
         print(json.dumps(done[i]), flush=True)
         write_jsonl(rows_file, done)
+    if args.latency_only:  # every row of the cases, whatever its validation
+        for i, d in enumerate(done):
+            if (d["model"], d["case"]) in todo:
+                done[i] = measure_row(d, art, x, args.rounds, args.runs, args.threads)
+                print(json.dumps(done[i]), flush=True)
+                write_jsonl(rows_file, done)
     mode = "latency pass" if args.latency_only else "render only" if args.render_only else \
         "accuracy pass" if args.no_latency else "accuracy and latency"
     text = render(scan_rows, [d for d in done if (d["model"], d["case"]) in todo], args.few, up, mode)

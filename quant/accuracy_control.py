@@ -76,22 +76,27 @@ def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) ->
 
 def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.Tensor, example: torch.Tensor,
                            opts: PTQConfig, max_drop: float, max_reverted: int | None = None,
-                           evaluate: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                           evaluate: Callable[[nn.Module], float] | None = None,
+                           validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Int8 PTQ of ``model`` whose top-1 drop on ``(calib, labels)`` is at most ``max_drop`` points, if possible.
 
     Returns ``(model, report)``; the report lists the layers and ops kept in float, the drop after each step and
-    whether the budget was met. ``evaluate`` (default: top-1 on ``calib``/``labels``) may be given for tests.
+    whether the budget was met. ``validation``: labeled ``(x, y)`` on which the drop is measured instead of the
+    calibration images (a model calibrated on them can lose nothing there and still drop on unseen data: the zoo
+    ViT's int8 lost 0.0 pt on its 180 calibration images, 0.7 pt on the 1,258 training images and 1.4 pt on the
+    test split). ``evaluate`` (default: top-1 on the validation images) may be given for tests.
     """
     from edgekit.outputs import logits
     from edgekit.quant.ptq import quantize_ptq
     from edgekit.quant.sensitivity import layer_sensitivity
 
+    val_x, val_y = validation if validation is not None else (calib, labels)
     if evaluate is None:
         @torch.no_grad()
         def evaluate(m: nn.Module) -> float:
             m.eval()
-            pred = torch.cat([logits(m(calib[i : i + 128])).argmax(1) for i in range(0, len(calib), 128)])
-            return float((pred == labels).float().mean())
+            pred = torch.cat([logits(m(val_x[i : i + 128])).argmax(1) for i in range(0, len(val_x), 128)])
+            return float((pred == val_y).float().mean())
 
     def holds(d: float) -> bool:
         return d * 100 <= max_drop + 1e-9
@@ -109,7 +114,7 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
     requantized: list[str] = []
     if not holds(reference - acc):
         calibrated, _ = quantize_ptq(model, calib, example, opts, do_freeze=False)
-        ranking = [r["layer"] for r in layer_sensitivity(calibrated, calib, labels)]
+        ranking = [r["layer"] for r in layer_sensitivity(calibrated, calib, labels)]  # labels: reported top-1 only
         ranking += [r["layer"] for r in op_sensitivity(calibrated, calib)]
         limit = len(ranking) if max_reverted is None else min(max_reverted, len(ranking))
         for layer in ranking[:limit]:
@@ -129,8 +134,9 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
                     requantized.append(layer)
     drop, q, rep, kept = best
     rep = {**rep, "accuracy_control": {
-        "max_drop_pt": max_drop, "met": holds(drop), "split": "calibration (validation)",
-        "validation_images": int(len(labels)), "resolution_pt": round(100 / max(1, len(labels)), 3),
+        "max_drop_pt": max_drop, "met": holds(drop),
+        "split": "calibration (validation)" if validation is None else "validation (separate from calibration)",
+        "validation_images": int(len(val_y)), "resolution_pt": round(100 / max(1, len(val_y)), 3),
         "accuracy_float": reference, "accuracy_int8": reference - drop, "drop_pt": round(drop * 100, 3),
         "kept_float": kept, "requantized": requantized, "steps": steps,
     }}

@@ -129,3 +129,24 @@ def test_a_drop_from_a_weightless_op_is_found_and_needless_reverts_go_back_to_in
     tried = ac["steps"][-1]["kept_float"]
     assert len(tried) > 1 and sorted(ac["requantized"]) == sorted(tried[:-1])  # weight layers first, not needed
     assert _int8_layers(q) == 3 and ac["validation_images"] == 32 and ac["resolution_pt"] == pytest.approx(3.125)
+
+
+def test_the_drop_is_measured_on_the_validation_images_when_given(digits):
+    """validation=(x, y): the drop is measured there, not on the calibration images (which the model was
+    calibrated on), and the report says so."""
+    from edgekit import models
+    from edgekit.outputs import logits
+
+    def top1(m, xs, ys):
+        with torch.no_grad():
+            return float((logits(m.eval()(xs)).argmax(1) == ys).float().mean())
+
+    model = models.create("convnet")
+    x, y = digits.calib.x[:64], digits.calib.y[:64]
+    vx, vy = digits.train.x[:50], digits.train.y[:50]
+    q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=0.5, validation=(vx, vy))
+    ac = rep["accuracy_control"]
+    assert ac["validation_images"] == 50 and ac["resolution_pt"] == pytest.approx(2.0)
+    assert ac["split"].startswith("validation") and ac["met"] == (ac["drop_pt"] <= 0.5)
+    assert ac["accuracy_float"] == pytest.approx(top1(model, vx, vy))
+    assert ac["accuracy_int8"] == pytest.approx(top1(q, vx, vy))
