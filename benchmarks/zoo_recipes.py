@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "built-in digits data and seed 0 (latency not measured); top-1 % on the digits test split. *recorded* = the "
         "figure docs/benchmarks.md held before this run (section named; *settings differ* = that section used "
         "other settings than the shipped recipe, so the comparison is indicative). Pass = at most "
-        f"{args.tolerance} points below the recorded figure (higher is fine). Seconds are wall time on a shared, "
-        f"loaded machine: `uptime` {' / '.join(f'`{u}`' for u in done['uptime'][:1] + done['uptime'][-1:])}.",
+        f"{args.tolerance} points below the recorded figure (higher is fine). Seconds are wall time at idle "
+        f"priority (`chrt -i 0`) beside other agents' jobs on a shared machine: `uptime` {' / '.join(f'`{u}`' for u in done['uptime'][:1] + done['uptime'][-1:])}.",
         "",
         text,
         "",
