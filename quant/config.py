@@ -94,7 +94,7 @@ class SmoothQuantConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     # Off by default. Measured on the digits vit (fp32 85.79%; int8 recipe options: MSE calibration, 256 samples,
-    # bias correction; PyTorch fake-quant top-1, after the tied-slice / float-logits placements of commit 64b92f0):
+    # bias correction; PyTorch fake-quant top-1, with the tied q/k/v grids; ORT 84.40 with float or int8 logits):
     # OpenVINO placement 85.24 off / 85.52 on; ONNX Runtime placement 84.40 off / 84.40 on (percentile calibration:
     # 85.24 off / 85.52 on). But with it on, the int8 QDQ export of the small random-init third-party ViT in
     # tests/test_capture_compress.py (mha_vit) agrees less with the fake-quant model (ONNX cosine 0.989 < 0.99;

@@ -11,10 +11,11 @@ own execution graphs (``edgekit.quant.placement_report``) on the zoo ``vit`` at 
   spent on negative values. NNCF leaves the softmax input (the Q·Kᵀ logits) in float; so does this rule.
 * **ONNX Runtime** (CPU EP): uint8 affine activations x int8 weights is MLAS's fast path, and a ReLU before a
   quantizer whose zero point sits at the grid's bottom is dropped (``QLinearConv`` with a fused ReLU). The
-  attention logits stay float: Q·Kᵀ runs as ``MatMulIntegerToFloat`` into a float scale and ``Softmax``. ORT's
-  ``QLinearSoftmax`` (what ``quantize_static`` produces, with ``QLinearMul`` for the scale) was the slowest
-  kernel of its graph in the per-node profile of the zoo ``vit`` at 224 (more time than the float softmax and
-  the dequantization it saves together; measured under load, see docs/benchmarks.md ``int8_transformers``).
+  attention logits Q·Kᵀ are quantized (``QLinearMatMul``) and the scale and softmax run in float: ORT's
+  ``QLinearSoftmax`` (what ``quantize_static`` produces) was the slowest kernel of its graph in the per-node
+  profile of the zoo ``vit`` at 224 (measured under load). Float logits (``MatMulIntegerToFloat``) were faster
+  still, but with the tied q/k grids below ORT's result then drifted from the fake-quant model (third-party
+  ``mha_vit``: ONNX cosine 0.986 < 0.99; 1 - 1e-7 with quantized logits), so not used.
 * Every placement: a tensor that is only a slice / permutation of a quantized tensor (q, k, v cut out of the
   fused ``qkv`` output) takes that tensor's grid (``TiedFakeQuant``), so the runtimes drop the
   ``DQ -> Gather -> Q`` around the slice and the attention matmuls read the integer tensor directly (ORT:
@@ -80,9 +81,8 @@ def register_placement(p: Placement) -> Placement:
 
 
 for _p in (
-    Placement("onnxruntime", "affine", softmax_input=False, targets=("onnx", "tvm", "coreml"),
-              note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point), "
-                   "attention logits float (Q·Kᵀ as MatMulIntegerToFloat, float softmax)"),
+    Placement("onnxruntime", "affine", softmax_input=True, targets=("onnx", "tvm", "coreml"),
+              note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point)"),
     Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
               note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
                    "FullyConnected and the attention subgraphs run in int8 on the CPU plugin"),

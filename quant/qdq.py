@@ -16,8 +16,7 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
 5. Graph outputs are never quantized (the logits stay float).
 6. Per runtime (:mod:`edgekit.quant.placement`): with ``softmax_input=False`` the output of an op that feeds a
    softmax (the attention logits Q·Kᵀ, through a scaling mul/div) is not quantized, as NNCF places it for
-   OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits) and for ONNX Runtime
-   (Q·Kᵀ becomes ``MatMulIntegerToFloat`` feeding a float softmax).
+   OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits).
 
 Ops the quantizer does not handle are left in float and listed by :func:`plan` (nothing is silently dropped).
 """
