@@ -31,11 +31,10 @@ def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) ->
     """SQNR of the output with only the input quantizers of one quantized weightless op (add, matmul) on, for each
     such op of a calibrated, not yet frozen model, lowest first. Names are the graph's node names (``ignore``
     patterns match them)."""
-    from edgekit.outputs import logits
     from edgekit.quant import qdq
-    from edgekit.quant.fakequant import ActFakeQuant, ActMode, WeightMode
+    from edgekit.quant.fakequant import ActFakeQuant, ActMode
     from edgekit.quant.ptq import act_quants, graph_of, weight_layers
-    from edgekit.quant.sensitivity import sqnr_db
+    from edgekit.quant.sensitivity import all_float, batched_logits, sqnr_db
 
     graph = graph_of(gm)
     mods = dict(graph.named_modules())
@@ -48,29 +47,15 @@ def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) ->
         t = qdq.target_of(n) if n.op == "call_function" else n.target
         if ins and (t in qdq._ADD_FNS or t == "add" or t in qdq._MATMUL_FNS or t == "matmul"):
             ops[n.name] = ins
-    saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
-
-    def run() -> torch.Tensor:
-        return torch.cat([logits(gm(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-
     out = []
-    try:
-        for q in quants.values():
-            q.mode = ActMode.OFF
-        for m in layers.values():
-            m.wmode = WeightMode.FLOAT
-        ref = run()
+    with all_float(quants, layers):
+        ref = batched_logits(gm, x, batch_size)
         for name, ins in ops.items():
             for qn in ins:
                 quants[qn].mode = ActMode.QUANT
-            out.append({"layer": name, "sqnr_db": round(sqnr_db(ref, run()), 2)})
+            out.append({"layer": name, "sqnr_db": round(sqnr_db(ref, batched_logits(gm, x, batch_size)), 2)})
             for qn in ins:
                 quants[qn].mode = ActMode.OFF
-    finally:
-        for n, q in quants.items():
-            q.mode = saved[0][n]
-        for n, m in layers.items():
-            m.wmode = saved[1][n]
     return sorted(out, key=lambda r: r["sqnr_db"])
 
 

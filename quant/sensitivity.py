@@ -20,10 +20,11 @@ relevant layers in float.
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from edgekit.outputs import logits
 from edgekit.progress import track
@@ -40,29 +41,43 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     return float(10.0 * torch.log10(signal / noise))
 
 
+def batched_logits(gm: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The logits of ``gm`` on ``x``, run ``batch_size`` at a time."""
+    return torch.cat([logits(gm(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+@contextmanager
+def all_float(quants: dict, layers: dict) -> Iterator[None]:
+    """Within the block every activation quantizer is off and every weight layer float (the float reference a
+    sensitivity is measured against); their modes are restored on exit."""
+    saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
+    try:
+        for q in quants.values():
+            q.mode = ActMode.OFF
+        for m in layers.values():
+            m.wmode = WeightMode.FLOAT
+        yield
+    finally:
+        for n, q in quants.items():
+            q.mode = saved[0][n]
+        for n, m in layers.items():
+            m.wmode = saved[1][n]
+
+
 @torch.no_grad()
 def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 64) -> list[dict[str, Any]]:
     """Sensitivity of each quantized layer of a calibrated, not yet frozen model, most sensitive first."""
     graph = graph_of(gm)  # names are the graph's; gm (maybe a FixedBatch around it) is what runs
     quants, layers = act_quants(graph), weight_layers(graph)
     inputs = layer_input_quantizers(graph)
-    saved = ({n: q.mode for n, q in quants.items()}, {n: m.wmode for n, m in layers.items()})
-
-    def run() -> torch.Tensor:
-        return torch.cat([logits(gm(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-
-    try:
-        for q in quants.values():
-            q.mode = ActMode.OFF
-        for m in layers.values():
-            m.wmode = WeightMode.FLOAT
-        ref = run()
-        out = []
+    out = []
+    with all_float(quants, layers):
+        ref = batched_logits(gm, x, batch_size)
         for name in track(list(layers), "sensitivity"):
             layers[name].wmode = WeightMode.FAKE
             for qn in inputs.get(name, []):
                 quants[qn].mode = ActMode.QUANT
-            yq = run()
+            yq = batched_logits(gm, x, batch_size)
             row: dict[str, Any] = {"layer": name, "sqnr_db": round(sqnr_db(ref, yq), 2)}
             if y is not None and yq.dim() == 2:
                 row["top1"] = round(float((yq.argmax(1) == y[: len(yq)]).float().mean()), 4)
@@ -70,11 +85,6 @@ def layer_sensitivity(gm: fx.GraphModule, x: torch.Tensor, y: torch.Tensor | Non
             layers[name].wmode = WeightMode.FLOAT
             for qn in inputs.get(name, []):
                 quants[qn].mode = ActMode.OFF
-    finally:
-        for n, q in quants.items():
-            q.mode = saved[0][n]
-        for n, m in layers.items():
-            m.wmode = saved[1][n]
     relevance = layer_relevance(gm, x, batch_size)
     for row in out:
         if row["layer"] in relevance:
