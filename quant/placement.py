@@ -55,6 +55,7 @@ class Placement:
     softmax_input: bool
     targets: tuple[str, ...]
     note: str = ""
+    output_tail: bool = True  # quantize an op output that reaches the graph outputs via concat / reshapes only
 
     def initial_scheme(self) -> QScheme:
         """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
@@ -85,7 +86,9 @@ for _p in (
               note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point)"),
     Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
               note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
-                   "FullyConnected and the attention subgraphs run in int8 on the CPU plugin"),
+                   "FullyConnected and the attention subgraphs run in int8 on the CPU plugin; outputs that only "
+                   "reach the graph outputs through concat / reshapes (a detector head) float",
+              output_tail=False),
     Placement("tensorrt", "symmetric", softmax_input=True, targets=("tensorrt",),
               note="signed symmetric int8 only (TensorRT explicit quantization; recipe int8-sym)"),
 ):

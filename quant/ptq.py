@@ -91,7 +91,8 @@ _DROPOUT_FNS = {torch.ops.aten.dropout, torch.ops.aten.dropout_, torch.ops.aten.
 def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Plan]:
     """Swap conv/linear for int8-weight layers and insert observing ActFakeQuant modules (in place)."""
     place = activation_policy(opts.target, opts.symmetric_activations)
-    p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore, softmax_input=place.softmax_input)
+    p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore, softmax_input=place.softmax_input,
+                  output_tail=place.output_tail)
     for target in p.layers:
         parent, _, attr = target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm

@@ -17,6 +17,10 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
 6. Per runtime (:mod:`edgekit.quant.placement`): with ``softmax_input=False`` the output of an op that feeds a
    softmax (the attention logits Q·Kᵀ, through a scaling mul/div) is not quantized, as NNCF places it for
    OpenVINO (whose CPU plugin runs the attention subgraph in int8 with float logits).
+7. Per runtime: with ``output_tail=False`` the output of an op that reaches the graph outputs through
+   concatenation / reshapes only (a detector head's last convs before the packed output) is not quantized,
+   as NNCF places it for OpenVINO: the CPU plugin then runs the int8 conv with a float output and a float
+   concat, instead of an int8 concat (its reference kernel) followed by a dequantizing subgraph.
 
 Ops the quantizer does not handle are left in float and listed by :func:`plan` (nothing is silently dropped).
 """
@@ -80,6 +84,18 @@ def moves_data(node: fx.Node) -> bool:
     if t is torch.nn.functional.interpolate:
         return node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest") == "nearest"
     return t in DATA_MOVEMENT or t in (aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d)
+
+
+def only_reaches_outputs(node: fx.Node, hops: int = 4) -> bool:
+    """Whether every use of ``node`` reaches a graph output through data movement and concatenation only (a
+    detector head's last convs: ``conv -> cat -> flatten -> cat -> output``), no op that reads a quantized input."""
+    for u in node.users:
+        if u.op == "output":
+            continue
+        cat = u.op == "call_function" and target_of(u) in (torch.cat, aten.cat, torch.concat)
+        if hops <= 0 or not (cat or moves_data(u)) or not only_reaches_outputs(u, hops - 1):
+            return False
+    return True
 
 
 def target_of(node: fx.Node) -> object:
@@ -190,10 +206,12 @@ def is_softmax(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_function" and target_of(node) in SOFTMAX_FNS
 
 
-def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = True) -> Plan:
+def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = True, output_tail: bool = True) -> Plan:
     """Decide the QDQ placement on a shape-propagated graph (``node.meta['tensor_meta']`` set).
 
-    ``softmax_input=False``: leave a quantized op's output in float when it feeds a softmax (rule 6)."""
+    ``softmax_input=False``: leave a quantized op's output in float when it feeds a softmax (rule 6).
+    ``output_tail=False``: leave a quantized op's output in float when it reaches the graph outputs through
+    concatenation / data movement only (:func:`only_reaches_outputs`, rule 7)."""
     modules = dict(gm.named_modules())
     p = Plan()
     needs: dict[str, None] = {}
@@ -223,6 +241,8 @@ def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = Tru
                 p.inputs_of[node.name].append(a.name)
         out = _fused_output(node, modules)
         if not softmax_input and feeds_softmax(out, modules):
+            continue
+        if not output_tail and only_reaches_outputs(out):
             continue
         if out.name not in outputs and not all(u.op == "output" for u in out.users):
             needs[out.name] = None

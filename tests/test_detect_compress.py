@@ -169,3 +169,55 @@ def test_fpn_nearest_upsample_runs_in_int8_on_ort(tmp_path):
     got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(8)])
     want = predict(q, x[:8]).numpy()
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), np.abs(got - want).max()
+
+
+def test_openvino_placement_leaves_the_head_tail_float(tmp_path):
+    """A detector-style head (two 1x1 convs -> cat -> flatten -> output): the OpenVINO placement leaves the convs'
+    outputs float (qdq rule 7, as NNCF places them), so the CPU plugin runs the convs in int8 with a float output
+    and a float concat instead of an int8 reference concat plus a dequantizing subgraph; ORT's placement keeps
+    them quantized (QLinearConv). The OpenVINO export agrees with the fake-quant model."""
+    import numpy as np
+    from torch import nn
+
+    from edgekit.quant import qdq
+    from edgekit.quant.config import PTQConfig
+    from edgekit.quant.ptq import quantize_ptq
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tower, self.reg, self.cls = nn.Conv2d(3, 16, 3, 1, 1), nn.Conv2d(16, 5, 1), nn.Conv2d(16, 10, 1)
+
+        def forward(self, x):
+            t = torch.relu(self.tower(x))
+            return torch.cat([self.reg(t), self.cls(t)], 1).flatten(2)
+
+    torch.manual_seed(0)
+    model, x = Head().eval(), torch.randn(32, 3, 8, 8)
+
+    def quantized_outputs(target):
+        cfg = PTQConfig(target=target, calibration={"method": "minmax", "samples": 32}, bias_correction=False)
+        q, _ = quantize_ptq(model, x, x[:1], cfg)
+        quantized = set()  # the layers whose output (after its activation) goes through an activation quantizer
+        for n in q.graph.nodes:
+            if n.op == "call_module" and n.target.startswith("act_quant") and n.args[0].op != "placeholder":
+                src = n.args[0] if n.args[0].op == "call_module" else n.args[0].args[0]  # through the ReLU
+                quantized.add(src.target)
+        return q, quantized
+
+    _, ort_fq = quantized_outputs("onnxruntime")
+    q, ov_fq = quantized_outputs("openvino")
+    assert {"reg", "cls"} <= ort_fq and not {"reg", "cls"} & ov_fq, (ort_fq, ov_fq)
+    assert "tower" in ov_fq  # the tower's output feeds quantized convs: still int8
+    ov = pytest.importorskip("openvino")
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.training import predict
+
+    path = to_onnx(q, x[:1], tmp_path / "q.onnx")
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    cats = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+            if op.get_rt_info()["layerType"].astype(str) == "Concatenation"]
+    assert cats and "i8" not in cats and "u8" not in cats, cats
+    got = np.asarray(compiled.create_infer_request().infer({0: x[:1].numpy()})[0])
+    want = predict(q, x[:1]).numpy()
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), np.abs(got - want).max()
