@@ -41,9 +41,13 @@ class QuantizeConfig(StageConfig, PTQConfig):
     mode: Literal["ptq", "qat"] = "ptq"
     keep_float: KeepFloatConfig | None = None
     # Accuracy control (PTQ): keep the most sensitive layers in float until the top-1 drop on the validation
-    # (calibration) split is at most this many points; the stage fails with the best it found otherwise.
+    # images is at most this many points; the stage fails with the best it found otherwise.
     max_drop: float | None = Field(None, ge=0.0)
     max_reverted: int | None = Field(None, ge=1)  # at most this many layers go back to float
+    max_drop_validation: Literal["train", "calibration"] = Field(
+        "train", description="max_drop: where the drop is measured: labeled training images not used for calibration, "
+        "or the calibration images themselves (optimistic)")
+    max_drop_samples: int = Field(400, ge=1, description="max_drop_validation train: at most this many images")
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
@@ -103,18 +107,21 @@ def apply(model, cfg: QuantizeConfig, ctx: StageContext):
 
 def _with_max_drop(model, cfg: QuantizeConfig, opts: PTQConfig, data, example):
     from edgekit.errors import EdgekitError
-    from edgekit.quant.accuracy_control import quantize_with_max_drop
+    from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
 
     if data.calib.y is None:
         raise UserInputError("quantize.max_drop needs labeled data to measure the drop (the calibration split has no labels)")
     n = cfg.calibration.samples
-    gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop, cfg.max_reverted)
+    vx, vy, info = validation_images(data, cfg.max_drop_validation, cfg.max_drop_samples, n)
+    gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop,
+                                        cfg.max_reverted, validation=(vx, vy), validation_info=info)
     report["mode"] = "ptq"
     ac = report["accuracy_control"]
     if not ac["met"]:
         raise EdgekitError(
             f"quantize.max_drop {cfg.max_drop} pt cannot be met: the best found drops {ac['drop_pt']} pt on the "
-            f"validation split with {len(ac['kept_float'])} layer(s) in float ({', '.join(ac['kept_float']) or 'none'}); "
+            f"{ac['validation']['images']} {ac['validation']['set']} validation images with {len(ac['kept_float'])} "
+            f"layer(s) in float ({', '.join(ac['kept_float']) or 'none'}); "
             "raise max_drop or max_reverted, or use quantization-aware training (mode: qat)"
         )
     return gm, report

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgekit.quant.accuracy_control import quantize_with_max_drop
+from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
 from edgekit.quant.config import PTQConfig
 from edgekit.quant.fakequant import QuantWeight
 
@@ -78,10 +78,12 @@ def test_stage_fails_with_the_best_found_when_max_drop_cannot_hold(digits, monke
     from edgekit.quant import accuracy_control
 
     def unmet(*args, **kwargs):
-        return None, {"accuracy_control": {"met": False, "drop_pt": 3.2, "kept_float": ["features.0"]}}
+        return None, {"accuracy_control": {"met": False, "drop_pt": 3.2, "kept_float": ["features.0"],
+                                           "validation": kwargs["validation_info"]}}
 
     monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", unmet)
-    with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt .* 1 layer\(s\) in float \(features.0\)"):
+    with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt on the 400 train "
+                       r"validation images with 1 layer\(s\) in float \(features.0\)"):
         edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])
 
 
@@ -147,6 +149,82 @@ def test_the_drop_is_measured_on_the_validation_images_when_given(digits):
     q, rep = quantize_with_max_drop(model, x, y, x[:1], OPTS, max_drop=0.5, validation=(vx, vy))
     ac = rep["accuracy_control"]
     assert ac["validation_images"] == 50 and ac["resolution_pt"] == pytest.approx(2.0)
-    assert ac["split"].startswith("validation") and ac["met"] == (ac["drop_pt"] <= 0.5)
+    assert ac["validation"]["held_out"] and ac["met"] == (ac["drop_pt"] <= 0.5)
     assert ac["accuracy_float"] == pytest.approx(top1(model, vx, vy))
     assert ac["accuracy_int8"] == pytest.approx(top1(q, vx, vy))
+
+
+def _digests(x):
+    from edgekit.quant.accuracy_control import _digest
+
+    return {_digest(img) for img in x}
+
+
+def test_validation_images_default_to_training_images_held_out_from_calibration(digits):
+    from edgekit.data import DataBundle, Split
+
+    vx, vy, info = validation_images(digits)
+    assert info == {"set": "train", "images": 400, "held_out": True, "requested": 400, "calibration_images_skipped": 0}
+    assert torch.equal(vx, digits.train.x[:400]) and torch.equal(vy, digits.train.y[:400])
+    assert _digests(vx).isdisjoint(_digests(digits.calib.x))
+    # a train split that holds the calibration images (separate train source: calibration is drawn from it)
+    cal, tr = digits.calib, digits.train
+    mixed = DataBundle("mixed", Split(torch.cat([cal.x[:30], tr.x[:20]]), torch.cat([cal.y[:30], tr.y[:20]])),
+                       Split(cal.x[:30], cal.y[:30]), digits.test, 10, digits.input_shape)
+    vx, vy, info = validation_images(mixed, samples=25)
+    assert info["images"] == 20 and info["calibration_images_skipped"] == 30
+    assert torch.equal(vx, tr.x[:20]) and torch.equal(vy, tr.y[:20])
+    vx, vy, info = validation_images(mixed, "calibration", calib_used=12)
+    assert info == {"set": "calibration", "images": 12, "held_out": False} and torch.equal(vy, cal.y[:12])
+
+
+def test_no_labeled_held_out_images_is_a_user_error(digits):
+    from edgekit.data import DataBundle, Split
+    from edgekit.errors import UserInputError
+
+    cal = digits.calib
+    unlabeled = DataBundle("u", Split(digits.train.x[:8], None), cal, digits.test, 10, digits.input_shape)
+    only_calib = DataBundle("c", Split(cal.x[:8], cal.y[:8]), cal, digits.test, 10, digits.input_shape)
+    for bundle, why in ((unlabeled, "no labels"), (only_calib, "only calibration images")):
+        with pytest.raises(UserInputError, match=f"data {bundle.name!r} has {why}: .*max_drop_validation=calibration"):
+            validation_images(bundle)
+
+
+def test_cli_max_drop_without_held_out_images_exits_2(tmp_path, cli):
+    """Every image is calibration or test (train fraction 0): the default held-out validation has nothing to
+    measure on, so the CLI says how to choose instead of judging on the calibration images."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((20, 3, 32, 32)).astype(np.float32), y=np.arange(20) % 10)
+    r = cli("compress", "convnet", "--data", str(tmp_path / "d.npz"), "--max-drop", "0.5", "--no-latency",
+            "--out", str(tmp_path / "o"), "--set", "data.split.train=0", "--set", "data.split.calibration=0.5",
+            "--set", "data.split.test=0.5")
+    assert r.returncode == 2, r.stderr[-800:]
+    assert "no training images" in r.stderr and "quantize.max_drop_validation=calibration" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_compress_max_drop_reports_the_held_out_validation_set(digits, monkeypatch):
+    """The stage hands the control held-out training images by default (or the calibration images when chosen),
+    and the report records which and how many."""
+    import edgekit
+    from edgekit.quant import accuracy_control
+
+    seen = {}
+    real = accuracy_control.quantize_with_max_drop
+
+    def spy(model, calib, labels, example, opts, max_drop, max_reverted=None, **kw):
+        seen["calib"], seen["val"] = calib, kw["validation"][0]
+        return real(model, calib, labels, example, opts, max_drop, max_reverted, evaluate=lambda m: 0.9, **kw)
+
+    monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", spy)
+    res = edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])
+    ac = res.report.stage("quantize").report["accuracy_control"]
+    assert ac["validation"]["set"] == "train" and ac["validation"]["images"] == ac["validation_images"] == 400
+    assert _digests(seen["val"]).isdisjoint(_digests(seen["calib"]))
+    res = edgekit.compress("convnet", "int8", digits, latency=False,
+                           overrides=["quantize.max_drop=0.5", "quantize.max_drop_validation=calibration"])
+    ac = res.report.stage("quantize").report["accuracy_control"]
+    assert ac["validation"] == {"set": "calibration", "images": len(digits.calib), "held_out": False}
+    assert torch.equal(seen["val"], seen["calib"])
