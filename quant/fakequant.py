@@ -202,8 +202,13 @@ class QuantWeight(FakeQuantized, nn.Module):
         return (q.float() * s.reshape(_channel_shape(self.weight))).to(self.weight.dtype)
 
     @torch.no_grad()
-    def freeze(self) -> None:
-        """Store the weight as int8 + per-channel scales and drop the float copy."""
+    def freeze(self, input_scale: float | None = None) -> None:
+        """Store the weight as int8 + per-channel scales and drop the float copy.
+
+        ``input_scale`` (the per-tensor scale of the layer's quantized input): the bias is stored as int32 on the
+        grid ``input_scale * weight_scale`` as well, which is what an integer kernel adds (the float bias is
+        rounded onto it, so PyTorch computes the same); exported as int32 -> DequantizeLinear, the form ONNX
+        Runtime needs to fuse a Gemm into QGemm. Skipped when a bias does not fit int32 on that grid."""
         scale = self.weight_scale_lsq.detach().abs().clamp_min(1e-8) if self.weight_scale_lsq is not None else None
         q, s = quantize_weight(self.weight, self.scheme, scale)
         del self.weight
@@ -212,6 +217,22 @@ class QuantWeight(FakeQuantized, nn.Module):
         self.register_buffer("weight_scale", s)
         self.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
         self.wmode = WeightMode.INT8
+        if input_scale is not None:
+            bscale = (s.double() * float(input_scale)).float()
+            qb = torch.round(self.bias.double() / bscale.double())
+            if bool((qb.abs() < 2**31 - 1).all()):
+                self.register_buffer("bias_int32", qb.to(torch.int32))
+                self.register_buffer("bias_scale", bscale)
+                self.bias.data = self.qbias()
+
+    def qbias(self) -> torch.Tensor:
+        """The bias: float, or int32 dequantized (``quantized_decomposed.dequantize_per_channel``) once frozen
+        with an input scale."""
+        qb = getattr(self, "bias_int32", None)
+        if self.wmode is not WeightMode.INT8 or qb is None:
+            return self.bias
+        zp = torch.zeros(qb.shape, dtype=torch.int64, device=qb.device)
+        return torch.ops.quantized_decomposed.dequantize_per_channel(qb, self.bias_scale, zp, 0, -2**31, 2**31 - 1, torch.int32)
 
     def storage_bytes(self) -> int:
         if self.wmode is WeightMode.INT8:
@@ -242,7 +263,7 @@ class QuantLinear(QuantWeight):
         self._init_weight(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.qweight(), self.bias)
+        return F.linear(x, self.qweight(), self.qbias())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weights={self.wmode}"

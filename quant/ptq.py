@@ -26,7 +26,8 @@ from edgekit.errors import UserInputError
 from edgekit.progress import track
 from edgekit.quant import qdq
 from edgekit.quant.config import PTQConfig
-from edgekit.quant.fakequant import QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantWeight, TiedFakeQuant, WeightMode
+from edgekit.quant.fakequant import (QUANT_LAYERS, ActFakeQuant, ActMode, QuantConv2d, QuantLinear, QuantWeight,
+                                     TiedFakeQuant, WeightMode)
 from edgekit.quant.observers import make_observer
 from edgekit.quant.placement import Placement, activation_policy
 
@@ -242,15 +243,32 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
 
 
 def freeze(gm: fx.GraphModule) -> fx.GraphModule:
-    """int8 weights, constant activation qparams; drops the observers."""
-    for m in weight_layers(gm).values():
-        m.freeze()
+    """int8 weights, constant activation qparams; drops the observers. A linear layer on a 2-D input (exported
+    as Gemm) gets an int32 bias on its input's grid (:meth:`QuantWeight.freeze`)."""
     for q in act_quants(gm).values():
         if q.mode is ActMode.LSQ:
             q.end_lsq()
         q.observer = None
+    gemm_scales = gemm_input_scales(graph_of(gm))
+    for name, m in weight_layers(gm).items():
+        m.freeze(input_scale=gemm_scales.get(name))
     graph_of(gm).recompile()
     return gm.eval()
+
+
+def gemm_input_scales(gm: fx.GraphModule) -> dict[str, float]:
+    """``{linear layer: scale of its input quantizer}`` for each quantized Linear called once on a 2-D tensor
+    behind an :class:`ActFakeQuant` (the layers exported as ``Gemm``: ONNX Runtime fuses them into QGemm only
+    with an int32 bias; a Linear on 3-D tokens becomes MatMul + Add, which keeps its float bias)."""
+    mods, calls, scales = dict(gm.named_modules()), {}, {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(mods.get(n.target), QuantLinear):
+            calls[n.target] = calls.get(n.target, 0) + 1
+            a, meta = n.args[0], n.meta.get("tensor_meta")
+            q = mods.get(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
+            if isinstance(q, ActFakeQuant) and q.mode is ActMode.QUANT and meta is not None and len(meta.shape) == 2:
+                scales[n.target] = q.scale_f
+    return {k: v for k, v in scales.items() if calls[k] == 1}
 
 
 def set_weight_mode(gm: nn.Module, mode: WeightMode) -> None:

@@ -12,7 +12,10 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
    ORT, an int8 eltwise in OpenVINO/TensorRT). An add of a parameter (a positional embedding) is not a
    residual add: it stays float (quantizing the embedding per tensor cost 1.7 pt top-1 on the digits vit).
 4. Weights are int8 initializers feeding a per-channel DequantizeLinear (axis 0); biases stay float
-   initializers (ORT and OpenVINO quantize them to int32 at the fusion; TensorRT ignores bias Q/DQ).
+   initializers (ORT and OpenVINO quantize them to int32 at the fusion; TensorRT ignores bias Q/DQ), except a
+   Linear on a 2-D input (exported as Gemm: a classifier): its bias is int32 on the grid input scale x weight
+   scale (``ptq.gemm_input_scales``), the only form ORT fuses into QGemm.
+   A max pool's output stays on its input's grid (:func:`moves_data`), so it runs on the integer tensor.
 5. Graph outputs are never quantized (the logits stay float).
 6. Per runtime (:mod:`edgekit.quant.placement`): with ``softmax_input=False`` the output of an op that feeds a
    softmax (the attention logits Q·Kᵀ, through a scaling mul/div) is not quantized, as NNCF places it for
@@ -72,15 +75,32 @@ _DATA_MOVEMENT_METHODS = {"view", "reshape", "flatten", "permute", "transpose", 
                           "unsqueeze", "squeeze", "expand", "__getitem__"}
 
 
+# Ops whose every output value is one of their input's values (max pooling pads with -inf, never with a value).
+_SELECTS_VALUES = {aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
+                   aten.max_pool3d_with_indices, torch.nn.functional.max_pool1d, torch.nn.functional.max_pool2d,
+                   torch.nn.functional.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d}
+_SELECTS_VALUES_MOD = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
 def moves_data(node: fx.Node) -> bool:
-    """A select / slice / view / permutation of its first argument (see :data:`DATA_MOVEMENT`), or a
+    """A select / slice / view / permutation of its first argument (see :data:`DATA_MOVEMENT`), a
     nearest-neighbour resize (it copies values: an FPN's top-down upsample keeps its input's grid, and ONNX
-    Runtime then runs ``DQ -> Resize -> Q`` on uint8 instead of in float with a requantization)."""
+    Runtime then runs ``DQ -> Resize -> Q`` on uint8 instead of in float with a requantization), or a max pool
+    (it selects values: a ResNet stem's ``DQ -> MaxPool -> Q`` on one grid runs as a uint8 MaxPool in ONNX
+    Runtime, where a grid of its own left a float MaxPool between a DequantizeLinear and a QuantizeLinear)."""
     if node.op == "call_method":
         return node.target in _DATA_MOVEMENT_METHODS
+    if node.op == "call_module":
+        owner = node.graph.owning_module
+        try:
+            return owner is not None and isinstance(owner.get_submodule(str(node.target)), _SELECTS_VALUES_MOD)
+        except AttributeError:
+            return False
     if node.op != "call_function":
         return False
     t = target_of(node)
+    if t in _SELECTS_VALUES:
+        return True
     if t is torch.nn.functional.interpolate:
         return node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest") == "nearest"
     return t in DATA_MOVEMENT or t in (aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d)

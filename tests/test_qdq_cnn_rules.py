@@ -1,0 +1,115 @@
+"""CNN Q/DQ rules checked on the graph ONNX Runtime runs: a classifier Linear becomes QGemm (int32 bias), a
+max pool runs on the integer tensor. The model is written the way model libraries write a ResNet (shape
+control flow in forward, so torch.fx cannot trace it and the graph is captured by torch.export)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.quant.config import PTQConfig
+from edgekit.quant.ptq import gemm_input_scales, graph_of, quantize_ptq
+
+
+class LibResNet(nn.Module):
+    """Stem conv + ReLU + max pool, one residual block, global average pool, Linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.c1, self.c2 = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x):
+        if x.shape[-1] != x.shape[-2]:  # shape control flow: torch.fx.symbolic_trace fails on it
+            raise ValueError("square inputs only")
+        x = self.pool(F.relu(self.stem(x)))
+        x = F.relu(x + self.c2(F.relu(self.c1(x))))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    torch.manual_seed(0)
+    model = LibResNet().eval()
+    for m in model.modules():  # non-trivial biases, so an int32 bias is checked on real values
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    x = torch.randn(48, 3, 32, 32)
+    q, rep = quantize_ptq(model, x, x[:1], PTQConfig(calibration={"method": "minmax", "samples": 48}))
+    return model, q, rep, x
+
+
+def test_classifier_bias_is_int32_on_the_input_times_weight_grid(quantized):
+    _, q, rep, _ = quantized
+    assert rep["capture"]["method"] == "torch.export", rep["capture"]
+    gm = graph_of(q)
+    layers = dict(gm.named_modules())
+    fc = next(m for m in layers.values() if type(m).__name__ == "QuantLinear")
+    assert fc.bias_int32.dtype == torch.int32 and fc.bias_int32.abs().max() > 0
+    # the grid is (input scale) x (weight scale), and the float bias the model computes with lies on it
+    in_scale = next(iter(gemm_input_scales(gm).values()))
+    torch.testing.assert_close(fc.bias_scale, fc.weight_scale * in_scale)
+    torch.testing.assert_close(fc.bias.detach(), fc.bias_int32.float() * fc.bias_scale, rtol=0, atol=1e-7)
+    assert fc.qbias().dtype == torch.float32
+    # the convs keep a float bias (ORT fuses QLinearConv with it): only Gemm-form linears are changed
+    assert all(getattr(m, "bias_int32", None) is None for m in layers.values() if type(m).__name__ == "QuantConv2d")
+
+
+def test_ort_runs_qgemm_and_an_integer_max_pool_and_agrees(quantized, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import qdq
+    from edgekit.training import predict
+
+    _, q, _, x = quantized
+    path = to_onnx(q, x[:1], tmp_path / "q.onnx")
+    g = onnx.load(str(path)).graph
+    inits = {i.name: i.data_type for i in g.initializer}
+    dq_int32 = [n for n in g.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) == onnx.TensorProto.INT32]
+    assert len(dq_int32) == 1, [n.input for n in g.node if n.op_type == "DequantizeLinear"]
+    ops = qdq.ort_optimized_op_types(path)
+    assert ops.get("QGemm") == 1 and "Gemm" not in ops, ops  # was a float Gemm on a dequantized weight
+    assert ops.get("QLinearConv") == 3 and "Conv" not in ops, ops
+    # max pool on uint8: only the graph input's Q and no DQ left but none (the logits come out of QGemm as float)
+    assert ops.get("MaxPool") == 1 and ops.get("DequantizeLinear", 0) <= 1 and ops.get("QuantizeLinear", 0) <= 2, ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i : i + 1].numpy()})[0] for i in range(16)])
+    want = predict(q, x[:16]).numpy()
+    assert np.abs(got - want).max() <= 0.02 * np.abs(want).max(), np.abs(got - want).max()
+
+
+def test_max_pool_output_is_on_its_inputs_grid(quantized):
+    from edgekit.quant.fakequant import TiedFakeQuant
+
+    gm = graph_of(quantized[1])
+    pools = [n for n in gm.graph.nodes if "max_pool" in str(n.target)]
+    assert pools, [str(n.target) for n in gm.graph.nodes]
+    users = [u for p in pools for u in p.users if u.op == "call_module"]
+    assert users and all(isinstance(gm.get_submodule(u.target), TiedFakeQuant) for u in users), users
+
+
+def test_linear_on_tokens_keeps_a_float_bias():
+    """A Linear on 3-D tokens exports as MatMul + Add (no Gemm to fuse): its bias is left as it was."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x)).mean(1))
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 5, 8)
+    q, _ = quantize_ptq(Tokens().eval(), x, x[:1], PTQConfig(calibration={"method": "minmax", "samples": 32}))
+    gm = graph_of(q)
+    assert getattr(gm.get_submodule("fc1"), "bias_int32", None) is None
+    assert gm.get_submodule("fc2").bias_int32.dtype == torch.int32
