@@ -5,15 +5,19 @@ recipe's options: MSE calibration on the 180-image calibration split, bias corre
 ``--few`` images only (min-max), and 4-bit weights (nearest) -- and its top-1 drop on the digits test split
 (359 images: one image = 0.28 pt) measured. Every (model, case) whose plain drop exceeds 0.5 pt then goes
 through both accuracy controls, given the same data: calibration on the same images, validation (where the
-drop is measured and layers are returned to float) on the 180 labeled calibration images, never the test
-split the table quotes. NNCF runs on the fp32 ONNX model read by OpenVINO, ``max_drop=0.005`` absolute (its
-metric is a fraction); its PTQ is 8-bit, so 4-bit cases have no NNCF column. Latency: median ms, batch 1,
-``--threads`` (default 1) runtime threads, 3x32x32, best of interleaved rounds, edgekit's QDQ ONNX on ONNX Runtime and on OpenVINO, NNCF's IR
-on OpenVINO. The accuracy runs and the latency runs are separate passes: the models are kept under
+drop is measured and layers are returned to float) on ``--val train`` (what ``compress --max-drop`` uses by
+default: the first ``--val-n`` training images that are not calibration images,
+:func:`edgekit.quant.accuracy_control.validation_images`) or ``--val calib`` (the calibration images), never
+the test split the table quotes. Each row also counts the images lost / gained against fp32 on the training,
+calibration and test splits (the zoo checkpoints were trained on the training split). NNCF runs on the fp32
+ONNX model read by OpenVINO, ``max_drop=0.005`` absolute (its metric is a fraction); its PTQ is 8-bit, so
+4-bit cases have no NNCF column. Latency: median ms, batch 1, ``--threads`` (default 1) runtime threads,
+3x32x32, best of interleaved rounds, edgekit's QDQ ONNX on ONNX Runtime and on OpenVINO, NNCF's IR on
+OpenVINO. The accuracy runs and the latency runs are separate passes: the models are kept under
 ``--state``/artifacts, so the latency columns can be measured alone on a quiet machine:
 
-    chrt -i 0 nice -n 19 .venv/bin/python -m benchmarks.max_drop --no-latency --no-write   # accuracy, background
-    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.max_drop --latency-only      # latency, alone
+    chrt -i 0 nice -n 19 .venv/bin/python -m benchmarks.max_drop --val train --no-latency --no-write   # accuracy
+    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.max_drop --latency-only              # latency, alone
 """
 
 from __future__ import annotations
@@ -47,6 +51,21 @@ def top1(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
     model.eval()
     return float((torch.cat([logits(model(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)]) == y).float().mean())
+
+
+@torch.no_grad()
+def flips(model, q, data) -> dict[str, list[int]]:
+    """``[lost, gained, images]`` per split: images the float model gets right and ``q`` wrong, and the reverse.
+    Shows where a drop is visible: the zoo checkpoints were trained on the training split."""
+    from edgekit.outputs import logits
+
+    out = {}
+    for name, split in (("train", data.train), ("calib", data.calib), ("test", data.test)):
+        pf, pq = (torch.cat([logits(m.eval()(split.x[i : i + 256])).argmax(1) for i in range(0, len(split), 256)])
+                  for m in (model, q))
+        ok_f, ok_q = pf == split.y, pq == split.y
+        out[name] = [int((ok_f & ~ok_q).sum()), int((~ok_f & ok_q).sum()), len(split)]
+    return out
 
 
 def case_opts(case: str, few: int):
@@ -138,7 +157,7 @@ def scan(models_: list[str], few: int, data, path: Path) -> list[dict]:
 def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400) -> dict:
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
-    from edgekit.quant.accuracy_control import quantize_with_max_drop
+    from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
     from edgekit.quant.ptq import quantize_ptq
 
     model = models.create(name).eval()
@@ -147,17 +166,20 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
     cx, cy = data.calib.x, data.calib.y
     fp32 = top1(model, data.test.x, data.test.y)
     t0 = time.perf_counter()
-    vx, vy = (cx, cy) if val == "calib" else (data.train.x[:val_n], data.train.y[:val_n])
-    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=None if val == "calib" else (vx, vy))
+    # train: the product's default (compress --max-drop): labeled training images that are not calibration images
+    vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
+    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info)
     ek_s = time.perf_counter() - t0
     ac = rep["accuracy_control"]
     plain, _ = quantize_ptq(model, cx, example, opts)
-    prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}")
+    prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}" + ("" if len(vy) == 400 else str(len(vy))))
     paths = {k: tmp / f"{prefix}-{k}.onnx" for k in ("fp32", "edgekit", "plain")}
     to_onnx(model, example, paths["fp32"])
     to_onnx(q, example, paths["edgekit"])
     to_onnx(plain, example, paths["plain"])
-    row = {"model": name, "case": case, "fp32": fp32, "edgekit": top1(q, data.test.x, data.test.y),
+    row = {"model": name, "case": case, "fp32": fp32, "plain": top1(plain, data.test.x, data.test.y),
+           "plain_flips": flips(model, plain, data), "edgekit_flips": flips(model, q, data),
+           "edgekit": top1(q, data.test.x, data.test.y),
            "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
            "edgekit_plain_val_drop_pt": ac["steps"][0]["drop_pt"], "edgekit_s": round(ek_s, 1)}
     row.update(artifacts=prefix, validation=f"{val} {len(vy)}", edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
@@ -197,6 +219,20 @@ def measure_row(row: dict, art: Path, x: np.ndarray, rounds: int, runs: int, thr
             "latency_uptime": [before, uptime()]}
 
 
+def test_met(r: dict, key: str) -> bool:
+    """The budget judged on the test split the table quotes (359 images: whole images, 0.28 pt each)."""
+    return (r["fp32"] - r[key]) * 100 <= MAX_DROP + 1e-9
+
+
+def val_key(v: str | None) -> str:
+    """``calib`` (rows of older runs carry no validation field) or ``train N``."""
+    return "calib" if v is None or v.startswith("calib") else v
+
+
+def flip_cell(f: dict | None) -> str:
+    return "-" if not f else " / ".join(f"{f[k][0]}/{f[k][1]}" for k in ("train", "calib", "test"))
+
+
 def pct(v) -> str:
     return "-" if v is None else f"{v:.2%}"
 
@@ -222,13 +258,17 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
     for r in rows:
         table.append([
             r["model"], r["case"], r.get("validation", "calib 180"), pct(r["fp32"]),
+            pct(r["plain"]) if "plain" in r else
             next((pct(s["plain"]) for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
             pct(r["edgekit"]), f"{(r['fp32'] - r['edgekit']) * 100:+.2f}",
             f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}", "yes" if r["edgekit_met"] else "NO",
+            "yes" if test_met(r, "edgekit") else "NO",
             names(r["edgekit_kept"]),
             pct(r.get("nncf_plain")), pct(r.get("nncf")),
             "-" if r.get("nncf") is None else f"{(r['fp32'] - r['nncf']) * 100:+.2f}",
+            "-" if r.get("nncf") is None else "yes" if test_met(r, "nncf") else "NO",
             "-" if r.get("nncf_kept") is None else names(r["nncf_kept"], 2),
+            flip_cell(r.get("plain_flips")), flip_cell(r.get("edgekit_flips")),
             *lat_cells(r),
             f"{r['edgekit_s']} / {r.get('nncf_s', '-')}",
         ])
@@ -251,7 +291,11 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         "Top-1 on the digits test split (359 images: one image = 0.28 pt); both controls measure their drop on "
         "the same validation images and calibrate on the same images: `validation` `calib 180` = the 180 labeled "
         "calibration images themselves (one image = 0.56 pt, so a 0.5 pt budget means no validation image may be lost), "
-        "`train N` = the first N training images (not used for calibration). Cases: `int8` (the "
+        "`train N` = the first N training images (not calibration images; what `compress --max-drop` uses by "
+        "default, `quantize.max_drop_validation: train`); the zoo checkpoints were trained on the training split. "
+        "`lost/gained`: images the fp32 model gets right and the quantized one wrong, and the reverse, on all 1258 "
+        "training images / the 180 calibration images / the 359 test images (rows of earlier runs: `-`). "
+        "`met on test`: test drop at most 0.5 pt, i.e. at most one test image lost net. Cases: `int8` (the "
         f"int8 recipe's PTQ options), `few-calib` (min-max calibration on {few} image(s)), `w4` (4-bit weights, "
         "nearest; NNCF's PTQ has no 4-bit weight grid, so no NNCF column). `val drop`: edgekit's drop on the "
         "validation split, plain -> controlled (what `met` is judged on). edgekit keeps weight layers, then "
@@ -265,11 +309,20 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         f"{', '.join(o for o in over if '(int8' in o) or 'no zoo model'} (plain int8 drops: {int8_drops}). "
         f"Constructed cases over {MAX_DROP} pt: {', '.join(o for o in over if '(int8' not in o) or 'none'}.",
         "",
-        markdown_table(["model", "case", "validation", "fp32", "plain edgekit", "edgekit max-drop", "drop pt", "val drop pt", "met",
-                        "edgekit kept float", "NNCF plain", "NNCF acc-control", "NNCF drop pt",
-                        "NNCF ops kept float", "ORT ms fp32 / plain / max-drop", "OV ms fp32 / plain / max-drop / NNCF",
+        markdown_table(["model", "case", "validation", "fp32", "plain edgekit", "edgekit max-drop", "test drop pt", "val drop pt",
+                        "met on val", "met on test", "edgekit kept float", "NNCF plain", "NNCF acc-control", "NNCF test drop pt",
+                        "NNCF met on test",
+                        "NNCF ops kept float", "plain lost/gained: train / calib / test",
+                        "max-drop lost/gained: train / calib / test", "ORT ms fp32 / plain / max-drop", "OV ms fp32 / plain / max-drop / NNCF",
                         "control s (edgekit / NNCF)"], table),
     ])
+
+
+def shown(done: list[dict], names_: list[str]) -> list[dict]:
+    """Every compared row of ``names_``' models (also a case whose plain drop a later scan found within budget),
+    by model order, case, validation."""
+    rows = [d for d in done if d["model"] in names_]
+    return sorted(rows, key=lambda d: (names_.index(d["model"]), d["case"], val_key(d.get("validation"))))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -291,8 +344,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="runtime threads for latency (1: steadier on a loaded machine)")
     ap.add_argument("--state", default="/tmp/edgekit-max-drop", help="scan.jsonl / rows.jsonl / artifacts (resumable)")
-    ap.add_argument("--val", choices=("calib", "train"), default="calib",
-                    help="where both controls measure the drop: the calibration images, or the first --val-n training images")
+    ap.add_argument("--val", choices=("calib", "train"), default="train",
+                    help="where both controls measure the drop: the first --val-n training images that are not calibration images (compress --max-drop's default), or the calibration images")
     ap.add_argument("--val-n", type=int, default=400)
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
@@ -324,8 +377,9 @@ def main() -> None:
     todo = [(m, c) for m, c in todo if not (c == "w4" and w4 and m not in w4)]
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
+        want = "calib" if args.val == "calib" else f"train {min(args.val_n, len(data.train))}"
         i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
-                  and d.get("validation", "calib").split()[0] == args.val), None)
+                  and val_key(d.get("validation")) == want), None)
         if i is None and (args.render_only or args.latency_only):
             skipped.append(f"{name} ({case})")
             continue
@@ -336,15 +390,15 @@ def main() -> None:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)
         print(json.dumps(done[i]), flush=True)
         write_jsonl(rows_file, done)
-    if args.latency_only:  # every row of the cases, whatever its validation
+    if args.latency_only:  # every row shown, whatever its validation
         for i, d in enumerate(done):
-            if (d["model"], d["case"]) in todo:
+            if d in shown(done, names_):
                 done[i] = measure_row(d, art, x, args.rounds, args.runs, args.threads)
                 print(json.dumps(done[i]), flush=True)
                 write_jsonl(rows_file, done)
     mode = "latency pass" if args.latency_only else "render only" if args.render_only else \
         "accuracy pass" if args.no_latency else "accuracy and latency"
-    text = render(scan_rows, [d for d in done if (d["model"], d["case"]) in todo], args.few, up, mode)
+    text = render(scan_rows, shown(done, names_), args.few, up, mode)
     if skipped:
         text += ("\n\nCases over 0.5 pt not compared in this run (time on a loaded machine; `--w4-models` limited "
                  f"the 4-bit cases): {', '.join(skipped)}.")
