@@ -154,7 +154,7 @@ def scan(models_: list[str], few: int, data, path: Path) -> list[dict]:
     return [r for r in rows if r["model"] in models_]
 
 
-def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400) -> dict:
+def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400, z: float = 0.0) -> dict:
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
@@ -168,11 +168,13 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
     t0 = time.perf_counter()
     # train: the product's default (compress --max-drop): labeled training images that are not calibration images
     vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
-    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info)
+    q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info,
+                                    confidence=z)
     ek_s = time.perf_counter() - t0
     ac = rep["accuracy_control"]
     plain, _ = quantize_ptq(model, cx, example, opts)
-    prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}" + ("" if len(vy) == 400 else str(len(vy))))
+    prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}" + ("" if len(vy) == 400 else str(len(vy)))) \
+        + (f"-z{z:g}" if z else "")
     paths = {k: tmp / f"{prefix}-{k}.onnx" for k in ("fp32", "edgekit", "plain")}
     to_onnx(model, example, paths["fp32"])
     to_onnx(q, example, paths["edgekit"])
@@ -180,11 +182,11 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
     row = {"model": name, "case": case, "fp32": fp32, "plain": top1(plain, data.test.x, data.test.y),
            "plain_flips": flips(model, plain, data), "edgekit_flips": flips(model, q, data),
            "edgekit": top1(q, data.test.x, data.test.y),
-           "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
+           "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_val_bound_pt": ac.get("drop_bound_pt"), "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
            "edgekit_plain_val_drop_pt": ac["steps"][0]["drop_pt"], "edgekit_s": round(ek_s, 1)}
-    row.update(artifacts=prefix, validation=f"{val} {len(vy)}", edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
+    row.update(artifacts=prefix, validation=f"{val} {len(vy)}" + (f" z={z:g}" if z else ""), edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
                edgekit_steps=len(ac["steps"]))
-    if case != "w4":
+    if case != "w4" and not z:  # NNCF judges the measured drop: its row is the z=0 row's
         n_cal = opts.calibration.samples if case == "few-calib" else len(cx)
         calib = cx[:n_cal].numpy().astype(np.float32)
         logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -226,7 +228,7 @@ def test_met(r: dict, key: str) -> bool:
 
 def val_key(v: str | None) -> str:
     """``calib`` (rows of older runs carry no validation field) or ``train N``."""
-    return "calib" if v is None or v.startswith("calib") else v
+    return "calib" if v is None or v == "calib" or (v.startswith("calib ") and "z=" not in v) else v
 
 
 def flip_cell(f: dict | None) -> str:
@@ -261,7 +263,9 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
             pct(r["plain"]) if "plain" in r else
             next((pct(s["plain"]) for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
             pct(r["edgekit"]), f"{(r['fp32'] - r['edgekit']) * 100:+.2f}",
-            f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}", "yes" if r["edgekit_met"] else "NO",
+            f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}"
+            + (f" (bound {r['edgekit_val_bound_pt']:+.2f})" if "z=" in r.get("validation", "") else ""),
+            "yes" if r["edgekit_met"] else "NO",
             "yes" if test_met(r, "edgekit") else "NO",
             names(r["edgekit_kept"]),
             pct(r.get("nncf_plain")), pct(r.get("nncf")),
@@ -347,6 +351,8 @@ def main() -> None:
     ap.add_argument("--val", choices=("calib", "train"), default="train",
                     help="where both controls measure the drop: the first --val-n training images that are not calibration images (compress --max-drop's default), or the calibration images")
     ap.add_argument("--val-n", type=int, default=400)
+    ap.add_argument("--confidence", type=float, default=0.0,
+                    help="edgekit's control: the drop must hold at drop + z * its paired standard error (0: the drop)")
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
     ap.add_argument("--render-only", action="store_true", help="write the section from --state's rows; run nothing new")
@@ -377,14 +383,15 @@ def main() -> None:
     todo = [(m, c) for m, c in todo if not (c == "w4" and w4 and m not in w4)]
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
-        want = "calib" if args.val == "calib" else f"train {min(args.val_n, len(data.train))}"
+        want = ("calib" if args.val == "calib" else f"train {min(args.val_n, len(data.train))}") \
+            + (f" z={args.confidence:g}" if args.confidence else "")
         i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
                   and val_key(d.get("validation")) == want), None)
         if i is None and (args.render_only or args.latency_only):
             skipped.append(f"{name} ({case})")
             continue
         if i is None:
-            done.append(compare(name, case, args.few, data, art, args.val, args.val_n))
+            done.append(compare(name, case, args.few, data, art, args.val, args.val_n, args.confidence))
             i = len(done) - 1
         if not args.no_latency and not args.render_only and not args.latency_only and "latency_ms" not in done[i]:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)

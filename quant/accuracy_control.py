@@ -24,6 +24,7 @@ the test split, so a control judged on the calibration images said "met" at a 1.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Callable, Literal
 
 import torch
@@ -130,7 +131,8 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
                            opts: PTQConfig, max_drop: float, max_reverted: int | None = None,
                            evaluate: Callable[[nn.Module], float] | None = None,
                            validation: tuple[torch.Tensor, torch.Tensor] | None = None,
-                           validation_info: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                           validation_info: dict[str, Any] | None = None,
+                           confidence: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
     """Int8 PTQ of ``model`` whose top-1 drop on ``(calib, labels)`` is at most ``max_drop`` points, if possible.
 
     Returns ``(model, report)``; the report lists the layers and ops kept in float, the drop after each step and
@@ -139,6 +141,12 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
     ViT's int8 lost 0.0 pt on its 180 calibration images, 0.7 pt on the 1,258 training images and 1.4 pt on the
     test split); :func:`validation_images` picks them. ``validation_info`` (what they are) goes into the report.
     ``evaluate`` (default: top-1 on the validation images) may be given for tests.
+
+    ``confidence`` z: the budget must hold at ``drop + z * sqrt(flipped) / n`` (``flipped``: validation images
+    whose correctness changed against the float model; the paired, McNemar-style standard error of the drop), not
+    at the measured drop alone: a drop measured on a few hundred images is itself noisy, and a control that stops
+    exactly at the budget exceeds it on other images about half the time. 0 (and any custom ``evaluate``): the
+    measured drop.
     """
     from edgekit.outputs import logits
     from edgekit.quant.ptq import quantize_ptq
@@ -147,50 +155,67 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
     val_x, val_y = validation if validation is not None else (calib, labels)
     if evaluate is None:
         @torch.no_grad()
-        def evaluate(m: nn.Module) -> float:
+        def correct(m: nn.Module) -> torch.Tensor:
             m.eval()
-            pred = torch.cat([logits(m(val_x[i : i + 128])).argmax(1) for i in range(0, len(val_x), 128)])
-            return float((pred == val_y).float().mean())
+            return torch.cat([logits(m(val_x[i : i + 128])).argmax(1) for i in range(0, len(val_x), 128)]) == val_y
+
+        ref_ok = correct(model)
+        reference = float(ref_ok.float().mean())
+
+        def judge(m: nn.Module) -> tuple[float, float]:  # (drop, drop at its upper bound)
+            ok = correct(m)
+            drop = reference - float(ok.float().mean())
+            return drop, drop + confidence * math.sqrt(int((ok != ref_ok).sum())) / len(val_y)
+    else:
+        reference = evaluate(model)
+
+        def judge(m: nn.Module) -> tuple[float, float]:
+            drop = reference - evaluate(m)
+            return drop, drop
 
     def holds(d: float) -> bool:
         return d * 100 <= max_drop + 1e-9
 
+    def step(kept: list[str], drop: float, bound: float) -> dict[str, Any]:
+        return {"kept_float": list(kept), "accuracy": reference - drop, "drop_pt": round(drop * 100, 3),
+                "bound_pt": round(bound * 100, 3)}
+
     def attempt(kept: list[str]):
         q, rep = quantize_ptq(model, calib, example, opts.model_copy(update={"ignore": [*opts.ignore, *kept]}))
-        return reference - evaluate(q), q, rep
+        return *judge(q), q, rep
 
-    reference = evaluate(model)
     q, rep = quantize_ptq(model, calib, example, opts)
-    acc = evaluate(q)
-    steps = [{"kept_float": [], "accuracy": acc, "drop_pt": round((reference - acc) * 100, 3)}]
-    best = (reference - acc, q, rep, [])
+    drop, bound = judge(q)
+    steps = [step([], drop, bound)]
+    best = (bound, q, rep, [], drop)
     kept: list[str] = []
     requantized: list[str] = []
-    if not holds(reference - acc):
+    if not holds(bound):
         calibrated, _ = quantize_ptq(model, calib, example, opts, do_freeze=False)
         ranking = [r["layer"] for r in layer_sensitivity(calibrated, calib, labels)]  # labels: reported top-1 only
         ranking += [r["layer"] for r in op_sensitivity(calibrated, calib)]
         limit = len(ranking) if max_reverted is None else min(max_reverted, len(ranking))
         for layer in ranking[:limit]:
             kept.append(layer)
-            drop, q, rep = attempt(kept)
-            steps.append({"kept_float": list(kept), "accuracy": reference - drop, "drop_pt": round(drop * 100, 3)})
-            if drop < best[0]:
-                best = (drop, q, rep, list(kept))
-            if holds(drop):
+            drop, bound, q, rep = attempt(kept)
+            steps.append(step(kept, drop, bound))
+            if bound < best[0]:
+                best = (bound, q, rep, list(kept), drop)
+            if holds(bound):
                 break
         if holds(best[0]):  # backward pass: a revert the drop does not need goes back to int8
             for layer in reversed(best[3][:-1]):
                 trial = [k for k in best[3] if k != layer]
-                drop, q, rep = attempt(trial)
-                if holds(drop):
-                    best = (drop, q, rep, trial)
+                drop, bound, q, rep = attempt(trial)
+                if holds(bound):
+                    best = (bound, q, rep, trial, drop)
                     requantized.append(layer)
-    drop, q, rep, kept = best
+    bound, q, rep, kept, drop = best
     info = validation_info or {"set": "calibration" if validation is None else "given", "images": int(len(val_y)),
                                "held_out": validation is not None}
     rep = {**rep, "accuracy_control": {
-        "max_drop_pt": max_drop, "met": holds(drop), "validation": info,
+        "max_drop_pt": max_drop, "met": holds(bound), "validation": info, "confidence_z": confidence,
+        "drop_bound_pt": round(bound * 100, 3),
         "split": f"{info['set']} ({'held out from calibration' if info['held_out'] else 'the calibration images'})",
         "validation_images": int(len(val_y)), "resolution_pt": round(100 / max(1, len(val_y)), 3),
         "accuracy_float": reference, "accuracy_int8": reference - drop, "drop_pt": round(drop * 100, 3),

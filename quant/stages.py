@@ -48,6 +48,8 @@ class QuantizeConfig(StageConfig, PTQConfig):
         "train", description="max_drop: where the drop is measured: labeled training images not used for calibration, "
         "or the calibration images themselves (optimistic)")
     max_drop_samples: int = Field(400, ge=1, description="max_drop_validation train: at most this many images")
+    max_drop_confidence: float = Field(0.0, ge=0.0, description="max_drop: z, the drop must hold at drop + z * sqrt(images "
+                                       "whose correctness changed) / images (its paired standard error); 0: the measured drop")
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
@@ -114,7 +116,8 @@ def _with_max_drop(model, cfg: QuantizeConfig, opts: PTQConfig, data, example):
     n = cfg.calibration.samples
     vx, vy, info = validation_images(data, cfg.max_drop_validation, cfg.max_drop_samples, n)
     gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop,
-                                        cfg.max_reverted, validation=(vx, vy), validation_info=info)
+                                        cfg.max_reverted, validation=(vx, vy), validation_info=info,
+                                        confidence=cfg.max_drop_confidence)
     report["mode"] = "ptq"
     ac = report["accuracy_control"]
     if not ac["met"]:

@@ -224,7 +224,33 @@ def test_compress_max_drop_reports_the_held_out_validation_set(digits, monkeypat
     assert ac["validation"]["set"] == "train" and ac["validation"]["images"] == ac["validation_images"] == 400
     assert _digests(seen["val"]).isdisjoint(_digests(seen["calib"]))
     res = edgekit.compress("convnet", "int8", digits, latency=False,
-                           overrides=["quantize.max_drop=0.5", "quantize.max_drop_validation=calibration"])
+                           overrides=["quantize.max_drop=0.5", "quantize.max_drop_validation=calibration",
+                                      "quantize.max_drop_confidence=1"])
     ac = res.report.stage("quantize").report["accuracy_control"]
     assert ac["validation"] == {"set": "calibration", "images": len(digits.calib), "held_out": False}
+    assert ac["confidence_z"] == 1.0
     assert torch.equal(seen["val"], seen["calib"])
+
+
+def test_confidence_judges_the_drop_at_its_upper_bound():
+    """confidence z: the budget holds at drop + z * sqrt(flipped) / n, so a model whose measured drop is within
+    budget but whose validation predictions flipped keeps reverting (z = 0: the measured drop, no revert)."""
+    from edgekit.outputs import logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(512, 10)).eval()
+    x = torch.randn(48, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the float model gets right: every flip is a loss
+    opts = OPTS.model_copy(update={"weight_bits": 4})
+    _, plain = quantize_with_max_drop(model, x, y, x[:1], opts, max_drop=50.0, validation=(x, y))
+    q, strict = quantize_with_max_drop(model, x, y, x[:1], opts, max_drop=50.0, validation=(x, y), confidence=200.0)
+    p, s = plain["accuracy_control"], strict["accuracy_control"]
+    first = s["steps"][0]
+    assert p["met"] and p["kept_float"] == [] and p["drop_bound_pt"] == p["drop_pt"] and p["confidence_z"] == 0.0
+    assert 0 < first["drop_pt"] == p["drop_pt"] <= 50.0 < first["bound_pt"]  # within budget, but images flipped
+    assert s["kept_float"] and s["met"]
+    with torch.no_grad():
+        flipped = int((logits(q(x)).argmax(1) != y).sum())
+    assert s["drop_bound_pt"] == pytest.approx(s["drop_pt"] + 200.0 * 100 * flipped ** 0.5 / 48, abs=2e-3)
