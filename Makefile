@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/edgekit profile edgekit-out/convnet-int8-onnx-int8 --device local --budget 3 --force
 
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout 900 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout 900 -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow"
