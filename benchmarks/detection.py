@@ -11,8 +11,8 @@ and of decoding + NMS. A second table times the same weights at 320x320 (the det
                                                                      # artifacts there and only evaluates and times
 
 OpenVINO's int8 row is the recipe made for it (``int8-openvino``); ONNX Runtime's the ``int8`` recipe. prune-30
-is chained with ``deploy`` (so that the pruned RepConv blocks are reparameterized like the fp32 row) and set for
-this detector's runtimes (:data:`PRUNE_OVERRIDES`).
+is the recipe made for detectors (:data:`PRUNE_RECIPE`: prune-30 at 16-channel widths with a distilled fine-tune,
+then ``deploy`` so that the pruned RepConv blocks are reparameterized like the fp32 row).
 """
 
 from __future__ import annotations
@@ -33,18 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._report import command_line, machine_note, markdown_table, write_section  # noqa: E402
 
-# prune-30 on the detector: channel counts at multiples of 16 (round_to 16; ratio 0.34 so that 48 -> 32 and 64 -> 48:
-# with 0.3 the ceil to 16 keeps 48 whole). With the recipe's round_to 8 the widths 24 / 40 leave ONNX Runtime's
-# NCHWc (16-channel blocks on AVX-512) convolutions: 0.71x MACs ran 1.04x slower than fp32 at 64x64, 0.82x with 16.
-# The fine-tune is longer than the recipe's 3 epochs: pruning a third of this 259k-parameter net's channels drops
-# mAP to ~1 point (L1, L2 and BN-gamma alike; BN re-estimation does not help), so it has to be retrained.
-PRUNE_OVERRIDES = ["prune.ratio=0.34", "prune.round_to=16", "prune.finetune.epochs=10", "prune.finetune.lr=0.002"]
+# prune-30 on the detector is the product's recipe for detectors (recipes/prune-30-detect.yaml): ratio 0.34 at
+# channel counts in multiples of 16 (48 -> 32, 64 -> 48; with 0.3 the ceil to 16 keeps 48 whole; with round_to 8 the
+# widths 24 / 40 leave ONNX Runtime's NCHWc 16-channel blocks and 0.71x MACs ran 1.04x slower than fp32 at 64x64),
+# a 30-epoch fine-tune with distillation from the unpruned detector, then deploy (reparameterization).
+PRUNE_RECIPE = "prune-30-detect"
 # variant: (recipes, overrides, export precision, runtimes)
 RECIPES = {"fp32": (["deploy"], [], "fp32", ("onnxruntime", "openvino")),
            "int8": (["int8"], [], "int8", ("onnxruntime", "openvino")),
            "int8-openvino": (["int8-openvino"], [], "int8", ("openvino",)),
            "int8-sym": (["int8-sym"], [], "int8", ("onnxruntime", "openvino")),
-           "prune-30": (["prune-30", "deploy"], PRUNE_OVERRIDES, "fp32", ("onnxruntime", "openvino"))}
+           "prune-30": ([PRUNE_RECIPE], [], "fp32", ("onnxruntime", "openvino"))}
 INT8_OF = {"onnxruntime": "int8", "openvino": "int8-openvino"}  # the edgekit recipe made for each runtime
 
 
@@ -116,7 +115,7 @@ def build(data, tmp: Path, finetune_epochs: int | None) -> tuple[dict[str, dict[
     files: dict[str, dict[str, Path]] = {}
     results = {}
     for variant, (recipes, over, precision, runtimes) in RECIPES.items():
-        if recipes[0] == "prune-30" and finetune_epochs is not None:
+        if recipes[0] == PRUNE_RECIPE and finetune_epochs is not None:
             over = [*over, f"prune.finetune.epochs={finetune_epochs}"]
         slug = _slug(variant)
         meta = tmp / f"{slug}.json"
@@ -267,7 +266,8 @@ def main() -> None:
         "u8/s8; NNCF: default preset) with the same 256 calibration canvases. `s` = compress / quantize seconds.\n",
         markdown_table(["variant", "runtime", "mAP", "mAP@.5", "drop vs fp32 (pts)", "ms", "vs fp32", "post ms", "s"],
                        rows),
-        f"\nprune-30 (`prune-30` + `deploy`, {' '.join(PRUNE_OVERRIDES)}) MACs {macs[0]:,} -> {macs[1]:,} "
+        f"\nprune-30 (recipe `{PRUNE_RECIPE}`: `prune-30` at ratio 0.34, channel counts at multiples of 16, 30-epoch "
+        f"fine-tune with distillation from the unpruned detector, then `deploy`) MACs {macs[0]:,} -> {macs[1]:,} "
         f"({mac_ratio:.2f}x) at 64x64. Issue 19 targets on this run:\n",
         "\n".join(verdicts),
     ]

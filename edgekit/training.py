@@ -62,7 +62,8 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` in place with AdamW and a cosine schedule; returns a history dict.
 
-    ``teacher`` + ``distill_weight`` add a KL distillation term; ``step_hook(model, step)`` runs after every
+    ``teacher`` + ``distill_weight`` add a distillation term (classification: KL of the logits; another task:
+    its ``distill_loss``, e.g. detection's soft scores and boxes), weighted ``(1 - w) * loss + w * distill``; ``step_hook(model, step)`` runs after every
     optimizer step (mask updates, schedules). Light augmentation (random shifts) on the train split.
     """
     from edgekit.tasks import task_of
@@ -71,8 +72,6 @@ def train(
     classify = data_task.name == "classification"
     if data.train.y is None and classify:
         raise UserInputError(f"training needs labeled data; {data.name} has no labels")
-    if not classify and teacher is not None and distill_weight > 0:
-        raise UserInputError(f"distillation is defined for classifiers; {data.name} is {data_task.name} data")
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -89,13 +88,18 @@ def train(
             train_mode(model)
             running = 0.0
             for xb, yb in data.train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
-                if not classify:
-                    loss = data_task.loss(model(xb), yb, xb)
+                if not classify:  # the task's loss, and its distillation term from the teacher's raw outputs
+                    out = model(xb)
+                    loss = data_task.loss(out, yb, xb)
+                    if teacher is not None and distill_weight > 0:
+                        with torch.no_grad():
+                            t_out = teacher(xb)
+                        loss = (1 - distill_weight) * loss + distill_weight * data_task.distill_loss(out, t_out, xb)
                 else:
                     xb = _shift(xb, seed * 7919 + step)
                     out = logits(model(xb))
                     loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-                if teacher is not None and distill_weight > 0:
+                if classify and teacher is not None and distill_weight > 0:
                     with torch.no_grad():
                         t_logits = logits(teacher(xb))
                     kd = F.kl_div(F.log_softmax(out, 1), F.softmax(t_logits, 1), reduction="batchmean")

@@ -16,6 +16,7 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(0, ge=0, description="fine-tune epochs after pruning / with the sparsity schedule (0: none)")
     lr: float = Field(1e-3, gt=0, description="fine-tune learning rate (AdamW, cosine schedule)")
+    distill: float = Field(0.0, ge=0.0, le=1.0, description="weight w of distillation from the model before this stage (unpruned / dense): loss = (1 - w) * task loss + w * the task's distillation term (0: none)")
 
 
 class MaskSparsityConfig(BaseModel):
@@ -83,6 +84,7 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
     from edgekit.outputs import rewrap, unwrap
 
     wrapped, output_path = model, None
+    teacher = copy.deepcopy(wrapped).eval() if cfg.finetune.epochs > 0 and cfg.finetune.distill > 0 else None
     model, output_path = unwrap(model)  # prune the user's own model; its output selection is put back after
     acc0 = _accuracy(wrapped, ctx.data)
     if cfg.masksparsity.enabled:
@@ -102,8 +104,9 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
             from edgekit.training import train
 
             hist = train(new, ctx.data, epochs=cfg.finetune.epochs, lr=cfg.finetune.lr, seed=ctx.seed,
-                         description="prune: fine-tune")
-            report["finetune"] = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "seconds": hist["seconds"]}
+                         teacher=teacher, distill_weight=cfg.finetune.distill, description="prune: fine-tune")
+            report["finetune"] = {"epochs": cfg.finetune.epochs, "lr": cfg.finetune.lr, "distill": cfg.finetune.distill,
+                                  "seconds": hist["seconds"]}
             report["accuracy"]["finetuned"] = _accuracy(new, ctx.data)
     return new.eval(), report
 
@@ -114,7 +117,7 @@ def apply_sparsify(model, cfg: SparsifyConfig, ctx) -> tuple[Any, dict[str, Any]
 
     if cfg.n > cfg.m:
         raise UserInputError(f"sparsify: n={cfg.n} must be <= m={cfg.m}")
-    model = copy.deepcopy(model).eval()
+    dense, model = model, copy.deepcopy(model).eval()  # the stage's input stays dense: the distillation teacher
     acc0 = _accuracy(model, ctx.data)
     frames = nm.sdgf_frames(cfg.n, cfg.m, cfg.sdgf_schedule) if cfg.method == "sdgf" else []
     max_m = max([cfg.m] + [f[1] for f in frames])
@@ -145,7 +148,8 @@ def apply_sparsify(model, cfg: SparsifyConfig, ctx) -> tuple[Any, dict[str, Any]
             sched.step = step
 
         hist = train(model, ctx.data, epochs=cfg.dense_epochs + epochs, lr=cfg.finetune.lr, seed=ctx.seed,
-                     step_hook=hook, description=f"sparsify {cfg.n}:{cfg.m} ({cfg.method})")
+                     step_hook=hook, teacher=dense if cfg.finetune.distill > 0 else None,
+                     distill_weight=cfg.finetune.distill, description=f"sparsify {cfg.n}:{cfg.m} ({cfg.method})")
         nm.finalize(model, layers, cfg.n, cfg.m)
         report["training"] = {"epochs": cfg.dense_epochs + epochs, "steps": hist["steps"], "seconds": hist["seconds"],
                               "decay_rate": rate if cfg.method == "mdgf" else None,

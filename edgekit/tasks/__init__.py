@@ -4,7 +4,8 @@ A :class:`Task` owns four things that the stages and exporters must not know abo
 
 - its **data format**: what a split's targets are (class indices; for detection a list of ``{"boxes",
   "labels"}`` dicts, boxes ``x1,y1,x2,y2`` in input pixels);
-- its **loss** for fine-tuning (``loss(outputs, targets)``);
+- its **loss** for fine-tuning (``loss(outputs, targets)``) and, where defined, its distillation term from a
+  teacher's outputs (``distill_loss(outputs, teacher_outputs, inputs)``; detection: soft scores and boxes);
 - its **metric** (``evaluate(model, split) -> {name: value}``; the first key is the headline figure: top-1 for
   classification, COCO mAP@[.5:.95] for detection);
 - its **fidelity** measure of a compressed model against the reference (``fidelity(reference, model, x, n)``):
@@ -42,6 +43,10 @@ class Task:
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def distill_loss(self, outputs: Any, teacher_outputs: Any, inputs: torch.Tensor) -> torch.Tensor:
+        """Distillation term pulling a student's raw outputs towards a teacher's (fine-tuning after compression)."""
+        raise NotImplementedError(f"task {self.name!r} defines no distillation loss")
 
     def fidelity(self, reference: nn.Module, model: nn.Module, x: Any, n: int | None = None,
                  batch_size: int = 32) -> dict[str, Any]:

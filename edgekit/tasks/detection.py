@@ -11,6 +11,9 @@ output's levels are recovered from the input size: consecutive power-of-two stri
   contains it, within 1.5 strides of the box centre and whose largest distance falls in the level's range;
   sigmoid focal loss (Lin et al., ICCV 2017) on classes, GIoU loss (Rezatofighi et al., CVPR 2019) weighted by
   the centerness target on boxes, BCE on centerness;
+- :meth:`Detection.distill_loss`: output-level distillation from a dense teacher (:func:`distill_loss`: the
+  teacher's soft class scores, its decoded boxes and centerness weighted by its score), for the fine-tune after
+  pruning (``prune.finetune.distill``);
 - :meth:`Detection.evaluate`: COCO mAP@[.5:.95] and mAP@.5 (:func:`edgekit.tasks.coco.coco_map`);
 - :meth:`Detection.fidelity`: cosine / max |diff| of the raw outputs, and after decoding: the share of the
   reference's confident boxes (score >= 0.3) that the compressed model finds again (same class, IoU >= 0.5),
@@ -198,6 +201,36 @@ def fcos_loss(outputs: Any, targets: Sequence[dict[str, torch.Tensor]], hw: Sequ
     return cls_loss / num_pos + box_loss + ctr_loss
 
 
+def distill_loss(student: Any, teacher: Any, hw: Sequence[int], gamma: float = 2.0) -> torch.Tensor:
+    """Output-level distillation of a dense detector into a compressed one, in the units of :func:`fcos_loss`.
+
+    The teacher's decoded outputs are the soft targets at every location (as in "Localization Distillation for
+    Dense Object Detection", Zheng et al., CVPR 2022, and the soft-label classification of "Generalized Focal Loss",
+    Li et al., NeurIPS 2020): classes by a focal-modulated BCE towards the teacher's sigmoid,
+    ``|p_s - p_t|^gamma * BCE(s, p_t)`` summed and divided by the teacher's soft positive count; boxes by the GIoU
+    loss between the student's and the teacher's decoded ltrb distances and centerness by BCE towards the
+    teacher's, both weighted by the teacher's score ``sqrt(max_c p_t * ctr_t)`` so background locations, whose
+    boxes mean nothing, do not count."""
+    raw_s, _, strides = flatten_levels(student, hw)
+    raw_t, _, _ = flatten_levels(teacher, hw)
+    if raw_s.shape != raw_t.shape:
+        raise UserInputError(f"distillation: student output {tuple(raw_s.shape)} and teacher output "
+                             f"{tuple(raw_t.shape)} differ; accepted: the same detector layout")
+    raw_t = raw_t.detach().float()
+    p_t = raw_t[:, 5:].sigmoid()
+    ce = F.binary_cross_entropy_with_logits(raw_s[:, 5:], p_t, reduction="none")
+    cls = (ce * (raw_s[:, 5:].sigmoid() - p_t).abs() ** gamma).sum() / p_t.amax(1).sum().clamp_min(1.0)
+    ctr_t = raw_t[:, 4].sigmoid()
+    w = (p_t.amax(1) * ctr_t).sqrt()  # (N, A)
+    w_sum = w.sum().clamp_min(1e-6)
+    d_s = raw_s[:, :4].clamp(max=MAX_LOG).exp() * strides
+    d_t = raw_t[:, :4].clamp(max=MAX_LOG).exp() * strides
+    giou = _giou_loss(d_s.permute(0, 2, 1).reshape(-1, 4), d_t.permute(0, 2, 1).reshape(-1, 4))
+    box = (giou * w.flatten()).sum() / w_sum
+    ctr = (F.binary_cross_entropy_with_logits(raw_s[:, 4], ctr_t, reduction="none") * w).sum() / w_sum
+    return cls + box + ctr
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
     """Sigmoid focal loss summed over every element (Lin et al., "Focal Loss for Dense Object Detection")."""
     p = logits.sigmoid()
@@ -254,6 +287,9 @@ class Detection(Task):
         if inputs is None:
             raise ValueError("the detection loss needs the inputs (for the image size)")
         return fcos_loss(outputs, targets, inputs.shape[-2:])
+
+    def distill_loss(self, outputs: Any, teacher_outputs: Any, inputs: torch.Tensor) -> torch.Tensor:
+        return distill_loss(outputs, teacher_outputs, inputs.shape[-2:])
 
     def compare_outputs(self, actual: Any, reference: Any, hw: Sequence[int]) -> dict[str, float | int | None]:
         """Decoded agreement of two raw outputs (arrays or tensors), e.g. an exported artifact's vs PyTorch's."""
