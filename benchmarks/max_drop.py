@@ -167,7 +167,12 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
     fp32 = top1(model, data.test.x, data.test.y)
     t0 = time.perf_counter()
     # train: the product's default (compress --max-drop): labeled training images that are not calibration images
-    vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
+    if val == "unseen":  # images the checkpoint was never trained on and this run does not calibrate on
+        cx, cy = data.train.x[-len(cx):], data.train.y[-len(cx):]
+        vx, vy = data.calib.x, data.calib.y
+        info = {"set": "calibration split, calibrated on training images", "images": len(vy), "held_out": True}
+    else:
+        vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
     q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info,
                                     confidence=z)
     ek_s = time.perf_counter() - t0
@@ -348,8 +353,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="runtime threads for latency (1: steadier on a loaded machine)")
     ap.add_argument("--state", default="/tmp/edgekit-max-drop", help="scan.jsonl / rows.jsonl / artifacts (resumable)")
-    ap.add_argument("--val", choices=("calib", "train"), default="train",
-                    help="where both controls measure the drop: the first --val-n training images that are not calibration images (compress --max-drop's default), or the calibration images")
+    ap.add_argument("--val", choices=("calib", "train", "unseen"), default="train",
+                    help="where both controls measure the drop: the first --val-n training images that are not calibration images (compress --max-drop's default), the calibration images, or unseen: calibrate on the last 180 training images and measure on the calibration split (images the zoo checkpoints were not trained on)")
     ap.add_argument("--val-n", type=int, default=400)
     ap.add_argument("--confidence", type=float, default=0.0,
                     help="edgekit's control: the drop must hold at drop + z * its paired standard error (0: the drop)")
@@ -383,7 +388,7 @@ def main() -> None:
     todo = [(m, c) for m, c in todo if not (c == "w4" and w4 and m not in w4)]
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
-        want = ("calib" if args.val == "calib" else f"train {min(args.val_n, len(data.train))}") \
+        want = {"calib": "calib", "unseen": f"unseen {len(data.calib)}"}.get(args.val, f"train {min(args.val_n, len(data.train))}") \
             + (f" z={args.confidence:g}" if args.confidence else "")
         i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
                   and val_key(d.get("validation")) == want), None)
