@@ -36,7 +36,7 @@ from benchmarks._report import command_line, machine_note, markdown_table, write
 # prune-30 on the detector is the product's recipe for detectors (recipes/prune-30-detect.yaml): ratio 0.34 at
 # channel counts in multiples of 16 (48 -> 32, 64 -> 48; with 0.3 the ceil to 16 keeps 48 whole; with round_to 8 the
 # widths 24 / 40 leave ONNX Runtime's NCHWc 16-channel blocks and 0.71x MACs ran 1.04x slower than fp32 at 64x64),
-# a 30-epoch fine-tune with distillation from the unpruned detector, then deploy (reparameterization).
+# a 10-epoch fine-tune at lr 0.004 with distillation from the unpruned detector, then deploy (reparameterization).
 PRUNE_RECIPE = "prune-30-detect"
 # variant: (recipes, overrides, export precision, runtimes)
 RECIPES = {"fp32": (["deploy"], [], "fp32", ("onnxruntime", "openvino")),
@@ -266,7 +266,7 @@ def main() -> None:
         "u8/s8; NNCF: default preset) with the same 256 calibration canvases. `s` = compress / quantize seconds.\n",
         markdown_table(["variant", "runtime", "mAP", "mAP@.5", "drop vs fp32 (pts)", "ms", "vs fp32", "post ms", "s"],
                        rows),
-        f"\nprune-30 (recipe `{PRUNE_RECIPE}`: `prune-30` at ratio 0.34, channel counts at multiples of 16, 30-epoch "
+        f"\nprune-30 (recipe `{PRUNE_RECIPE}`: `prune-30` at ratio 0.34, channel counts at multiples of 16, 10-epoch "
         f"fine-tune with distillation from the unpruned detector, then `deploy`) MACs {macs[0]:,} -> {macs[1]:,} "
         f"({mac_ratio:.2f}x) at 64x64. Issue 19 targets on this run:\n",
         "\n".join(verdicts),

@@ -104,7 +104,7 @@ def test_prune_30_detect_recipe_settings():
     prune, fuse = load_recipe("prune-30-detect").stages
     assert prune.name == "prune" and fuse.name == "fuse" and fuse.config.mode == "deploy"
     c = prune.config
-    assert (c.ratio, c.round_to, c.finetune.epochs, c.finetune.distill) == (0.34, 16, 30, 0.5)
+    assert (c.ratio, c.round_to, c.finetune.epochs, c.finetune.lr, c.finetune.distill) == (0.34, 16, 10, 0.004, 0.5)
     assert "head*" in c.ignore
 
 
