@@ -124,6 +124,10 @@ class PTQConfig(BaseModel):
     # tensorrt); recorded in the stage report, and export to another runtime notes it in validation.json
     target: str = "onnxruntime"
     smoothquant: SmoothQuantConfig = Field(default_factory=lambda: SmoothQuantConfig())
+    # edgekit.quant.placement_ends (digits vit, ORT placement: -1.39 pt all int8, +0.56 with the ends float)
+    ends: Literal["auto", "float", "int8"] = Field(
+        "auto", description="the first weight layer (reads the model input: patch embedding / stem) and the last "
+        "(classifier head) stay float: auto = for models with attention (transformers), float = always, int8 = never")
 
     @field_validator("target")
     @classmethod

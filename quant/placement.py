@@ -16,6 +16,10 @@ own execution graphs (``edgekit.quant.placement_report``) on the zoo ``vit`` at 
   profile of the zoo ``vit`` at 224 (measured under load). Float logits (``MatMulIntegerToFloat``) were faster
   still, but with the tied q/k grids below ORT's result then drifted from the fake-quant model (third-party
   ``mha_vit``: ONNX cosine 0.986 < 0.99; 1 - 1e-7 with quantized logits), so not used.
+* **ONNX Runtime**, GELU: the input of an exact GELU stays float (``gelu_input=False``). A quantized one is read
+  through a DequantizeLinear that ORT duplicates per consumer (the GELU reads its input twice), which keeps ORT's
+  ``GeluFusion`` from matching: five float element-wise kernels per MLP instead of one ``Gelu`` kernel
+  (:mod:`edgekit.quant.placement_gelu`); the MLP's first product then runs as a QGemm with a float output.
 * Every placement: a tensor that is only a slice / permutation of a quantized tensor (q, k, v cut out of the
   fused ``qkv`` output) takes that tensor's grid (``TiedFakeQuant``), so the runtimes drop the
   ``DQ -> Gather -> Q`` around the slice and the attention matmuls read the integer tensor directly (ORT:
@@ -56,6 +60,7 @@ class Placement:
     targets: tuple[str, ...]
     note: str = ""
     output_tail: bool = True  # quantize an op output that reaches the graph outputs via concat / reshapes only
+    gelu_input: bool = True  # quantize a tensor read only by an exact GELU (placement_gelu); False: it stays float
 
     def initial_scheme(self) -> QScheme:
         """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
@@ -83,7 +88,9 @@ def register_placement(p: Placement) -> Placement:
 
 for _p in (
     Placement("onnxruntime", "affine", softmax_input=True, targets=("onnx", "tvm", "coreml"),
-              note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point)"),
+              note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point); the "
+                   "GELU input float, so ORT fuses the GELU into one Gelu kernel after a float-output QGemm",
+              gelu_input=False),
     Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
               note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
                    "FullyConnected and the attention subgraphs run in int8 on the CPU plugin; outputs that only "

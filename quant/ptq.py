@@ -81,8 +81,10 @@ def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> tuple[f
     ShapeProp(gm).propagate(x)
     from edgekit.quant.placement_attention import decompose_attention
 
-    if decompose_attention(gm):  # fused attention calls -> matmul / softmax / matmul (quantizable products)
-        ShapeProp(gm).propagate(x)
+    from edgekit.quant.placement_gelu import rewrite_gelu
+
+    if decompose_attention(gm) + rewrite_gelu(gm):  # fused attention -> matmul / softmax / matmul (quantizable
+        ShapeProp(gm).propagate(x)  # products); exact GELU -> the form ONNX Runtime fuses into one Gelu kernel
     return gm, cap
 
 
@@ -91,9 +93,18 @@ _DROPOUT_FNS = {torch.ops.aten.dropout, torch.ops.aten.dropout_, torch.ops.aten.
 
 def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Plan]:
     """Swap conv/linear for int8-weight layers and insert observing ActFakeQuant modules (in place)."""
+    from edgekit.quant.placement_ends import float_ends
+
     place = activation_policy(opts.target, opts.symmetric_activations)
-    p = qdq.plan(gm, ops=opts.ops, ignore=opts.ignore, softmax_input=place.softmax_input,
+    ends = [e for e in float_ends(gm, opts.ends) if not qdq.matches(e, opts.ignore)]
+    p = qdq.plan(gm, ops=opts.ops, ignore=[*opts.ignore, *ends], softmax_input=place.softmax_input,
                   output_tail=place.output_tail)
+    p.float_ends = ends
+    if not place.gelu_input:  # the placement leaves a GELU's input float (ONNX Runtime: it fuses the GELU then)
+        from edgekit.quant.placement_gelu import only_read_by_gelu
+
+        nodes = {n.name: n for n in gm.graph.nodes}
+        p.tensors = [t for t in p.tensors if not only_read_by_gelu(nodes[t])]
     for target in p.layers:
         parent, _, attr = target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm
@@ -259,14 +270,18 @@ def freeze(gm: fx.GraphModule) -> fx.GraphModule:
 def gemm_input_scales(gm: fx.GraphModule) -> dict[str, float]:
     """``{linear layer: scale of its input quantizer}`` for each quantized Linear called once on a 2-D tensor
     behind an :class:`ActFakeQuant` (the layers exported as ``Gemm``: ONNX Runtime fuses them into QGemm only
-    with an int32 bias; a Linear on 3-D tokens becomes MatMul + Add, which keeps its float bias)."""
+    with an int32 bias; a Linear on 3-D tokens becomes MatMul + Add, which keeps its float bias), and for each
+    whose output stays float (the GELU input of the ONNX Runtime placement: with a float bias ORT ran that
+    MatMul + Add as a float Gemm; with an int32 bias, as a QGemm with a float output)."""
     mods, calls, scales = dict(gm.named_modules()), {}, {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods.get(n.target), QuantLinear):
             calls[n.target] = calls.get(n.target, 0) + 1
             a, meta = n.args[0], n.meta.get("tensor_meta")
             q = mods.get(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
-            if isinstance(q, ActFakeQuant) and q.mode is ActMode.QUANT and meta is not None and len(meta.shape) == 2:
+            float_out = not any(u.op == "call_module" and isinstance(mods.get(u.target), ActFakeQuant) for u in n.users)
+            if isinstance(q, ActFakeQuant) and q.mode is ActMode.QUANT and meta is not None and (
+                    len(meta.shape) == 2 or float_out):  # float output (a GELU's input on ORT): QGemm only so too
                 scales[n.target] = q.scale_f
     return {k: v for k, v in scales.items() if calls[k] == 1}
 
@@ -327,6 +342,7 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         "weights": f"{'int8' if opts.weight_bits == 8 else f'{opts.weight_bits}-bit grid in int8'} symmetric per-channel, "
                    f"{opts.rounding} rounding",
         "ignored": p.ignored,
+        "float_ends": p.float_ends,  # quantize.ends (edgekit.quant.placement_ends): first / last layers kept float
         "float_ops": p.float_ops,
         "seconds": round(time.perf_counter() - t0, 2),
     })

@@ -166,8 +166,8 @@ def test_openvino_runs_attention_in_int8_with_the_openvino_placement(tmp_path):
 
     x = _calib(1)
     reports = {}
-    for target in ("openvino", "onnxruntime"):
-        q, _ = _quant(_tiny_vit(), target)
+    for target in ("openvino", "onnxruntime"):  # every layer int8 (quantize.ends: the patch embed and head too)
+        q, _ = _quant(_tiny_vit(), target, ends="int8")
         reports[target] = openvino_precisions(to_onnx(q, x, tmp_path / f"{target}.onnx"))
     ov = reports["openvino"]
     assert ov["MatMul (activations)"] == {"int8": 4, "float": 0}  # Q·Kᵀ and A·V of both blocks
@@ -243,6 +243,53 @@ def test_onnxruntime_placement_runs_attention_integer_without_float_slices(tmp_p
     ops = [n.op_type for n in g.node]
     assert ops.count("QLinearMatMul") == 4 and "MatMulIntegerToFloat" not in ops  # 2 blocks x Q·Kᵀ, A·V
     assert "QLinearSoftmax" not in ops and ops.count("Softmax") == 2
+    assert ops.count("Gelu") == 2 and "Erf" not in ops  # one fused Gelu kernel per MLP (quant/placement_gelu.py)
+    # qkv, proj, fc1 (float output into the Gelu: int32 bias) and fc2 of both blocks; the head is float (ends auto)
+    assert ops.count("QGemm") == 8 and ops.count("Gemm") == 1
     made_by = {o: n.op_type for n in g.node for o in n.output}
     gathers_of_dq = [n.name for n in g.node if n.op_type == "Gather" and made_by.get(n.input[0]) == "DequantizeLinear"]
     assert not gathers_of_dq
+
+
+def test_ends_of_a_transformer_stay_float_by_default_and_cnns_stay_int8():
+    """quantize.ends (edgekit.quant.placement_ends): patch embedding and head float on a ViT by default."""
+    from edgekit.quant.fakequant import QuantWeight
+    from edgekit.quant.placement_ends import end_layers
+
+    gm, _ = trace(_tiny_vit(), _calib(1))
+    assert end_layers(gm) == (["patch_embed.proj"], ["head"])
+    int8 = lambda q: {n for n, m in graph_of(q).named_modules() if isinstance(m, QuantWeight)}  # noqa: E731
+    q, rep = _quant(_tiny_vit(), "onnxruntime")
+    assert rep["float_ends"] == ["patch_embed.proj", "head"] and {"patch_embed.proj", "head"} <= set(rep["ignored"])
+    assert "patch_embed.proj" not in int8(q) and "head" not in int8(q) and "blocks.0.mlp.fc1" in int8(q)
+    q, rep = _quant(_tiny_vit(), "onnxruntime", ends="int8")
+    assert rep["float_ends"] == [] and {"patch_embed.proj", "head"} <= int8(q)
+    q, rep = _quant(_tiny_vit(), "onnxruntime", ignore=["head"])  # already ignored: not listed twice
+    assert rep["float_ends"] == ["patch_embed.proj"] and rep["ignored"].count("head") == 1
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 28 * 28, 10))
+    q, rep = _quant(cnn.eval(), "onnxruntime")  # no attention: every layer int8
+    assert rep["float_ends"] == [] and len(int8(q)) == 3
+    q, rep = _quant(cnn.eval(), "onnxruntime", ends="float")
+    assert rep["float_ends"] == ["0", "4"] and int8(q) == {"2"}
+    with pytest.raises(ValidationError):
+        PTQConfig(ends="on")
+
+
+def test_gelu_is_rewritten_exactly_into_the_form_ort_fuses():
+    from edgekit.quant.placement_gelu import rewrite_gelu
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(8, 8), nn.GELU()
+
+        def forward(self, x):
+            return F.gelu(self.act(self.fc(x))) + F.gelu(x, approximate="tanh")
+
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)) * 3
+    m = M().eval()
+    gm = torch.fx.symbolic_trace(m)
+    assert rewrite_gelu(gm) == 2 and rewrite_gelu(gm) == 0  # the tanh approximation is left alone
+    assert not any(isinstance(mod, nn.GELU) for mod in gm.modules())
+    with torch.no_grad():
+        assert torch.allclose(gm(x), m(x), rtol=1e-6, atol=1e-6)

@@ -60,7 +60,9 @@ def test_sensitivity_stage_on_mha_vit_ranks_the_users_layers():
     out, rep = fn(model, cfg_cls.model_validate({"calibration": CALIB, "samples": 16}), ctx)
     assert out is model
     layers = {r["layer"] for r in rep["all"]}
-    assert {"blocks.0.attn.in_proj", "blocks.0.attn.out_proj", "head"} <= layers
+    assert {"blocks.0.attn.in_proj", "blocks.0.attn.out_proj"} <= layers and "head" not in layers  # ends float
+    _, rep = fn(model, cfg_cls.model_validate({"calibration": CALIB, "samples": 16, "ends": "int8"}), ctx)
+    assert "head" in {r["layer"] for r in rep["all"]}
 
 
 @pytest.mark.slow
