@@ -1,6 +1,7 @@
 """Output-level distillation for detectors (issue 19: prune-30 + fine-tune): the detection task's distillation
-term, ``training.train`` with a detection teacher, the prune stage's ``finetune.distill`` and the detector recipe
-``prune-30-detect``."""
+term, ``training.train`` with a detection teacher, the prune / sparsify stages' ``finetune.distill`` and the
+detector recipe ``prune-30-detect`` (its fine-tune without distillation: at lr 0.004 it measured 50.00 mAP without,
+49.77 with distill 0.5, one seed each; see docs/detection.md)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_prune_stage_distills_from_the_unpruned_model(det, monkeypatch):
 
     monkeypatch.setattr(training, "train", spy)
     result = compress(zoo.load("detector"), "prune-30-detect", data=det, latency=False,
-                      overrides=["prune.finetune.epochs=1"])
+                      overrides=["prune.finetune.epochs=1", "prune.finetune.distill=0.5"])
     ft = result.report.stage("prune").report["finetune"]
     assert ft["epochs"] == 1 and ft["distill"] == 0.5 and seen["w"] == 0.5
     assert seen["teacher_convs"] > 0 and seen["student_convs"] == 0, seen  # stage4's 64 channels were pruned to 48
@@ -104,7 +105,7 @@ def test_prune_30_detect_recipe_settings():
     prune, fuse = load_recipe("prune-30-detect").stages
     assert prune.name == "prune" and fuse.name == "fuse" and fuse.config.mode == "deploy"
     c = prune.config
-    assert (c.ratio, c.round_to, c.finetune.epochs, c.finetune.lr, c.finetune.distill) == (0.34, 16, 10, 0.004, 0.5)
+    assert (c.ratio, c.round_to, c.finetune.epochs, c.finetune.lr, c.finetune.distill) == (0.34, 16, 10, 0.004, 0.0)
     assert "head*" in c.ignore
 
 
