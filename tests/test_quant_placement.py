@@ -271,6 +271,9 @@ def test_ends_of_a_transformer_stay_float_by_default_and_cnns_stay_int8():
     assert rep["float_ends"] == [] and len(int8(q)) == 3
     q, rep = _quant(cnn.eval(), "onnxruntime", ends="float")
     assert rep["float_ends"] == ["0", "4"] and int8(q) == {"2"}
+    hybrid = copy.deepcopy(_tiny_vit())  # a transformer on a convolutional stem: the stem stays int8 (auto)
+    hybrid.patch_embed.proj = nn.Conv2d(3, 32, 3, 8, 1)
+    assert _quant(hybrid, "onnxruntime")[1]["float_ends"] == ["head"]
     with pytest.raises(ValidationError):
         PTQConfig(ends="on")
 
