@@ -126,8 +126,9 @@ class PTQConfig(BaseModel):
     smoothquant: SmoothQuantConfig = Field(default_factory=lambda: SmoothQuantConfig())
     # edgekit.quant.placement_ends (digits vit, ORT placement: -1.39 pt all int8, +0.56 with the ends float)
     ends: Literal["auto", "float", "int8"] = Field(
-        "auto", description="the first weight layer (reads the model input: patch embedding / stem) and the last "
-        "(classifier head) stay float: auto = for models with attention (transformers), float = always, int8 = never")
+        "auto", description="the first weight layer (reads the model input) and the last (classifier head) stay "
+        "float: auto = on models with attention (transformers), the patch embedding (kernel = stride, not a conv stem) "
+        "and the head; float = always; int8 = never")
 
     @field_validator("target")
     @classmethod
