@@ -2,8 +2,9 @@
 
 The models are ``transformers`` classes built from their configs (ResNet-50, MobileNetV2 1.0, ViT-S/16; 224x224,
 1000 classes, random init with PyTorch's default layer init, nothing downloaded), handed to edgekit as a user
-would: ``edgekit.compress(model, "int8" | "prune-50", data=...)`` (graph capture by torch.export; the models
-do not trace with torch.fx). Peers, from the same fp32 model:
+would: ``edgekit.compress(model, recipe, data=...)`` with the recipe a user picks for the runtime (``int8`` for
+ONNX Runtime, ``int8-openvino`` for OpenVINO, ``prune-50``; graph capture by torch.export, the models do not trace
+with torch.fx). Peers, from the same fp32 model:
 
 - int8: ONNX Runtime ``quantize_static`` after ``quant_pre_process`` (QDQ, U8S8, per channel) and NNCF
   ``quantize`` on the OpenVINO model, with the same calibration samples as edgekit;
@@ -22,6 +23,9 @@ Compressing is CPU-heavy and timing needs a quiet machine, so the two can run ap
 DIR`` compresses and exports every variant into DIR (run it at idle priority), ``--phase time --workdir DIR``
 times DIR's files (one model per run under a lock is fine): each model's figures are merged into ``--json``
 (by model name) with the ``uptime`` of its own timing, and the section is written from the whole file.
+``--only edgekit-int8,edgekit-int8-ov`` rebuilds just those variants in DIR (after a change to edgekit's int8).
+The time phase also profiles fp32 and the pruned files with ONNX Runtime's profiler (``--profile-runs``): the
+kernels' own time, next to the wall-clock verdict.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ from benchmarks._report import command_line, machine_note, markdown_table, write
 from benchmarks.quant_vs_peers import file_size, nncf_quantize, ort_quantize_static
 
 RUNTIMES = ("onnxruntime", "openvino")
+EDGEKIT_INT8 = {"edgekit-int8": "int8", "edgekit-int8-ov": "int8-openvino"}  # variant -> edgekit recipe
+INT8_FOR = {"onnxruntime": "edgekit-int8", "openvino": "edgekit-int8-ov"}  # the recipe made for each runtime
+VARIANTS = ("fp32", *EDGEKIT_INT8, "ort-int8", "edgekit-p50", "tp-p50")
 MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resnet50": ("ResNetConfig", "ResNetForImageClassification", {}),  # the config's defaults are ResNet-50
     "mobilenetv2": ("MobileNetV2Config", "MobileNetV2ForImageClassification", {}),  # width 1.0, 224
@@ -131,10 +138,12 @@ def build_model(name: str, args, tmp: Path) -> dict[str, Any]:
     data = data_bundle(calib, x.repeat(2, 1, 1, 1))
     model = build(name)
     dense, _ = select_output(model, (x,))
-    files: dict[str, Path] = {k: tmp / f"{name}-{k}.onnx" for k in ("fp32", "edgekit-int8", "ort-int8", "edgekit-p50", "tp-p50")}
+    files: dict[str, Path] = {k: tmp / f"{name}-{k}.onnx" for k in VARIANTS}
     files["nncf-int8"] = tmp / f"{name}-nncf-int8.xml"
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
+    old = json.loads((tmp / f"{name}-built.json").read_text()) if args.only and (tmp / f"{name}-built.json").exists() else None
+    todo = set(args.only.split(",")) if old else set(files)
+    seconds: dict[str, float] = {k: v for k, v in (old or {}).get("seconds", {}).items() if k not in todo}
+    notes: list[str] = [n for n in (old or {}).get("notes", []) if "edgekit-p50" not in todo]
 
     def timed(key: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -143,31 +152,40 @@ def build_model(name: str, args, tmp: Path) -> dict[str, Any]:
         print(f"  {name}: {key} {seconds[key]:.1f} s", flush=True)
         return out
 
-    to_onnx(dense, x, files["fp32"])
-    q = timed("edgekit-int8", lambda: edgekit.compress(model, "int8", data=data, latency=False,
-                                                        overrides=[f"quantize.calibration.samples={args.samples}"]))
-    to_onnx(q.model, x, files["edgekit-int8"])
+    macs = {k: v for k, v in (old or {}).get("macs", {}).items() if k not in todo}
+    if "fp32" in todo:
+        to_onnx(dense, x, files["fp32"])
+        macs["fp32"] = count_macs(dense, x)
+    for key, recipe in EDGEKIT_INT8.items():  # the recipe a user picks for each runtime
+        if key in todo:
+            q = timed(key, lambda: edgekit.compress(model, recipe, data=data, latency=False,
+                                                    overrides=[f"quantize.calibration.samples={args.samples}"]))
+            to_onnx(q.model, x, files[key])
     c = calib.numpy()
-    timed("ort-int8", lambda: ort_quantize_static(files["fp32"], files["ort-int8"], c))
-    timed("nncf-int8", lambda: nncf_quantize(files["fp32"], files["nncf-int8"], c))
-    p = timed("edgekit-p50", lambda: edgekit.compress(model, "prune-50", data=data, latency=False))
-    to_onnx(p.model, x, files["edgekit-p50"])
-    user_model, _ = unwrap(p.model)
-    macs = {"fp32": count_macs(dense, x), "edgekit-p50": count_macs(p.model, x)}
-    prune_rep = next(s.report for s in p.report.stages if s.name == "prune")
-    captured = p.report.model_info.capture or (prune_rep.get("capture") or {}).get("method")
-    notes.append(f"{name}: prune-50 graph captured by {captured}; pruned model is "
-                 f"{'the user class ' if isinstance(user_model, type(model)) else ''}{type(user_model).__name__}"
-                 f"{'' if isinstance(user_model, type(model)) else ' (not ' + type(model).__name__ + ')'}; "
-                 f"edgekit prune {prune_rep.get('model_type', '?')}")
-    try:
-        tpm = timed("tp-p50", lambda: tp_prune(model, x, 0.5))
-        tp_dense, _ = select_output(tpm, (x,))
-        macs["tp-p50"] = count_macs(tp_dense, x)
-        to_onnx(tp_dense, x, files["tp-p50"])
-    except ImportError:
-        notes.append(f"{name}: Torch-Pruning not installed; no tp-p50 row")
-        files.pop("tp-p50")
+    if "ort-int8" in todo:
+        timed("ort-int8", lambda: ort_quantize_static(files["fp32"], files["ort-int8"], c))
+    if "nncf-int8" in todo:
+        timed("nncf-int8", lambda: nncf_quantize(files["fp32"], files["nncf-int8"], c))
+    if "edgekit-p50" in todo:
+        p = timed("edgekit-p50", lambda: edgekit.compress(model, "prune-50", data=data, latency=False))
+        to_onnx(p.model, x, files["edgekit-p50"])
+        user_model, _ = unwrap(p.model)
+        macs["edgekit-p50"] = count_macs(p.model, x)
+        prune_rep = next(s.report for s in p.report.stages if s.name == "prune")
+        captured = p.report.model_info.capture or (prune_rep.get("capture") or {}).get("method")
+        notes.append(f"{name}: prune-50 graph captured by {captured}; pruned model is "
+                     f"{'the user class ' if isinstance(user_model, type(model)) else ''}{type(user_model).__name__}"
+                     f"{'' if isinstance(user_model, type(model)) else ' (not ' + type(model).__name__ + ')'}; "
+                     f"edgekit prune {prune_rep.get('model_type', '?')}")
+    if "tp-p50" in todo:
+        try:
+            tpm = timed("tp-p50", lambda: tp_prune(model, x, 0.5))
+            tp_dense, _ = select_output(tpm, (x,))
+            macs["tp-p50"] = count_macs(tp_dense, x)
+            to_onnx(tp_dense, x, files["tp-p50"])
+        except ImportError:
+            notes.append(f"{name}: Torch-Pruning not installed; no tp-p50 row")
+    files = {k: f for k, f in files.items() if f.exists()}
     sizes = {k: file_size(f) for k, f in files.items()}
     built = {"name": name, "files": {k: f.name for k, f in files.items()}, "macs": macs, "seconds": seconds,
              "sizes": sizes, "notes": notes}
@@ -184,7 +202,7 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     x = torch.randn(1, 3, 224, 224, generator=g).numpy()
     files = {k: tmp / f for k, f in built["files"].items()}
     variants = {"onnxruntime": ["fp32", "edgekit-int8", "ort-int8", "edgekit-p50", "tp-p50"],
-                "openvino": ["fp32", "edgekit-int8", "nncf-int8", "edgekit-p50", "tp-p50"]}
+                "openvino": ["fp32", INT8_FOR["openvino"], "nncf-int8", "edgekit-p50", "tp-p50"]}
     lat: dict[tuple[str, str], list[float]] = {}
     before = uptime()
     for rt in RUNTIMES:
@@ -192,7 +210,32 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
         for k, s in interleaved(runners, args.runs, args.warmup).items():
             lat[k, rt] = s
         del runners
-    return {**built, "lat": lat, "uptime": [before, uptime()]}
+    kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in ("fp32", "edgekit-p50", "tp-p50")
+               if k in files and args.profile_runs}
+    return {**built, "lat": lat, "kernel_ms": kernels, "uptime": [before, uptime()]}
+
+
+def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
+    """ONNX Runtime's own profile of ``path`` (2 threads, sequential, as timed): the sum over nodes of each node's
+    median kernel time (ms). Unlike a call's wall time it leaves out what happens between kernels and a
+    preempted call, so it shows whether the kernels themselves follow the MACs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
+    so.execution_mode, so.log_severity_level = ort.ExecutionMode.ORT_SEQUENTIAL, 3
+    with tempfile.TemporaryDirectory() as d:
+        so.enable_profiling, so.profile_file_prefix = True, str(Path(d) / "p")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(runs + 3):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node.setdefault(e["name"], []).append(e["dur"] / 1e3)
+    return float(sum(np.median(v[3:]) for v in per_node.values()))
 
 
 def report(results: list[dict[str, Any]], args) -> str:
@@ -203,13 +246,14 @@ def report(results: list[dict[str, Any]], args) -> str:
     for r in results:
         name, lat = r["name"], r["lat"]
         for rt, peer in (("onnxruntime", "ort-int8"), ("openvino", "nncf-int8")):
-            e, pe, f = lat["edgekit-int8", rt], lat[peer, rt], lat["fp32", rt]
+            ek = INT8_FOR[rt] if (INT8_FOR[rt], rt) in lat else "edgekit-int8"  # older files: int8 on both
+            e, pe, f = lat[ek, rt], lat[peer, rt], lat["fp32", rt]
             ratio = med(e) / med(pe)
             lo, hi = bootstrap_ratio_ci(pe, e)
             ok = ratio <= 1.05
-            q_rows.append([name, rt, med(f), med(e), med(pe), peer, f"{ratio:.3f} ({lo:.2f}-{hi:.2f})",
+            q_rows.append([name, rt, EDGEKIT_INT8[ek], med(f), med(e), med(pe), peer, f"{ratio:.3f} ({lo:.2f}-{hi:.2f})",
                            "yes" if ok else "**no**", f"{med(f) / med(e):.2f}x",
-                           f"{r['sizes']['fp32'] / 1e6:.1f} / {r['sizes']['edgekit-int8'] / 1e6:.1f} / {r['sizes'][peer] / 1e6:.1f}"])
+                           f"{r['sizes']['fp32'] / 1e6:.1f} / {r['sizes'][ek] / 1e6:.1f} / {r['sizes'][peer] / 1e6:.1f}"])
             verdicts.append((f"int8 {name} {rt}", ok))
         for tool in ("edgekit-p50", "tp-p50"):
             if (tool, "onnxruntime") not in lat:
@@ -223,9 +267,14 @@ def report(results: list[dict[str, Any]], args) -> str:
                 peer = ""
                 if tool == "edgekit-p50" and ("tp-p50", rt) in lat:
                     peer = f"{med(lat[tool, rt]) / med(lat['tp-p50', rt]):.3f}"
+                kern = r.get("kernel_ms") or {}
+                kx = "-"
+                if rt == "onnxruntime" and tool in kern and "fp32" in kern:
+                    k_r = kern[tool] / kern["fp32"]
+                    kx = f"{kern['fp32']:.1f} -> {kern[tool]:.1f} ms: x{k_r:.3f}, lat/MAC {(1 - k_r) / max(1e-9, 1 - mac_r):.2f}"
                 p_rows.append([name, tool.replace("-p50", ""), rt, r["macs"]["fp32"] / 1e6, f"{mac_r:.3f}",
                                med(lat["fp32", rt]), med(lat[tool, rt]), f"{lat_r:.3f} ({lo:.2f}-{hi:.2f})",
-                               f"{eff:.2f}", "yes" if ok else "**no**", peer or "-"])
+                               f"{eff:.2f}", "yes" if ok else "**no**", peer or "-", kx])
                 if tool == "edgekit-p50":
                     verdicts.append((f"prune-50 {name} {rt}", ok))
     secs = "; ".join(f"{r['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) for r in results)
@@ -243,8 +292,10 @@ def report(results: list[dict[str, Any]], args) -> str:
         "",
         "Models: `transformers` ResNet-50 (`ResNetConfig()`), MobileNetV2 1.0 (`MobileNetV2Config()`), ViT-S/16 "
         "(`ViTConfig(hidden_size=384, 12 layers, 6 heads, mlp 1536)`), 224x224, 1000 classes, random init (latency "
-        f"only). edgekit: `edgekit.compress(model, 'int8' | 'prune-50', data=...)` on the user's module (graph "
-        f"captured by torch.export), exported with `edgekit.exporters.torch2onnx.to_onnx`; the same {args.samples} "
+        "only). edgekit: `edgekit.compress(model, recipe, data=...)` on the user's module (graph "
+        "captured by torch.export) with the recipe a user picks for the runtime (`int8` for ONNX Runtime, "
+        "`int8-openvino` for OpenVINO; `prune-50`), exported with `edgekit.exporters.torch2onnx.to_onnx`; the same "
+        f"{args.samples} "
         "random calibration samples for every quantizer; ORT: `quant_pre_process` then `quantize_static` (QDQ, U8S8, "
         "per channel); NNCF: `nncf.quantize` on the OpenVINO model of the same fp32 ONNX; Torch-Pruning: "
         "`MetaPruner` (L1, ratio 0.5, round_to 8, classifier ignored, whole ViT heads). The fp32 ONNX is the model "
@@ -252,15 +303,17 @@ def report(results: list[dict[str, Any]], args) -> str:
         "",
         "### int8: edgekit vs the best peer on the same runtime (target: ratio <= 1.05)",
         "",
-        markdown_table(["model", "runtime", "fp32 ms", "edgekit ms", "peer ms", "peer", "edgekit / peer (95% CI)",
+        markdown_table(["model", "runtime", "edgekit recipe", "fp32 ms", "edgekit ms", "peer ms", "peer", "edgekit / peer (95% CI)",
                         "within 5%", "fp32 / edgekit", "MB fp32 / edgekit / peer"], q_rows),
         "",
         "### prune-50: latency reduction vs MAC reduction (target: lat/MAC >= 0.8)",
         "",
-        "`lat/MAC` = (1 - latency ratio) / (1 - MAC ratio); `vs TP` = edgekit pruned ms / Torch-Pruning pruned ms.",
+        "`lat/MAC` = (1 - latency ratio) / (1 - MAC ratio); `vs TP` = edgekit pruned ms / Torch-Pruning pruned ms; "
+        "`ORT kernels` = ONNX Runtime's profiler, the sum over nodes of each node's median kernel time, dense -> "
+        "pruned (the work the kernels do, without what a call spends between kernels or preempted; not the verdict).",
         "",
         markdown_table(["model", "tool", "runtime", "dense MMACs", "MACs x", "dense ms", "pruned ms",
-                        "latency x (95% CI)", "lat/MAC", ">= 0.8", "vs TP"], p_rows),
+                        "latency x (95% CI)", "lat/MAC", ">= 0.8", "vs TP", "ORT kernels"], p_rows),
         "",
         f"Targets met: {met} of {len(verdicts)}"
         + (f"; missed: {', '.join(k for k, ok in verdicts if not ok)}." if met < len(verdicts) else "."),
@@ -303,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--runs", type=int, default=50, help="interleaved rounds (one timed call of every variant each)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--profile-runs", type=int, default=20,
+                    help="time phase: ONNX Runtime profiler runs of fp32 and the pruned variants (0: none)")
     ap.add_argument("--samples", type=int, default=32, help="calibration samples (the same for every quantizer)")
     ap.add_argument("--phase", choices=("all", "build", "time"), default="all",
                     help="build: compress and export into --workdir; time: time --workdir's files; all: both")
     ap.add_argument("--workdir", help="where the variants are written / read (default: a temporary folder)")
+    ap.add_argument("--only", help="build phase: rebuild only these variants (comma-separated, e.g. "
+                                   "edgekit-int8,edgekit-int8-ov), keeping the others from --workdir")
     ap.add_argument("--load-note", default=_LOAD_NOTE, help="the sentence on the machine's load in the section")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", help="merge each model's figures into this file as it finishes (by model name)")
