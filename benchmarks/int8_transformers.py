@@ -6,8 +6,9 @@ third-party classes built in code from ``transformers`` configs (no download): V
 ``quantize.target: openvino`` and ``quantize.target: onnxruntime`` (edgekit.quant.placement). Every quantizer
 gets the same calibration samples (digits calibration images upsampled to 224). Accuracy: top-1 on the digits
 test split for the zoo ``vit`` / ``hybrid`` checkpoints (edgekit with the int8 recipe's options: MSE
-calibration, 256 samples, bias correction). The per-op precision tables are read from each runtime's own
-execution graph (edgekit.quant.placement_report).
+calibration, 256 samples, bias correction, ``ends: auto``). The ``ends int8`` columns re-run edgekit with the
+patch embedding and head int8 too (``quantize.ends: int8``): the accuracy and latency of that default. The
+per-op precision tables are read from each runtime's own execution graph (edgekit.quant.placement_report).
 
     flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.int8_transformers
 
@@ -15,8 +16,10 @@ Split into passes (each under ~5 minutes on a quiet machine) with ``--state``: e
 in the JSON state file and the section is rendered from all of them, each pass's command and load listed::
 
     python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models vit,hybrid --latency-models ''
-    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit,hybrid
-    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit-s,swin-t
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models hybrid
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models vit-s
+    python -m benchmarks.int8_transformers --state /tmp/int8tf.json --accuracy-models '' --latency-models swin-t
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ def build_model(name: str, size: str) -> nn.Module:
 
 
 def quantize_all(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, tmp: Path, tag: str, method: str,
-                 bias_corr: bool) -> tuple[dict[str, Path], dict[str, object]]:
-    """fp32 ONNX, edgekit int8 for OpenVINO and for ORT (QDQ ONNX), ORT quantize_static ONNX, NNCF IR."""
+                 bias_corr: bool, ends_int8: bool = False) -> tuple[dict[str, Path], dict[str, object]]:
+    """fp32 ONNX, edgekit int8 for OpenVINO and for ORT (QDQ ONNX), ORT quantize_static ONNX, NNCF IR; with
+    ``ends_int8`` also edgekit with ``quantize.ends: int8`` (patch embedding and head int8 too: its latency cost)."""
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.quant.config import PTQConfig
     from edgekit.quant.ptq import quantize_ptq
@@ -87,8 +91,13 @@ def quantize_all(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, t
              "ort-q": tmp / f"{tag}-ortq.onnx", "nncf": tmp / f"{tag}-nncf.xml"}
     to_onnx(model, example, paths["fp32"])
     info: dict[str, object] = {}
-    for key, target in (("ek-ov", "openvino"), ("ek-ort", "onnxruntime")):
-        cfg = PTQConfig(calibration={"method": method, "samples": len(calib)}, bias_correction=bias_corr, target=target)
+    runs = [("ek-ov", "openvino", "auto"), ("ek-ort", "onnxruntime", "auto")]
+    if ends_int8:
+        runs += [("ek-ov-i8", "openvino", "int8"), ("ek-ort-i8", "onnxruntime", "int8")]
+        paths.update({"ek-ov-i8": tmp / f"{tag}-ek-ov-i8.onnx", "ek-ort-i8": tmp / f"{tag}-ek-ort-i8.onnx"})
+    for key, target, ends in runs:
+        cfg = PTQConfig(calibration={"method": method, "samples": len(calib)}, bias_correction=bias_corr, target=target,
+                        ends=ends)
         t0 = time.perf_counter()
         q, rep = quantize_ptq(model, calib, example, cfg)
         info[f"{key} s"] = time.perf_counter() - t0
@@ -106,7 +115,8 @@ def quantize_all(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, t
 
 
 VARIANTS = (("fp32", "onnxruntime"), ("ek-ort", "onnxruntime"), ("ek-ov", "onnxruntime"), ("ort-q", "onnxruntime"),
-            ("fp32", "openvino"), ("ek-ov", "openvino"), ("ek-ort", "openvino"), ("nncf", "openvino"))
+            ("ek-ort-i8", "onnxruntime"), ("fp32", "openvino"), ("ek-ov", "openvino"), ("ek-ort", "openvino"),
+            ("nncf", "openvino"), ("ek-ov-i8", "openvino"))
 
 
 def latencies(paths: dict[str, Path], x: np.ndarray, runs: int, rounds: int) -> dict[tuple[str, str], float]:
@@ -141,7 +151,7 @@ def main() -> None:
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
     from edgekit.data import load_data
     from edgekit.quant.config import PTQConfig
-    from edgekit.quant.placement_report import openvino_precisions, ort_precisions
+    from edgekit.quant.placement_report import openvino_precisions, ort_kernel_profile, ort_precisions
     from edgekit.quant.ptq import quantize_ptq
     from edgekit.training import evaluate
 
@@ -158,13 +168,15 @@ def main() -> None:
             x, y = data.test.x, data.test.y
             fp32 = 100 * evaluate(model, data.test)
             ek_ov, ek_ort = 100 * ov_top1(paths["ek-ov"], x, y), 100 * ort_top1(paths["ek-ort"], x, y)
-            no_sq = {}
+            no_sq, i8 = {}, {}
             for key, target in (("ek-ov", "openvino"), ("ek-ort", "onnxruntime")):  # the other SmoothQuant setting
                 cfg = PTQConfig(calibration={"method": "mse", "samples": 256}, target=target,
                                 smoothquant={"enabled": not SQ_DEFAULT.enabled})
                 no_sq[key] = 100 * evaluate(quantize_ptq(model, data.calib.x, data.test.x[:1], cfg)[0], data.test)
+                cfg = PTQConfig(calibration={"method": "mse", "samples": 256}, target=target, ends="int8")
+                i8[key] = 100 * evaluate(quantize_ptq(model, data.calib.x, data.test.x[:1], cfg)[0], data.test)
             acc[name] = ([name, fp32, 100 * evaluate(info["ek-ov model"], data.test), ek_ov, f"{ek_ov - fp32:+.2f}",
-                             no_sq["ek-ov"], ek_ort, f"{ek_ort - fp32:+.2f}", no_sq["ek-ort"],
+                             no_sq["ek-ov"], i8["ek-ov"], ek_ort, f"{ek_ort - fp32:+.2f}", no_sq["ek-ort"], i8["ek-ort"],
                              100 * ort_top1(paths["ort-q"], x, y), 100 * ov_top1(paths["nncf"], x, y)])
             save_state(args.state, st)
         for name in filter(None, args.latency_models.split(",")):
@@ -177,7 +189,7 @@ def main() -> None:
                 for k in [k for k in d if k == name or k.startswith(f"{name} ")]:
                     del d[k]
             try:
-                paths, info = quantize_all(model, cal, ex, tmp, f"{name}-224", "minmax", False)
+                paths, info = quantize_all(model, cal, ex, tmp, f"{name}-224", "minmax", False, ends_int8=True)
                 lat = latencies(paths, ex.numpy(), args.runs, args.rounds)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 notes.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -185,12 +197,15 @@ def main() -> None:
                 continue
             lat_by[name] = ([name, lat["fp32", "onnxruntime"], lat["ek-ort", "onnxruntime"], lat["ek-ov", "onnxruntime"],
                              lat["ort-q", "onnxruntime"], f"{lat['ek-ort', 'onnxruntime'] / lat['ort-q', 'onnxruntime']:.2f}x",
-                             lat["fp32", "openvino"], lat["ek-ov", "openvino"], lat["ek-ort", "openvino"], lat["nncf", "openvino"],
-                             f"{lat['ek-ov', 'openvino'] / lat['nncf', 'openvino']:.2f}x"])
+                             lat["ek-ort-i8", "onnxruntime"], lat["fp32", "openvino"], lat["ek-ov", "openvino"],
+                             lat["ek-ort", "openvino"], lat["nncf", "openvino"],
+                             f"{lat['ek-ov', 'openvino'] / lat['nncf', 'openvino']:.2f}x", lat["ek-ov-i8", "openvino"]])
             ov_by[f"{name} edgekit"] = openvino_precisions(paths["ek-ov"])
             ov_by[f"{name} NNCF"] = openvino_precisions(paths["nncf"])
             ort_by[f"{name} edgekit"] = ort_precisions(paths["ek-ort"])
             ort_by[f"{name} quantize_static"] = ort_precisions(paths["ort-q"])
+            st["prof"][name] = {k: ort_kernel_profile(paths[key], ex.numpy(), runs=args.runs)
+                                for k, key in (("edgekit", "ek-ort"), ("quantize_static", "ort-q"))}
             if info["ek-ov float_ops"]:
                 notes.append(f"{name}: ops edgekit leaves in float (openvino placement): {', '.join(info['ek-ov float_ops'])}")
             notes.append(f"{name}: quantize seconds: edgekit (openvino) {info['ek-ov s']:.0f}, (onnxruntime) {info['ek-ort s']:.0f}, "
@@ -203,7 +218,7 @@ def main() -> None:
 
 def load_state(path: Path | None) -> dict:
     st = json.loads(path.read_text()) if path is not None and path.exists() else {}
-    for k in ("acc", "lat", "ov", "ort", "notes"):
+    for k in ("acc", "lat", "ov", "ort", "notes", "prof"):
         st.setdefault(k, {})
     st.setdefault("passes", [])
     return st
@@ -214,6 +229,18 @@ def save_state(path: Path | None, st: dict) -> None:
         from edgekit.artifacts import write_json_atomic
 
         write_json_atomic(path, st)
+
+
+def profile_table(prof: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per op type (those with >= 2% of some graph's kernel time), one column per (model, quantizer)."""
+    cols = {f"{m} {k}": p for m, by in prof.items() for k, p in by.items()}
+    ops: list[str] = []
+    for p in cols.values():
+        total = sum(p.values()) or 1.0
+        ops += [op for op, ms in p.items() if ms >= 0.02 * total and op not in ops]
+    rows = [[op, *(round(p[op], 2) if op in p else "-" for p in cols.values())] for op in ops]
+    rows.append(["total", *(round(sum(p.values()), 2) for p in cols.values())])
+    return markdown_table(["op type (ms / run)", *cols], rows)
 
 
 def render(st: dict, args: argparse.Namespace) -> None:
@@ -235,14 +262,20 @@ def render(st: dict, args: argparse.Namespace) -> None:
           "edgekit `ek-ov` = `quantize.target: openvino`, `ek-ort` = `quantize.target: onnxruntime`.\n",
           "### Latency at 224x224 (random weights)\n",
           markdown_table(["model", "ORT fp32", "ORT ek-ort", "ORT ek-ov", "ORT quantize_static", "ek-ort / quantize_static",
-                          "OV fp32", "OV ek-ov", "OV ek-ort", "OV NNCF", "ek-ov / NNCF"], lat_rows),
+                          "ORT ek-ort ends int8", "OV fp32", "OV ek-ov", "OV ek-ort", "OV NNCF", "ek-ov / NNCF",
+                          "OV ek-ov ends int8"], lat_rows),
+          "\n`ends int8`: the same edgekit quantizer with `quantize.ends: int8` (patch embedding and classifier head int8 "
+          "too; the default `auto` keeps them float on transformers, edgekit.quant.placement_ends): the latency that "
+          "default costs.\n",
           "\n### Accuracy (digits test split, 359 images, top-1 %; int8 run on the runtime named)\n",
           markdown_table(["model", "fp32", "ek-ov (torch)", "ek-ov (OpenVINO)", "drop", f"ek-ov {SQ_OTHER} (torch)",
-                          "ek-ort (ORT)", "drop", f"ek-ort {SQ_OTHER} (torch)", "ORT quantize_static (ORT)",
-                          "NNCF (OpenVINO)"], acc_rows),
+                          "ek-ov ends int8 (torch)", "ek-ort (ORT)", "drop", f"ek-ort {SQ_OTHER} (torch)",
+                          "ek-ort ends int8 (torch)", "ORT quantize_static (ORT)", "NNCF (OpenVINO)"], acc_rows),
           f"\nOne image is 0.28 pt of this split. edgekit runs with its defaults (SmoothQuant "
-          f"{f'on, alpha {SQ_DEFAULT.alpha}' if SQ_DEFAULT.enabled else 'off'}); the '{SQ_OTHER}' columns are the same "
-          f"quantizer with `smoothquant.enabled: {str(not SQ_DEFAULT.enabled).lower()}`.\n"]
+          f"{f'on, alpha {SQ_DEFAULT.alpha}' if SQ_DEFAULT.enabled else 'off'}; `ends: auto`: patch embedding / stem and "
+          f"head float on these transformers); the '{SQ_OTHER}' columns are the same "
+          f"quantizer with `smoothquant.enabled: {str(not SQ_DEFAULT.enabled).lower()}`, the 'ends int8' columns with "
+          "`ends: int8` (every layer int8, the default before).\n"]
     if ov_reports:
         h, rows = side_by_side(ov_reports)
         md += ["\n### Ops run in int8 by OpenVINO's CPU plugin (read from `compiled.get_runtime_model()`)\n",
@@ -253,6 +286,11 @@ def render(st: dict, args: argparse.Namespace) -> None:
         md += ["\n### Kernels ONNX Runtime runs (its optimized graph after QDQ fusions)\n",
                "Integer kernels count as int8; `MatMulIntegerToFloat` is an int8 product with a float output.\n",
                markdown_table(h, rows)]
+    if st["prof"]:
+        md += ["\n### Where ONNX Runtime spends its time (its own profiler: kernel ms per run, by op type)\n",
+               "`SessionOptions.enable_profiling` on the optimized graphs of `ek-ort` and quantize_static, "
+               f"{args.runs} runs after 3 warm-up runs, 2 threads, in the latency pass (same load); the op types "
+               "that take at least 2% of either graph's kernel time, and the total.\n", profile_table(st["prof"])]
     if notes:
         md.append("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
     text = "\n".join(md)

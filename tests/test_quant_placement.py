@@ -246,6 +246,10 @@ def test_onnxruntime_placement_runs_attention_integer_without_float_slices(tmp_p
     assert ops.count("Gelu") == 2 and "Erf" not in ops  # one fused Gelu kernel per MLP (quant/placement_gelu.py)
     # qkv, proj, fc1 (float output into the Gelu: int32 bias) and fc2 of both blocks; the head is float (ends auto)
     assert ops.count("QGemm") == 8 and ops.count("Gemm") == 1
+    from edgekit.quant.placement_report import ort_kernel_profile
+
+    prof = ort_kernel_profile(path, _calib(1).numpy(), runs=2)  # ORT's own profiler, per op type of that graph
+    assert prof["QGemm"] > 0 and prof["Gelu"] > 0 and "Erf" not in prof and "QLinearMatMul" in prof
     made_by = {o: n.op_type for n in g.node for o in n.output}
     gathers_of_dq = [n.name for n in g.node if n.op_type == "Gather" and made_by.get(n.input[0]) == "DequantizeLinear"]
     assert not gathers_of_dq
