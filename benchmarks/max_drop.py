@@ -265,8 +265,8 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
     for r in rows:
         table.append([
             r["model"], r["case"], r.get("validation", "calib 180"), pct(r["fp32"]),
-            pct(r["plain"]) if "plain" in r else
-            next((pct(s["plain"]) for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
+            pct(r["plain"]) if "plain" in r else  # rows of earlier runs: today's scan, marked
+            next((pct(s["plain"]) + " (scan)" for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
             pct(r["edgekit"]), f"{(r['fp32'] - r['edgekit']) * 100:+.2f}",
             f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}"
             + (f" (bound {r['edgekit_val_bound_pt']:+.2f})" if "z=" in r.get("validation", "") else ""),
@@ -292,7 +292,7 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
     return "\n".join([
         "## Accuracy-controlled int8: `--max-drop 0.5` vs NNCF quantize_with_accuracy_control",
         "",
-        f"`{command_line()}`",
+        f"`{command_line().split(' --note')[0]}`",
         "",
         f"Machine: {machine_note()}; accuracy runs at SCHED_IDLE beside other agents' jobs (each row's load at its "
         f"end: {'; '.join(r['uptime'].split('load average:')[-1].strip() for r in rows) or '-'}); `uptime` at the start of "
@@ -302,6 +302,10 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         "calibration images themselves (one image = 0.56 pt, so a 0.5 pt budget means no validation image may be lost), "
         "`train N` = the first N training images (not calibration images; what `compress --max-drop` uses by "
         "default, `quantize.max_drop_validation: train`); the zoo checkpoints were trained on the training split. "
+        "`train N z=1`: edgekit judges the drop at drop + 1 x its paired standard error "
+        "(`quantize.max_drop_confidence: 1`; NNCF has no such option: no NNCF column). `unseen 180`: both controls "
+        "calibrate on the last 180 training images and measure on the 180 calibration-split images, which the "
+        "checkpoints were never trained on (its `plain` calibrates on those training images too). "
         "`lost/gained`: images the fp32 model gets right and the quantized one wrong, and the reverse, on all 1258 "
         "training images / the 180 calibration images / the 359 test images (rows of earlier runs: `-`). "
         "`met on test`: test drop at most 0.5 pt, i.e. at most one test image lost net. Cases: `int8` (the "
@@ -361,6 +365,7 @@ def main() -> None:
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
     ap.add_argument("--render-only", action="store_true", help="write the section from --state's rows; run nothing new")
+    ap.add_argument("--note", default="", help="a paragraph added under the table (e.g. what the rows show)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -414,6 +419,8 @@ def main() -> None:
     if skipped:
         text += ("\n\nCases over 0.5 pt not compared in this run (time on a loaded machine; `--w4-models` limited "
                  f"the 4-bit cases): {', '.join(skipped)}.")
+    if args.note:
+        text += "\n\n" + args.note
     print(text)
     if not args.no_write:
         write_section("max_drop", text)
