@@ -64,6 +64,22 @@ def register_qdq_converter() -> None:
         context.add(mb.dequantize(input=q, scale=s, zero_point=zero, name=node.name))
 
     register_torch_op(fake_quantize_per_tensor_affine, override=True)
+
+    from coremltools.converters.mil.frontend.torch.quantization_ops import dequantize as ct_dequantize
+
+    def dequantize_per_channel(context, node):
+        """An int32 constant (a Gemm-form Linear's bias, on the input x weight grid for ONNX Runtime's QGemm)
+        becomes its float constant (MIL dequantizes int8/uint8 only); int8 weights go to coremltools' op."""
+        q, scale, zp, axis = _get_inputs(context, node)[:4]
+        if q.val is None or q.val.dtype != np.int32:
+            return ct_dequantize(context, node)
+        shape = [1] * q.val.ndim
+        shape[int(axis.val)] = -1
+        val = (q.val.astype(np.float64) - np.reshape(zp.val, shape)) * np.reshape(scale.val, shape)
+        context.add(mb.const(val=val.astype(np.float32), name=node.name))
+
+    register_torch_op(dequantize_per_channel, override=True, torch_alias=[
+        "quantized_decomposed::dequantize_per_channel", "quantized_decomposed.dequantize_per_channel"])
     _registered = True
 
 

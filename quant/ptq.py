@@ -253,14 +253,15 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
     return shifts
 
 
-def freeze(gm: fx.GraphModule) -> fx.GraphModule:
+def freeze(gm: fx.GraphModule, int32_gemm_bias: bool = True) -> fx.GraphModule:
     """int8 weights, constant activation qparams; drops the observers. A linear layer on a 2-D input (exported
-    as Gemm) gets an int32 bias on its input's grid (:meth:`QuantWeight.freeze`)."""
+    as Gemm) gets an int32 bias on its input's grid (:meth:`QuantWeight.freeze`) unless ``int32_gemm_bias`` is
+    False (TensorRT's parser takes no int32 DequantizeLinear: the tensorrt placement keeps float biases)."""
     for q in act_quants(gm).values():
         if q.mode is ActMode.LSQ:
             q.end_lsq()
         q.observer = None
-    gemm_scales = gemm_input_scales(graph_of(gm))
+    gemm_scales = gemm_input_scales(graph_of(gm)) if int32_gemm_bias else {}
     for name, m in weight_layers(gm).items():
         m.freeze(input_scale=gemm_scales.get(name))
     graph_of(gm).recompile()
@@ -332,7 +333,7 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
         shifts = bias_correct(gm, calib, batch, reference=float_weights)
         report["bias_correction_max_shift"] = max(shifts.values(), default=0.0)
     if do_freeze:
-        freeze(gm)
+        freeze(gm, int32_gemm_bias=opts.target != "tensorrt")
     report.update({
         "quantized_layers": p.layers,
         "quantized_ops": len(p.op_nodes),

@@ -40,7 +40,7 @@ def quantize_qat(model: nn.Module, data: DataBundle, example: torch.Tensor, opts
         m.enable_lsq()
     hist = train(gm, data, epochs=epochs, lr=lr, seed=seed, teacher=teacher if distill_weight > 0 else None,
                  distill_weight=distill_weight, description="QAT")
-    freeze(gm)
+    freeze(gm, int32_gemm_bias=opts.target != "tensorrt")
     report.update({
         "mode": "qat", "epochs": epochs, "lr": lr, "distill_weight": distill_weight,
         "calib_top1_after_ptq": ptq_top1, "calib_top1_after_qat": evaluate(gm, data.calib),

@@ -113,3 +113,23 @@ def test_linear_on_tokens_keeps_a_float_bias():
     gm = graph_of(q)
     assert getattr(gm.get_submodule("fc1"), "bias_int32", None) is None
     assert gm.get_submodule("fc2").bias_int32.dtype == torch.int32
+
+
+def test_tensorrt_placement_keeps_float_biases(quantized):
+    """TensorRT's ONNX parser takes no int32 DequantizeLinear: the tensorrt placement (int8-sym) keeps them float."""
+    model, _, _, x = quantized
+    q, _ = quantize_ptq(model, x, x[:1], PTQConfig(target="tensorrt", calibration={"method": "minmax", "samples": 48}))
+    assert all(getattr(m, "bias_int32", None) is None for m in graph_of(q).modules())
+
+
+def test_coreml_converts_the_int32_bias(quantized):
+    """MIL dequantizes int8 / uint8 only: the CoreML exporter turns the int32 bias into its float constant."""
+    ct = pytest.importorskip("coremltools")
+    from edgekit.exporters.coreml import _exported, register_qdq_converter
+
+    _, q, _, x = quantized
+    register_qdq_converter()
+    ml = ct.convert(_exported(q, x[:1]), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                    inputs=[ct.TensorType(name="input", shape=(1, 3, 32, 32), dtype=np.float32)])
+    ops = [op.op_type for f in ml._mil_program.functions.values() for op in f.operations]
+    assert "linear" in ops and ops.count("constexpr_affine_dequantize") == 4, ops  # 4 int8 weights; the bias: const
