@@ -102,7 +102,7 @@ def load_note(uptime: str) -> str:
                                                "agents' jobs ran at SCHED_IDLE)")
 
 
-def build(data, tmp: Path, finetune_epochs: int | None) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
+def build(data, tmp: Path, finetune_epochs: int | None, need_320: bool = True) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
     """edgekit variants exported to ONNX and OpenVINO; the peers from the fp32 ONNX. -> files, {variant: (model
     or None, seconds, MACs after)}. Whatever ``tmp`` already holds (a ``--cache`` dir of an earlier run) is reused."""
     import json
@@ -119,7 +119,8 @@ def build(data, tmp: Path, finetune_epochs: int | None) -> tuple[dict[str, dict[
             over = [*over, f"prune.finetune.epochs={finetune_epochs}"]
         slug = _slug(variant)
         meta = tmp / f"{slug}.json"
-        if meta.exists() and (tmp / slug / "manifest.json").exists():
+        # a cached variant without its 320x320 export is rebuilt: that export needs the model in memory
+        if meta.exists() and (tmp / slug / "manifest.json").exists() and (not need_320 or (tmp / f"{slug}-320.onnx").exists()):
             m = json.loads(meta.read_text())
             results[variant] = (None, m["seconds"], m["macs"])
         else:
@@ -207,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgekit-det-") as tmp_:
         tmp = Path(tmp_) if args.cache is None else args.cache
         tmp.mkdir(parents=True, exist_ok=True)
-        files, results = build(data, tmp, args.finetune_epochs)
+        files, results = build(data, tmp, args.finetune_epochs, need_320=not args.no_320)
         if args.build_only:
             if not args.no_320:
                 at_320({k: v for k, v in results.items() if k in RECIPES}, data, tmp, args.threads, 1)
