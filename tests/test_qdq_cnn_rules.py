@@ -97,7 +97,8 @@ def test_max_pool_output_is_on_its_inputs_grid(quantized):
 
 
 def test_linear_on_tokens_keeps_a_float_bias():
-    """A Linear on 3-D tokens exports as MatMul + Add (no Gemm to fuse): its bias is left as it was."""
+    """A Linear on 3-D tokens with a quantized output exports as MatMul + Add (no Gemm to fuse): its bias is
+    left as it was."""
 
     class Tokens(nn.Module):
         def __init__(self):
@@ -105,7 +106,7 @@ def test_linear_on_tokens_keeps_a_float_bias():
             self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
 
         def forward(self, x):
-            return self.fc2(F.relu(self.fc1(x)).mean(1))
+            return self.fc2((x + self.fc1(x)).mean(1))  # fc1's output is quantized (a residual add reads it)
 
     torch.manual_seed(0)
     x = torch.randn(32, 5, 8)
