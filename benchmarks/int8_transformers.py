@@ -272,7 +272,7 @@ def render(st: dict, args: argparse.Namespace) -> None:
                           "ek-ov ends int8 (torch)", "ek-ort (ORT)", "drop", f"ek-ort {SQ_OTHER} (torch)",
                           "ek-ort ends int8 (torch)", "ORT quantize_static (ORT)", "NNCF (OpenVINO)"], acc_rows),
           f"\nOne image is 0.28 pt of this split. edgekit runs with its defaults (SmoothQuant "
-          f"{f'on, alpha {SQ_DEFAULT.alpha}' if SQ_DEFAULT.enabled else 'off'}; `ends: auto`: patch embedding / stem and "
+          f"{f'on, alpha {SQ_DEFAULT.alpha}' if SQ_DEFAULT.enabled else 'off'}; `ends: auto`: patch embedding (not a conv stem) and "
           f"head float on these transformers); the '{SQ_OTHER}' columns are the same "
           f"quantizer with `smoothquant.enabled: {str(not SQ_DEFAULT.enabled).lower()}`, the 'ends int8' columns with "
           "`ends: int8` (every layer int8, the default before).\n"]
