@@ -272,17 +272,18 @@ def gemm_input_scales(gm: fx.GraphModule) -> dict[str, float]:
     """``{linear layer: scale of its input quantizer}`` for each quantized Linear called once on a 2-D tensor
     behind an :class:`ActFakeQuant` (the layers exported as ``Gemm``: ONNX Runtime fuses them into QGemm only
     with an int32 bias; a Linear on 3-D tokens becomes MatMul + Add, which keeps its float bias), and for each
-    whose output stays float (the GELU input of the ONNX Runtime placement: with a float bias ORT ran that
+    whose output is read, unquantized, only by a GELU (the ONNX Runtime placement: with a float bias ORT ran that
     MatMul + Add as a float Gemm; with an int32 bias, as a QGemm with a float output)."""
+    from edgekit.quant.placement_gelu import only_read_by_gelu
+
     mods, calls, scales = dict(gm.named_modules()), {}, {}
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods.get(n.target), QuantLinear):
             calls[n.target] = calls.get(n.target, 0) + 1
             a, meta = n.args[0], n.meta.get("tensor_meta")
             q = mods.get(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
-            float_out = not any(u.op == "call_module" and isinstance(mods.get(u.target), ActFakeQuant) for u in n.users)
             if isinstance(q, ActFakeQuant) and q.mode is ActMode.QUANT and meta is not None and (
-                    len(meta.shape) == 2 or float_out):  # float output (a GELU's input on ORT): QGemm only so too
+                    len(meta.shape) == 2 or only_read_by_gelu(n)):  # a float GELU input (ORT): QGemm only so too
                 scales[n.target] = q.scale_f
     return {k: v for k, v in scales.items() if calls[k] == 1}
 
