@@ -224,23 +224,9 @@ def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
     """ONNX Runtime's own profile of ``path`` (2 threads, sequential, as timed): the sum over nodes of each node's
     median kernel time (ms). Unlike a call's wall time it leaves out what happens between kernels and a
     preempted call, so it shows whether the kernels themselves follow the MACs."""
-    import onnxruntime as ort
+    from edgekit.exporters.runtimes import ort_kernel_times
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
-    so.execution_mode, so.log_severity_level = ort.ExecutionMode.ORT_SEQUENTIAL, 3
-    with tempfile.TemporaryDirectory() as d:
-        so.enable_profiling, so.profile_file_prefix = True, str(Path(d) / "p")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
-        for _ in range(runs + 3):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_node: dict[str, list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_node.setdefault(e["name"], []).append(e["dur"] / 1e3)
-    return float(sum(np.median(v[3:]) for v in per_node.values()))
+    return float(sum(np.median(t) for _, t in ort_kernel_times(path, x, runs, threads=2).values() if t))
 
 
 def report(results: list[dict[str, Any]], args) -> str:

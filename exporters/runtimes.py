@@ -106,8 +106,9 @@ def contract_for(precision: str) -> ValidationContract:
 
 
 # ----------------------------------------------------------------------------------------- runtime sessions
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution, quiet logging."""
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution, quiet logging;
+    ``profile_prefix``: ONNX Runtime's own profiler on, its JSON written under that prefix."""
     from edgekit.backends import require
 
     ort = require("onnxruntime", "ONNX Runtime inference")
@@ -116,7 +117,29 @@ def ort_session(path: Path, threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_kernel_times(path: Path, x: Any, runs: int = 20, threads: int = 2, warmup: int = 3) -> dict[str, tuple[str, list[float]]]:
+    """``{node: (op type, [kernel ms of each timed run])}`` from ONNX Runtime's own profiler on its optimized
+    graph of ``path`` (session as :func:`ort_session`), ``warmup`` untimed runs first. Unlike a call's wall time,
+    kernel times leave out what happens between kernels and a preempted call."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = ort_session(path, threads, profile_prefix=str(Path(tmp) / "prof"))
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per: dict[str, tuple[str, list[float]]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per.setdefault(e["name"], (e["args"]["op_name"], []))[1].append(e["dur"] / 1e3)
+    return {node: (op, times[warmup:]) for node, (op, times) in per.items()}
 
 
 def openvino_config(threads: int, precision_hint: str = VALIDATION_RUNTIME.openvino_precision_hint) -> dict[str, Any]:

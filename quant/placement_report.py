@@ -133,27 +133,12 @@ def side_by_side(reports: dict[str, dict[str, dict[str, int]]]) -> tuple[list[st
 
 
 def ort_kernel_profile(path: str | Path, x, runs: int = 20, threads: int = 2) -> dict[str, float]:
-    """``{op type: ms per run}``: ONNX Runtime's own profiler (``SessionOptions.enable_profiling``), summed over
-    the kernels of each op type of its optimized graph, averaged over ``runs`` runs after 3 warm-up runs."""
-    import json
-    import tempfile
+    """``{op type: ms per run}``: ONNX Runtime's own profiler (:func:`edgekit.exporters.runtimes.ort_kernel_times`),
+    the mean kernel time of each node summed over the nodes of each op type of its optimized graph."""
+    from edgekit.exporters.runtimes import ort_kernel_times
 
-    from edgekit.backends import require
-
-    ort = require("onnxruntime", "per-op kernel profile")
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-        so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "prof")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        for _ in range(3 + runs):
-            sess.run(None, {name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    done = [e for e in events if e.get("name") == "model_run"][3:]  # the timed runs, after the warm-up ones
-    start = min(e["ts"] for e in done) if done else 0
     per: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            per[e["args"]["op_name"]] += e["dur"] / 1000.0 / max(1, len(done))
+    for op, times in ort_kernel_times(Path(path), x, runs, threads).values():
+        if times:
+            per[op] += sum(times) / len(times)
     return dict(sorted(per.items(), key=lambda t: -t[1]))
