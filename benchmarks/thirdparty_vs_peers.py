@@ -12,8 +12,11 @@ with torch.fx). Peers, from the same fp32 model:
   of the ViT's q/k/v, as its Hugging Face ViT example does). Torch-Pruning is not an edgekit dependency: the
   rows are skipped when it is not installed.
 
-All variants of one model are timed in one loop, round robin (one call of each, order rotated every round), on
-ONNX Runtime and OpenVINO, batch 1, 2 threads: load drifts hit every variant alike; medians. Targets (issue 12):
+All variants of one model are timed in one loop (one call of each per round, a new random order each round), on
+ONNX Runtime and OpenVINO, batch 1, 2 threads: load drifts hit every variant alike; medians. Every ONNX Runtime
+session (edgekit's files and the peers' alike) is made with thread-pool spinning off
+(``session.intra_op.allow_spinning = 0``): with several sessions in one process, an idle session's workers
+otherwise keep spinning after its call and take the 2 cores from the session being timed. Targets (issue 12):
 edgekit's latency within 5% of the best peer on the same runtime, and a pruned latency reduction of at least
 0.8x the MAC reduction. Random weights: latency, MACs and sizes only (accuracy is the zoo's, see zoo_recipes).
 
@@ -200,8 +203,6 @@ def build_model(name: str, args, tmp: Path) -> dict[str, Any]:
 
 def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     """Time the variants ``build_model`` wrote to ``tmp``, round robin per runtime; adds ``lat`` and ``uptime``."""
-    from edgekit.exporters.latency import file_runner
-
     g = torch.Generator().manual_seed(0)
     torch.randn(args.samples, 3, 224, 224, generator=g)  # the calibration samples build_model drew first
     x = torch.randn(1, 3, 224, 224, generator=g).numpy()
@@ -211,7 +212,7 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     lat: dict[tuple[str, str], list[float]] = {}
     before = uptime()
     for rt in RUNTIMES:
-        runners = {k: file_runner(files[k], x, rt, threads=2) for k in variants[rt] if k in files}
+        runners = {k: variant_runner(files[k], x, rt) for k in variants[rt] if k in files}
         for k, s in interleaved(runners, args.runs, args.warmup).items():
             lat[k, rt] = s
         del runners
@@ -220,13 +221,21 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     return {**built, "lat": lat, "kernel_ms": kernels, "uptime": [before, uptime()]}
 
 
+def variant_runner(path: Path, x: np.ndarray, runtime: str) -> Callable[[], object]:
+    """One call of ``path`` on ``runtime`` (2 threads; ONNX Runtime with spinning off, see the module doc)."""
+    from edgekit.exporters.latency import file_runner
+
+    return file_runner(path, x, runtime, threads=2, ort_spinning=False)
+
+
 def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
     """ONNX Runtime's own profile of ``path`` (2 threads, sequential, as timed): the sum over nodes of each node's
     median kernel time (ms). Unlike a call's wall time it leaves out what happens between kernels and a
     preempted call, so it shows whether the kernels themselves follow the MACs."""
     from edgekit.exporters.runtimes import ort_kernel_times
 
-    return float(sum(np.median(t) for _, t in ort_kernel_times(path, x, runs, threads=2).values() if t))
+    times = ort_kernel_times(path, x, runs, threads=2, spinning=False)
+    return float(sum(np.median(t) for _, t in times.values() if t))
 
 
 def report(results: list[dict[str, Any]], args) -> str:
@@ -279,7 +288,9 @@ def report(results: list[dict[str, Any]], args) -> str:
         f"Machine: {machine_note()}; onnxruntime, openvino, nncf and torch-pruning as installed in the venv "
         f"(torch-pruning only for this benchmark). {args.load_note} `uptime` around each model's timing: {loads}. "
         f"The ratios come from variants timed in one round-robin loop ({args.runs} rounds after {args.warmup} "
-        "warm-up, batch 1, 2 threads), medians, with a 95% bootstrap interval of the median ratio.",
+        "warm-up, batch 1, 2 threads; every ONNX Runtime session, edgekit's and the peers', with thread-pool "
+        "spinning off: `session.intra_op.allow_spinning=0`), medians, with a 95% bootstrap interval of the median "
+        "ratio.",
         "",
         "Models: `transformers` ResNet-50 (`ResNetConfig()`), MobileNetV2 1.0 (`MobileNetV2Config()`), ViT-S/16 "
         "(`ViTConfig(hidden_size=384, 12 layers, 6 heads, mlp 1536)`), 224x224, 1000 classes, random init (latency "

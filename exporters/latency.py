@@ -78,11 +78,14 @@ def latency_runner(model: nn.Module, example: torch.Tensor, runtime: str, thread
     yield file_runner(onnx_path, x.numpy(), runtime, threads)
 
 
-def file_runner(path: Path, x: np.ndarray, runtime: str, threads: int = 2) -> Callable[[], object]:
-    """A no-argument callable running an ONNX file once on ``onnxruntime`` / ``openvino`` / ``tvm``."""
+def file_runner(
+    path: Path, x: np.ndarray, runtime: str, threads: int = 2, ort_spinning: bool = True
+) -> Callable[[], object]:
+    """A no-argument callable running an ONNX file once on ``onnxruntime`` / ``openvino`` / ``tvm``
+    (``ort_spinning``: see :func:`edgekit.exporters.runtimes.ort_session`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if runtime == "onnxruntime":
-        sess = ort_session(path, threads)
+        sess = ort_session(path, threads, spinning=ort_spinning)
         name = sess.get_inputs()[0].name
         return lambda: sess.run(None, {name: x})
     if runtime == "openvino":

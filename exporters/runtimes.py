@@ -106,9 +106,11 @@ def contract_for(precision: str) -> ValidationContract:
 
 
 # ----------------------------------------------------------------------------------------- runtime sessions
-def ort_session(path: Path, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution, quiet logging;
-    ``profile_prefix``: ONNX Runtime's own profiler on, its JSON written under that prefix."""
+ORT_SPINNING_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def ort_session_options(threads: int, profile_prefix: str | None = None, spinning: bool = True):
+    """The ``SessionOptions`` of :func:`ort_session` (see there)."""
     from edgekit.backends import require
 
     ort = require("onnxruntime", "ONNX Runtime inference")
@@ -117,12 +119,30 @@ def ort_session(path: Path, threads: int, profile_prefix: str | None = None):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    for key in ORT_SPINNING_KEYS:
+        opts.add_session_config_entry(key, "1" if spinning else "0")
     if profile_prefix is not None:
         opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
+    return opts
+
+
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None, spinning: bool = True):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution, quiet logging;
+    ``profile_prefix``: ONNX Runtime's own profiler on, its JSON written under that prefix.
+
+    ``spinning`` (``session.intra_op.allow_spinning`` / ``inter_op``): ONNX Runtime's default, True, lets the
+    pool's worker threads busy-wait for the next call after each one. That is fastest for one session called
+    back to back; with several sessions in one process (or other work on the same cores) the idle sessions'
+    spinning workers take the cores from the one that runs, so benchmarks that interleave sessions pass False."""
+    from edgekit.backends import require
+
+    ort = require("onnxruntime", "ONNX Runtime inference")
+    opts = ort_session_options(threads, profile_prefix, spinning)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_kernel_times(path: Path, x: Any, runs: int = 20, threads: int = 2, warmup: int = 3) -> dict[str, tuple[str, list[float]]]:
+def ort_kernel_times(path: Path, x: Any, runs: int = 20, threads: int = 2, warmup: int = 3,
+                     spinning: bool = True) -> dict[str, tuple[str, list[float]]]:
     """``{node: (op type, [kernel ms of each timed run])}`` from ONNX Runtime's own profiler on its optimized
     graph of ``path`` (session as :func:`ort_session`), ``warmup`` untimed runs first. Unlike a call's wall time,
     kernel times leave out what happens between kernels and a preempted call."""
@@ -130,7 +150,7 @@ def ort_kernel_times(path: Path, x: Any, runs: int = 20, threads: int = 2, warmu
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        sess = ort_session(path, threads, profile_prefix=str(Path(tmp) / "prof"))
+        sess = ort_session(path, threads, profile_prefix=str(Path(tmp) / "prof"), spinning=spinning)
         feed = {sess.get_inputs()[0].name: x}
         for _ in range(warmup + runs):
             sess.run(None, feed)

@@ -1,0 +1,61 @@
+"""ONNX Runtime session options the latency benchmarks rely on (thread-pool spinning)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+
+def _tiny_onnx(tmp_path):
+    import torch
+    from torch import nn
+
+    from edgekit.exporters.torch2onnx import to_onnx
+
+    return to_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_ort_spinning_option_reaches_the_session_config(tmp_path, spinning):
+    from edgekit.exporters.latency import file_runner
+    from edgekit.exporters.runtimes import ORT_SPINNING_KEYS, ort_session
+
+    path = _tiny_onnx(tmp_path)
+    sess = ort_session(path, 2, spinning=spinning)
+    opts = sess.get_session_options()  # what the created session holds, not the options object we built
+    assert ORT_SPINNING_KEYS[0] == "session.intra_op.allow_spinning"
+    for key in ORT_SPINNING_KEYS:
+        assert opts.get_session_config_entry(key) == ("1" if spinning else "0")
+    assert opts.intra_op_num_threads == 2
+    out = file_runner(path, np.zeros((1, 3, 8, 8), np.float32), "onnxruntime", 2, ort_spinning=spinning)()
+    assert out[0].shape == (1, 4, 6, 6)
+
+
+def test_ort_session_default_keeps_onnxruntime_spinning(tmp_path):
+    from edgekit.exporters.runtimes import ort_session
+
+    opts = ort_session(_tiny_onnx(tmp_path), 1).get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_thirdparty_benchmark_turns_spinning_off_for_every_ort_session(tmp_path, monkeypatch):
+    """Every ORT session the benchmark times or profiles (edgekit's and the peers' files alike) is made with
+    spinning off: idle sessions' spinning workers would otherwise take the 2 cores from the one being timed."""
+    import edgekit.exporters.runtimes as runtimes
+    from benchmarks import thirdparty_vs_peers as bench
+
+    made = []
+    real = runtimes.ort_session_options
+
+    def spy(threads, profile_prefix=None, spinning=True):
+        made.append(spinning)
+        return real(threads, profile_prefix, spinning)
+
+    monkeypatch.setattr(runtimes, "ort_session_options", spy)
+    path = _tiny_onnx(tmp_path)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    bench.variant_runner(path, x, "onnxruntime")()
+    assert bench.ort_kernel_ms(path, x, 2) > 0
+    assert made == [False, False]
