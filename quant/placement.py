@@ -24,6 +24,11 @@ own execution graphs (``edgekit.quant.placement_report``) on the zoo ``vit`` at 
   fused ``qkv`` output) takes that tensor's grid (``TiedFakeQuant``), so the runtimes drop the
   ``DQ -> Gather -> Q`` around the slice and the attention matmuls read the integer tensor directly (ORT:
   28 fewer DequantizeLinear and QuantizeLinear each on the zoo ``vit``, no float Gather left).
+* **OpenVINO**, q / k / v: an attention product's input that only moves a quantized tensor gets no Q/DQ pair
+  of its own (``requantize_moved=False``): the product reads the qkv output's integer tensor through the
+  Reshape / Transpose / Gather, which the CPU plugin runs in int8, as in NNCF's graph. With a tied pair on kᵀ
+  the plugin kept an int8 Transpose between two quantizers (12 on the zoo ``vit`` at 224, ~6% of its per-node
+  time in OpenVINO's own profile, ``PERF_COUNT``); without it the transpose folds into the Q·Kᵀ product.
 * **TensorRT**: explicit quantization takes signed symmetric int8 only (the recipe ``int8-sym``).
 
 One :class:`Placement` per runtime, registered in :data:`PLACEMENTS` by the name recipes use as
@@ -61,6 +66,9 @@ class Placement:
     note: str = ""
     output_tail: bool = True  # quantize an op output that reaches the graph outputs via concat / reshapes only
     gelu_input: bool = True  # quantize a tensor read only by an exact GELU (placement_gelu); False: it stays float
+    # give an attention product's input that only moves a quantized tensor (k = qkv[1].transpose) its own tied
+    # Q/DQ pair; False: the product reads the moved integer tensor through the layout ops (OpenVINO)
+    requantize_moved: bool = True
 
     def initial_scheme(self) -> QScheme:
         """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
@@ -94,8 +102,9 @@ for _p in (
     Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
               note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
                    "FullyConnected and the attention subgraphs run in int8 on the CPU plugin; outputs that only "
-                   "reach the graph outputs through concat / reshapes (a detector head) float",
-              output_tail=False),
+                   "reach the graph outputs through concat / reshapes (a detector head) float; q, k and v read "
+                   "from the quantized qkv output through the layout ops, without a Q/DQ pair of their own",
+              output_tail=False, requantize_moved=False),
     Placement("tensorrt", "symmetric", softmax_input=True, targets=("tensorrt",),
               note="signed symmetric int8 only (TensorRT explicit quantization; recipe int8-sym)"),
 ):

@@ -113,6 +113,11 @@ def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Pl
     scheme = place.initial_scheme()
     nodes = {n.name: n for n in gm.graph.nodes}
     ties = tied_sources(nodes, p.tensors)
+    if not place.requantize_moved:  # q / k / v already on the qkv output's grid: no Q/DQ of their own
+        mods = dict(gm.named_modules())
+        moved = {t for t in ties if all(qdq.op_kind(u, mods) == "matmul" for u in nodes[t].users)}
+        p.tensors = [t for t in p.tensors if t not in moved]
+        ties = {t: s for t, s in ties.items() if t not in moved}
     quant_of: dict[str, str] = {}
     for i, name in sorted(enumerate(p.tensors), key=lambda t: t[1] in ties):  # sources first, then their ties
         node = nodes[name]
@@ -282,6 +287,7 @@ def gemm_input_scales(gm: fx.GraphModule) -> dict[str, float]:
             calls[n.target] = calls.get(n.target, 0) + 1
             a, meta = n.args[0], n.meta.get("tensor_meta")
             q = mods.get(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
+            q = q.source if isinstance(q, TiedFakeQuant) else q  # a classifier on a global pool's grid (qdq rule 8)
             if isinstance(q, ActFakeQuant) and q.mode is ActMode.QUANT and meta is not None and (
                     len(meta.shape) == 2 or only_read_by_gelu(n)):  # a float GELU input (ORT): QGemm only so too
                 scales[n.target] = q.scale_f

@@ -120,8 +120,18 @@ def test_fused_attention_is_decomposed_exactly_and_both_products_quantized(mask)
     assert not any("scaled_dot_product" in f for f in rep["float_ops"])
     gm = graph_of(q)
     matmuls = [n for n in gm.graph.nodes if "matmul" in str(n.target)]
-    assert len(matmuls) == 2 and all(  # both products read quantized inputs
-        a.op == "call_module" or "transpose" in str(a.target) for n in matmuls for a in n.args[:2])
+    assert len(matmuls) == 2 and all(_reads_quantized(a, gm) for n in matmuls for a in n.args[:2])
+
+
+def _reads_quantized(node, gm) -> bool:
+    """A quantizer's output, or a slice / permutation of one (the OpenVINO placement reads q, k, v that way)."""
+    from edgekit.quant import qdq
+
+    while node.op != "call_module":
+        if not qdq.moves_data(node):
+            return False
+        node = node.args[0]
+    return isinstance(gm.get_submodule(node.target), ActFakeQuant)
 
 
 def _ort_run(path, x):
@@ -300,3 +310,40 @@ def test_gelu_is_rewritten_exactly_into_the_form_ort_fuses():
     assert not any(isinstance(mod, nn.GELU) for mod in gm.modules())
     with torch.no_grad():
         assert torch.allclose(gm(x), m(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # ~10 s: two exports and two OpenVINO compiles
+def test_openvino_placement_reads_q_k_v_through_the_layout_ops(tmp_path, monkeypatch):
+    """OpenVINO placement (``requantize_moved=False``): q, k, v cut out of the quantized qkv output get no Q/DQ
+    pair of their own, so the CPU plugin folds kᵀ into the Q·Kᵀ product instead of running an int8 Transpose
+    between two quantizers; the fake-quant model is the same (the moved values were already on the grid)."""
+    pytest.importorskip("openvino")
+    from dataclasses import replace
+
+    import openvino as ov
+
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import ptq
+    from edgekit.quant.fakequant import TiedFakeQuant
+    from edgekit.quant.placement import placement
+
+    x = _calib(4)
+    q_new, _ = _quant(_tiny_vit(), "openvino", ends="int8")
+    def tied_product_inputs(q):
+        g = graph_of(q)
+        return [a for n in g.graph.nodes if "matmul" in str(n.target) for a in n.args[:2]
+                if a.op == "call_module" and isinstance(g.get_submodule(a.target), TiedFakeQuant)]
+
+    assert not tied_product_inputs(q_new)
+    with monkeypatch.context() as m:  # the same placement with its own pair on every moved product input
+        m.setattr(ptq, "activation_policy", lambda *a: replace(placement("openvino"), requantize_moved=True))
+        q_old, _ = _quant(_tiny_vit(), "openvino", ends="int8")
+    assert len(tied_product_inputs(q_old)) >= 4  # q and kᵀ of both blocks' Q·Kᵀ at least
+    with torch.no_grad():
+        assert torch.allclose(q_new(x), q_old(x), atol=1e-6)
+
+    def transposes(model, name):
+        compiled = ov.Core().compile_model(str(to_onnx(model, x[:1], tmp_path / name)), "CPU")
+        return sum(op.get_rt_info()["layerType"].astype(str) == "Transpose" for op in compiled.get_runtime_model().get_ordered_ops())
+
+    assert transposes(q_new, "new.onnx") == transposes(q_old, "old.onnx") - 2  # kᵀ of both blocks folded
