@@ -118,6 +118,9 @@ def _export_dynamo(model, example, path, opset, dynamic_batch) -> None:
         external_data=False,
         optimize=True,
     )
+    from edgekit.quant.qdq import global_pools_in_onnx
+
+    global_pools_in_onnx(prog.model)  # torch.export turns a global average pool into a mean: GlobalAveragePool again
     prog.save(str(path), external_data=False)
 
 

@@ -78,6 +78,8 @@ def test_ort_runs_qgemm_and_an_integer_max_pool_and_agrees(quantized, tmp_path):
     ops = qdq.ort_optimized_op_types(path)
     assert ops.get("QGemm") == 1 and "Gemm" not in ops, ops  # was a float Gemm on a dequantized weight
     assert ops.get("QLinearConv") == 3 and "Conv" not in ops, ops
+    # the global average pool runs on uint8 (qdq rule 8): torch.export's mean is written as GlobalAveragePool
+    assert ops.get("QLinearGlobalAveragePool") == 1 and "ReduceMean" not in ops and "GlobalAveragePool" not in ops, ops
     # max pool on uint8: only the graph input's Q and no DQ left but none (the logits come out of QGemm as float)
     assert ops.get("MaxPool") == 1 and ops.get("DequantizeLinear", 0) <= 1 and ops.get("QuantizeLinear", 0) <= 2, ops
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -134,3 +136,48 @@ def test_coreml_converts_the_int32_bias(quantized):
                     inputs=[ct.TensorType(name="input", shape=(1, 3, 32, 32), dtype=np.float32)])
     ops = [op.op_type for f in ml._mil_program.functions.values() for op in f.operations]
     assert "linear" in ops and ops.count("constexpr_affine_dequantize") == 4, ops  # 4 int8 weights; the bias: const
+
+
+def test_global_average_pool_forms():
+    """Rule 8 takes the spatial mean that keeps its dims, written any of the usual ways, and nothing else."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from edgekit.quant import qdq
+
+    class Pools(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gap = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            return (self.gap(x), F.adaptive_avg_pool2d(x, (1, 1)), x.mean((2, 3), keepdim=True),
+                    x.mean((-1, -2), keepdim=True), x.mean((2, 3)), x.mean(1, keepdim=True), F.adaptive_avg_pool2d(x, 2))
+
+    gm = torch.fx.symbolic_trace(Pools())
+    ShapeProp(gm).propagate(torch.randn(1, 4, 6, 6))
+    mods = dict(gm.named_modules())
+    got = [qdq.is_global_avg_pool(n, mods) for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    assert got == [True, True, True, True, False, False, False], got
+
+
+def test_onnx_reduce_mean_becomes_global_average_pool_only_over_h_w(tmp_path):
+    """The dynamo export writes torch.export's spatial mean (keepdim) as GlobalAveragePool, equal outputs; a mean
+    over channels or without keepdim stays ReduceMean."""
+    ort = pytest.importorskip("onnxruntime")
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant import qdq
+
+    class Means(nn.Module):
+        def forward(self, x):
+            if x.shape[1] != 4:  # torch.export, then the dynamo exporter (a graph module)
+                raise ValueError
+            return torch.cat([F.adaptive_avg_pool2d(x, 1).flatten(1), x.mean((2, 3)), x.mean(1, keepdim=True).flatten(1)], 1)
+
+    x = torch.randn(1, 4, 5, 6)
+    gm = torch.export.export(Means(), (x,), strict=False).module()
+    path = to_onnx(gm, x, tmp_path / "m.onnx")
+    ops = qdq.onnx_op_types(path)
+    assert ops.get("GlobalAveragePool") == 1 and ops.get("ReduceMean") == 2, ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, Means()(x).numpy(), rtol=1e-5, atol=1e-6)
