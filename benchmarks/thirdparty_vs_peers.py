@@ -26,7 +26,9 @@ Compressing is CPU-heavy and timing needs a quiet machine, so the two can run ap
 DIR`` compresses and exports every variant into DIR (run it at idle priority), ``--phase time --workdir DIR``
 times DIR's files (one model per run under a lock is fine): each model's figures are merged into ``--json``
 (by model name) with the ``uptime`` of its own timing, and the section is written from the whole file.
-``--only edgekit-int8,edgekit-int8-ov`` rebuilds just those variants in DIR (after a change to edgekit's int8).
+``--only edgekit-int8,edgekit-int8-ov`` rebuilds just those variants in DIR (after a change to edgekit's int8);
+``--only edgekit-p50-r16`` adds prune-50 with ``prune.round_to=16`` (AVX-512's fp32 width), timed beside the
+recipe default as information (not one of the targets).
 The time phase also profiles fp32 and the pruned files with ONNX Runtime's profiler (``--profile-runs``): the
 kernels' own time, next to the wall-clock verdict.
 """
@@ -53,7 +55,10 @@ from benchmarks.quant_vs_peers import file_size, nncf_quantize, ort_quantize_sta
 RUNTIMES = ("onnxruntime", "openvino")
 EDGEKIT_INT8 = {"edgekit-int8": "int8", "edgekit-int8-ov": "int8-openvino"}  # variant -> edgekit recipe
 INT8_FOR = {"onnxruntime": "edgekit-int8", "openvino": "edgekit-int8-ov"}  # the recipe made for each runtime
-VARIANTS = ("fp32", *EDGEKIT_INT8, "ort-int8", "edgekit-p50", "tp-p50")
+# prune-50 with a recipe override, built only when asked (``--only``): informative rows, not a verdict
+PRUNE_OVERRIDES = {"edgekit-p50-r16": ["prune.round_to=16"]}
+VARIANTS = ("fp32", *EDGEKIT_INT8, "ort-int8", "edgekit-p50", "tp-p50", *PRUNE_OVERRIDES)
+PRUNED = ("edgekit-p50", "tp-p50", *PRUNE_OVERRIDES)
 MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "resnet50": ("ResNetConfig", "ResNetForImageClassification", {}),  # the config's defaults are ResNet-50
     "mobilenetv2": ("MobileNetV2Config", "MobileNetV2ForImageClassification", {}),  # width 1.0, 224
@@ -149,7 +154,7 @@ def build_model(name: str, args, tmp: Path) -> dict[str, Any]:
     files: dict[str, Path] = {k: tmp / f"{name}-{k}.onnx" for k in VARIANTS}
     files["nncf-int8"] = tmp / f"{name}-nncf-int8.xml"
     old = json.loads((tmp / f"{name}-built.json").read_text()) if args.only and (tmp / f"{name}-built.json").exists() else None
-    todo = set(args.only.split(",")) if old else set(files)
+    todo = set(args.only.split(",")) if old else set(files) - set(PRUNE_OVERRIDES)
     seconds: dict[str, float] = {k: v for k, v in (old or {}).get("seconds", {}).items() if k not in todo}
     notes: list[str] = [n for n in (old or {}).get("notes", []) if "edgekit-p50" not in todo]
 
@@ -185,6 +190,11 @@ def build_model(name: str, args, tmp: Path) -> dict[str, Any]:
                      f"{'the user class ' if isinstance(user_model, type(model)) else ''}{type(user_model).__name__}"
                      f"{'' if isinstance(user_model, type(model)) else ' (not ' + type(model).__name__ + ')'}; "
                      f"edgekit prune {prune_rep.get('model_type', '?')}")
+    for key, overrides in PRUNE_OVERRIDES.items():
+        if key in todo:
+            p = timed(key, lambda: edgekit.compress(model, "prune-50", data=data, latency=False, overrides=overrides))
+            to_onnx(p.model, x, files[key])
+            macs[key] = count_macs(p.model, x)
     if "tp-p50" in todo:
         try:
             tpm = timed("tp-p50", lambda: tp_prune(model, x, 0.5))
@@ -207,8 +217,8 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     torch.randn(args.samples, 3, 224, 224, generator=g)  # the calibration samples build_model drew first
     x = torch.randn(1, 3, 224, 224, generator=g).numpy()
     files = {k: tmp / f for k, f in built["files"].items()}
-    variants = {"onnxruntime": ["fp32", "edgekit-int8", "ort-int8", "edgekit-p50", "tp-p50"],
-                "openvino": ["fp32", INT8_FOR["openvino"], "nncf-int8", "edgekit-p50", "tp-p50"]}
+    variants = {"onnxruntime": ["fp32", "edgekit-int8", "ort-int8", *PRUNED],
+                "openvino": ["fp32", INT8_FOR["openvino"], "nncf-int8", *PRUNED]}
     lat: dict[tuple[str, str], list[float]] = {}
     before = uptime()
     for rt in RUNTIMES:
@@ -216,7 +226,7 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
         for k, s in interleaved(runners, args.runs, args.warmup).items():
             lat[k, rt] = s
         del runners
-    kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in ("fp32", "edgekit-p50", "tp-p50")
+    kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in ("fp32", *PRUNED)
                if k in files and args.profile_runs}
     return {**built, "lat": lat, "kernel_ms": kernels, "uptime": [before, uptime()]}
 
@@ -255,7 +265,7 @@ def report(results: list[dict[str, Any]], args) -> str:
                            "yes" if ok else "**no**", f"{med(f) / med(e):.2f}x",
                            f"{r['sizes']['fp32'] / 1e6:.1f} / {r['sizes'][ek] / 1e6:.1f} / {r['sizes'][peer] / 1e6:.1f}"])
             verdicts.append((f"int8 {name} {rt}", ok))
-        for tool in ("edgekit-p50", "tp-p50"):
+        for tool in PRUNED:
             if (tool, "onnxruntime") not in lat:
                 continue
             mac_r = r["macs"][tool] / r["macs"]["fp32"]
@@ -265,16 +275,20 @@ def report(results: list[dict[str, Any]], args) -> str:
                 eff = (1 - lat_r) / max(1e-9, 1 - mac_r)
                 ok = eff >= 0.8
                 peer = ""
-                if tool == "edgekit-p50" and ("tp-p50", rt) in lat:
+                if tool != "tp-p50" and ("tp-p50", rt) in lat:
                     peer = f"{med(lat[tool, rt]) / med(lat['tp-p50', rt]):.3f}"
                 kern = r.get("kernel_ms") or {}
                 kx = "-"
                 if rt == "onnxruntime" and tool in kern and "fp32" in kern:
                     k_r = kern[tool] / kern["fp32"]
                     kx = f"{kern['fp32']:.1f} -> {kern[tool]:.1f} ms: x{k_r:.3f}, lat/MAC {(1 - k_r) / max(1e-9, 1 - mac_r):.2f}"
-                p_rows.append([name, tool.replace("-p50", ""), rt, r["macs"]["fp32"] / 1e6, f"{mac_r:.3f}",
+                label = f"edgekit ({', '.join(PRUNE_OVERRIDES[tool])})" if tool in PRUNE_OVERRIDES else tool.replace("-p50", "")
+                verdict = "yes" if ok else "**no**"
+                if tool in PRUNE_OVERRIDES:  # not the recipe default: information, not one of the targets
+                    verdict = f"({'yes' if ok else 'no'}: not a target)"
+                p_rows.append([name, label, rt, r["macs"]["fp32"] / 1e6, f"{mac_r:.3f}",
                                med(lat["fp32", rt]), med(lat[tool, rt]), f"{lat_r:.3f} ({lo:.2f}-{hi:.2f})",
-                               f"{eff:.2f}", "yes" if ok else "**no**", peer or "-", kx])
+                               f"{eff:.2f}", verdict, peer or "-", kx])
                 if tool == "edgekit-p50":
                     verdicts.append((f"prune-50 {name} {rt}", ok))
     secs = "; ".join(f"{r['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) for r in results)
