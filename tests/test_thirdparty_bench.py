@@ -59,3 +59,22 @@ def test_thirdparty_benchmark_turns_spinning_off_for_every_ort_session(tmp_path,
     bench.variant_runner(path, x, "onnxruntime")()
     assert bench.ort_kernel_ms(path, x, 2) > 0
     assert made == [False, False]
+
+
+def test_report_counts_only_the_recipe_default_as_a_target():
+    """An override row (prune-50 with prune.round_to=16) is shown, but the verdicts are int8 and the recipe's prune-50."""
+    import argparse
+
+    from benchmarks import thirdparty_vs_peers as bench
+
+    rng = np.random.default_rng(0)
+    ms = {"fp32": 10.0, "edgekit-int8": 5.0, "edgekit-int8-ov": 5.0, "ort-int8": 5.0, "nncf-int8": 5.0,
+          "edgekit-p50": 8.0, "tp-p50": 8.0, "edgekit-p50-r16": 4.0}
+    lat = {(k, rt): list(v * (1 + 0.01 * rng.standard_normal(20))) for k, v in ms.items() for rt in bench.RUNTIMES}
+    r = {"name": "mobilenetv2", "lat": lat, "macs": {"fp32": 100, "edgekit-p50": 30, "tp-p50": 30, "edgekit-p50-r16": 32},
+         "sizes": {k: 1e6 for k in ms}, "seconds": {}, "notes": [], "uptime": ["u0", "u1"]}
+    args = argparse.Namespace(command="cmd", load_note="", runs=20, warmup=1, samples=4, note=[])
+    text = bench.report([r], args)
+    assert "Targets met: 2 of 4" in text, text  # int8 on both runtimes; prune-50 (0.2 / 0.7) misses on both
+    r16 = [line for line in text.splitlines() if "round_to=16" in line and line.startswith("|")]
+    assert len(r16) == 2 and all("not a target" in line for line in r16), r16
