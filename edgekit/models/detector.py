@@ -44,17 +44,31 @@ class Backbone(nn.Module):
         return c3, self.stage4(c3)
 
 
+def repeat_upsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour upsample by the integer factor ``size / x.shape[-2:]`` written as shape ops (unsqueeze,
+    expand, reshape): the same values as ``F.interpolate(mode="nearest")``, in a form that backends without a
+    resize (the I-ViT integer executor and its ONNX lowering) run as data movement."""
+    n, c, h, w = x.shape
+    sh, sw = size[0] // h, size[1] // w
+    return x.unsqueeze(3).unsqueeze(5).expand(n, c, h, sh, w, sw).reshape(n, c, h * sh, w * sw)
+
+
 class FPNLite(nn.Module):
-    def __init__(self, in_channels: tuple[int, ...], width: int) -> None:
+    """``upsample``: "resize" (``F.interpolate`` nearest: an ONNX Resize) or "repeat" (:func:`repeat_upsample`)."""
+
+    def __init__(self, in_channels: tuple[int, ...], width: int, upsample: str = "resize") -> None:
         super().__init__()
         self.lateral = nn.ModuleList(ConvBN(c, width, 1, act=None) for c in in_channels)
         self.smooth = nn.ModuleList(ConvBN(width, width, 3, act="relu") for _ in in_channels)
+        self.repeat = upsample == "repeat"
 
     def forward(self, feats):
         lat = [lateral(f) for lateral, f in zip(self.lateral, feats)]
         outs = [lat[-1]]
         for f in reversed(lat[:-1]):  # top-down: coarse to fine
-            outs.insert(0, f + F.interpolate(outs[0], size=f.shape[-2:], mode="nearest"))
+            up = (repeat_upsample(outs[0], f.shape[-2:]) if self.repeat
+                  else F.interpolate(outs[0], size=f.shape[-2:], mode="nearest"))
+            outs.insert(0, f + up)
         return [smooth(o) for smooth, o in zip(self.smooth, outs)]
 
 
@@ -77,11 +91,16 @@ class DecoupledHead(nn.Module):
 
 
 class Detector(nn.Module):
+    """Backbone -> FPN-lite -> one decoupled head per level. ``backbone`` (default: the RepVGG one of ``widths`` /
+    ``depths``) returns the stride-8 and stride-16 maps of ``feat_channels`` channels (other backbones:
+    :mod:`edgekit.models.detector_hybrid`)."""
+
     def __init__(self, widths=(16, 32, 48, 64), depths=(1, 2, 2, 2), neck: int = 48, num_classes: int = 10,
-                 packed: bool = True) -> None:
+                 packed: bool = True, backbone: nn.Module | None = None,
+                 feat_channels: tuple[int, int] | None = None, upsample: str = "resize") -> None:
         super().__init__()
-        self.backbone = Backbone(widths, depths)
-        self.neck = FPNLite((widths[2], widths[3]), neck)
+        self.backbone = Backbone(widths, depths) if backbone is None else backbone
+        self.neck = FPNLite(feat_channels or (widths[2], widths[3]), neck, upsample)
         self.head = nn.ModuleList(DecoupledHead(neck, num_classes) for _ in STRIDES)
         self.packed = packed
         self.num_classes = num_classes

@@ -34,8 +34,8 @@ def train_detector(name: str = "detector", epochs: int | None = None, seed: int 
     torch.manual_seed(seed)
     model = zoo.create(name, pretrained=False, size="digits", num_classes=data.num_classes)
     t0 = time.perf_counter()
-    train(model, data, epochs=epochs, seed=seed, batch_size=batch_size, weight_decay=1e-4,
-          description=f"training {name}", **settings)
+    settings.setdefault("weight_decay", 1e-4)
+    train(model, data, epochs=epochs, seed=seed, batch_size=batch_size, description=f"training {name}", **settings)
     seconds = time.perf_counter() - t0
     metrics = get_task("detection").evaluate(model, data.test)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
