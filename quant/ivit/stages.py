@@ -35,8 +35,8 @@ def apply(model, cfg: IViTConfig, ctx):
     labeled = data is not None and data.labeled
     if labeled:
         report["accuracy_converted"] = evaluate(q, data.test)
-    if cfg.epochs > 0:
-        if not labeled:
+    if cfg.epochs > 0:  # detection data has targets but no top-1 labels: train() uses its task's loss
+        if not (labeled or (data is not None and getattr(data, "task", "classification") != "classification")):
             raise UserInputError("stage ivit: QAT (epochs > 0) needs labeled data; set epochs: 0 for calibration only")
         teacher = ctx.reference if cfg.distill_weight > 0 else None
         hist = train(q, data, cfg.epochs, cfg.lr, seed=ctx.seed, teacher=teacher, distill_weight=cfg.distill_weight,
