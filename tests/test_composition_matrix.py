@@ -117,17 +117,19 @@ DETECTOR_RECIPES: dict[str, tuple[str, ...]] = {"int8": ("quantize.calibration.s
 DETECTION_ONLY = {"prune-30-detect"}  # shipped recipes made for detectors: their detector row covers them
 for _recipe, _over in DETECTOR_RECIPES.items():
     RECIPES[f"detector:{_recipe}"] = ("detector", _over)
+# The hybrid-ViT-backbone detector: int8 (its transformer blocks, neck and head through the same int8 placement).
+RECIPES["detector-hybrid:int8"] = ("detector-hybrid", ("quantize.calibration.samples=64",))
 
 
-def _recipe_of(key: str) -> str:
-    return key.split(":", 1)[1] if key.startswith("detector:") else key
+def _recipe_of(key: str) -> str:  # "model:recipe" rows (detectors) -> the recipe
+    return key.split(":", 1)[1] if ":" in key else key
 
 
 def test_every_shipped_recipe_is_in_the_matrix():
     from edgekit.recipe import builtin_names
 
     shipped = set(builtin_names())
-    classifier_rows = {r for r in RECIPES if not r.startswith("detector:")}
+    classifier_rows = {r for r in RECIPES if ":" not in r}
     assert all(f"detector:{r}" in RECIPES for r in DETECTION_ONLY)
     assert shipped == classifier_rows | DETECTION_ONLY, f"add the new recipe(s) to RECIPES: {sorted(shipped ^ classifier_rows)}"
 
