@@ -119,15 +119,27 @@ VARIANTS = (("fp32", "onnxruntime"), ("ek-ort", "onnxruntime"), ("ek-ov", "onnxr
             ("nncf", "openvino"), ("ek-ov-i8", "openvino"))
 
 
-def latencies(paths: dict[str, Path], x: np.ndarray, runs: int, rounds: int) -> dict[tuple[str, str], float]:
-    """Interleaved rounds over every variant; each variant's figure is the median of its per-round medians."""
+def latencies(paths: dict[str, Path], x: np.ndarray, runs: int, rounds: int
+              ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], list[float]]]:
+    """Interleaved rounds over every variant (a fresh random order each round, so no variant always follows the
+    same one); each variant's figure is the median of its per-round medians. Also returns the per-round medians."""
     from edgekit.exporters.latency import measure_file_latency
 
     per: dict[tuple[str, str], list[float]] = {}
+    rng = np.random.default_rng(0)
     for _ in range(rounds):
-        for key, rt in VARIANTS:
+        for i in rng.permutation(len(VARIANTS)):
+            key, rt = VARIANTS[i]
             per.setdefault((key, rt), []).append(measure_file_latency(paths[key], x, rt, threads=2, runs=runs, warmup=5)["median"])
-    return {k: float(np.median(v)) for k, v in per.items()}
+    return {k: float(np.median(v)) for k, v in per.items()}, per
+
+
+def ratio_cell(per: dict[tuple[str, str], list[float]], ours: tuple[str, str], peer: tuple[str, str]) -> str:
+    """``median(ours) / median(peer)`` with the 95% bootstrap interval over the rounds' medians."""
+    from edgekit.metrics import bootstrap_ratio_ci
+
+    lo, hi = bootstrap_ratio_ci(per[peer], per[ours])
+    return f"{np.median(per[ours]) / np.median(per[peer]):.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def uptime() -> str:
@@ -190,16 +202,16 @@ def main() -> None:
                     del d[k]
             try:
                 paths, info = quantize_all(model, cal, ex, tmp, f"{name}-224", "minmax", False, ends_int8=True)
-                lat = latencies(paths, ex.numpy(), args.runs, args.rounds)
+                lat, per = latencies(paths, ex.numpy(), args.runs, args.rounds)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 notes.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 save_state(args.state, st)
                 continue
             lat_by[name] = ([name, lat["fp32", "onnxruntime"], lat["ek-ort", "onnxruntime"], lat["ek-ov", "onnxruntime"],
-                             lat["ort-q", "onnxruntime"], f"{lat['ek-ort', 'onnxruntime'] / lat['ort-q', 'onnxruntime']:.2f}x",
+                             lat["ort-q", "onnxruntime"], ratio_cell(per, ("ek-ort", "onnxruntime"), ("ort-q", "onnxruntime")),
                              lat["ek-ort-i8", "onnxruntime"], lat["fp32", "openvino"], lat["ek-ov", "openvino"],
                              lat["ek-ort", "openvino"], lat["nncf", "openvino"],
-                             f"{lat['ek-ov', 'openvino'] / lat['nncf', 'openvino']:.2f}x", lat["ek-ov-i8", "openvino"]])
+                             ratio_cell(per, ("ek-ov", "openvino"), ("nncf", "openvino")), lat["ek-ov-i8", "openvino"]])
             ov_by[f"{name} edgekit"] = openvino_precisions(paths["ek-ov"])
             ov_by[f"{name} NNCF"] = openvino_precisions(paths["nncf"])
             ort_by[f"{name} edgekit"] = ort_precisions(paths["ek-ort"])
@@ -208,6 +220,7 @@ def main() -> None:
                                 for k, key in (("edgekit", "ek-ort"), ("quantize_static", "ort-q"))}
             if info["ek-ov float_ops"]:
                 notes.append(f"{name}: ops edgekit leaves in float (openvino placement): {', '.join(info['ek-ov float_ops'])}")
+            notes.append(f"{name}: latency from {args.rounds} rounds of {args.runs} runs")
             notes.append(f"{name}: quantize seconds: edgekit (openvino) {info['ek-ov s']:.0f}, (onnxruntime) {info['ek-ort s']:.0f}, "
                          f"ORT quantize_static {info['ort-q s']:.0f}, NNCF {info['nncf s']:.0f}")
             save_state(args.state, st)
@@ -254,9 +267,11 @@ def render(st: dict, args: argparse.Namespace) -> None:
     md = ["## int8 transformers: edgekit vs NNCF (OpenVINO) and ORT quantize_static\n",
           f"Passes: {passes}.  \nMachine: {machine_note()}. Other agents' jobs, if any, ran at SCHED_IDLE; the load is "
           "the `uptime` of each pass above (a load well above 0 inflates absolute times). "
-          "The ratios come from interleaved rounds (every variant once per round), so a slow stretch hits all variants "
-          f"of a model alike. Latency: ms, batch 1, 2 threads, median of the per-round medians ({args.rounds} rounds of "
-          f"{args.runs} runs). Calibration: the same {args.calib} digits images upsampled to 224 for every quantizer at 224 "
+          "The ratios come from interleaved rounds (every variant once per round, in a fresh random order), so a slow "
+          "stretch hits all variants of a model alike; beside each ratio, its 95% bootstrap interval over the rounds. "
+          "Latency: ms, batch 1, 2 threads, median of the per-round medians (rounds and runs per model in the notes). "
+          "OpenVINO compiled with `INFERENCE_PRECISION_HINT: f32` (float ops in f32, not bf16) for every variant. "
+          "Calibration: the same {args.calib} digits images upsampled to 224 for every quantizer at 224 "
           "(edgekit minmax, no bias correction there; ORT quantize_static after `quant_pre_process`, U8S8 per-channel QDQ; "
           "NNCF `nncf.quantize` defaults on the OpenVINO model read from the same fp32 ONNX). "
           "edgekit `ek-ov` = `quantize.target: openvino`, `ek-ort` = `quantize.target: onnxruntime`.\n",
