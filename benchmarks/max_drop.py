@@ -154,7 +154,8 @@ def scan(models_: list[str], few: int, data, path: Path) -> list[dict]:
     return [r for r in rows if r["model"] in models_]
 
 
-def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400, z: float = 0.0) -> dict:
+def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400, z: float = 0.0,
+            criterion: str = "drop") -> dict:
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
@@ -173,13 +174,14 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
         info = {"set": "calibration split, calibrated on training images", "images": len(vy), "held_out": True}
     else:
         vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
+    unlabeled = data.calib.x if val == "train" else None  # disagreement: the calibration images too (no label)
     q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info,
-                                    confidence=z)
+                                    confidence=z, criterion=criterion, unlabeled=unlabeled)
     ek_s = time.perf_counter() - t0
     ac = rep["accuracy_control"]
     plain, _ = quantize_ptq(model, cx, example, opts)
     prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}" + ("" if len(vy) == 400 else str(len(vy)))) \
-        + (f"-z{z:g}" if z else "")
+        + (f"-z{z:g}" if z else "") + ("" if criterion == "drop" else f"-{criterion}")
     paths = {k: tmp / f"{prefix}-{k}.onnx" for k in ("fp32", "edgekit", "plain")}
     to_onnx(model, example, paths["fp32"])
     to_onnx(q, example, paths["edgekit"])
@@ -189,9 +191,9 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
            "edgekit": top1(q, data.test.x, data.test.y),
            "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_val_bound_pt": ac.get("drop_bound_pt"), "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
            "edgekit_plain_val_drop_pt": ac["steps"][0]["drop_pt"], "edgekit_s": round(ek_s, 1)}
-    row.update(artifacts=prefix, validation=f"{val} {len(vy)}" + (f" z={z:g}" if z else ""), edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
+    row.update(artifacts=prefix, validation=label(f"{val} {len(vy)}", z, criterion), edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
                edgekit_steps=len(ac["steps"]))
-    if case != "w4" and not z:  # NNCF judges the measured drop: its row is the z=0 row's
+    if case != "w4" and not z and criterion == "drop":  # NNCF judges the measured drop: its row is the z=0 row's
         n_cal = opts.calibration.samples if case == "few-calib" else len(cx)
         calib = cx[:n_cal].numpy().astype(np.float32)
         logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -229,6 +231,12 @@ def measure_row(row: dict, art: Path, x: np.ndarray, rounds: int, runs: int, thr
 def test_met(r: dict, key: str) -> bool:
     """The budget judged on the test split the table quotes (359 images: whole images, 0.28 pt each)."""
     return (r["fp32"] - r[key]) * 100 <= MAX_DROP + 1e-9
+
+
+def label(validation: str, z: float, criterion: str) -> str:
+    """A row's validation column: the images, then ``z=`` and the criterion where they are not the defaults of
+    earlier runs (drop, z 0)."""
+    return validation + (f" z={z:g}" if z else "") + ("" if criterion == "drop" else f" {criterion}")
 
 
 def val_key(v: str | None) -> str:
@@ -269,7 +277,7 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
             next((pct(s["plain"]) + " (scan)" for s in scan_rows if s["model"] == r["model"] and s["case"] == r["case"]), "-"),
             pct(r["edgekit"]), f"{(r['fp32'] - r['edgekit']) * 100:+.2f}",
             f"{r['edgekit_plain_val_drop_pt']:+.2f} -> {r['edgekit_val_drop_pt']:+.2f}"
-            + (f" (bound {r['edgekit_val_bound_pt']:+.2f})" if "z=" in r.get("validation", "") else ""),
+            + (f" (judged {r['edgekit_val_bound_pt']:+.2f})" if "z=" in r.get("validation", "") or "disagreement" in r.get("validation", "") else ""),
             "yes" if r["edgekit_met"] else "NO",
             "yes" if test_met(r, "edgekit") else "NO",
             names(r["edgekit_kept"]),
@@ -331,10 +339,10 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
     ])
 
 
-def shown(done: list[dict], names_: list[str]) -> list[dict]:
+def shown(done: list[dict], names_: list[str], only: list[str] | None = None) -> list[dict]:
     """Every compared row of ``names_``' models (also a case whose plain drop a later scan found within budget),
-    by model order, case, validation."""
-    rows = [d for d in done if d["model"] in names_]
+    by model order, case, validation; ``only``: rows whose validation column is one of these."""
+    rows = [d for d in done if d["model"] in names_ and (not only or val_key(d.get("validation")) in only)]
     return sorted(rows, key=lambda d: (names_.index(d["model"]), d["case"], val_key(d.get("validation"))))
 
 
@@ -362,6 +370,9 @@ def main() -> None:
     ap.add_argument("--val-n", type=int, default=400)
     ap.add_argument("--confidence", type=float, default=0.0,
                     help="edgekit's control: the drop must hold at drop + z * its paired standard error (0: the drop)")
+    ap.add_argument("--criterion", choices=("drop", "disagreement"), default="drop",
+                    help="edgekit's control: judge the labeled top-1 drop, or the top-1 changes against fp32 on the validation + calibration images")
+    ap.add_argument("--show", default="", help="render only rows whose validation column is one of these (comma list; default all)")
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
     ap.add_argument("--render-only", action="store_true", help="write the section from --state's rows; run nothing new")
@@ -380,6 +391,7 @@ def main() -> None:
     art = state / "artifacts"
     art.mkdir(parents=True, exist_ok=True)
     scan_file, rows_file = state / "scan.jsonl", state / "rows.jsonl"
+    show = [v for v in args.show.split(",") if v]
     if args.render_only or args.latency_only:
         scan_rows = read_jsonl(scan_file)
         names_ = [n for n in names_ if any(r["model"] == n for r in scan_rows)]
@@ -393,15 +405,15 @@ def main() -> None:
     todo = [(m, c) for m, c in todo if not (c == "w4" and w4 and m not in w4)]
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
-        want = {"calib": "calib", "unseen": f"unseen {len(data.calib)}"}.get(args.val, f"train {min(args.val_n, len(data.train))}") \
-            + (f" z={args.confidence:g}" if args.confidence else "")
+        want = label({"calib": "calib", "unseen": f"unseen {len(data.calib)}"}.get(args.val, f"train {min(args.val_n, len(data.train))}"),
+                     args.confidence, args.criterion)
         i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
                   and val_key(d.get("validation")) == want), None)
         if i is None and (args.render_only or args.latency_only):
             skipped.append(f"{name} ({case})")
             continue
         if i is None:
-            done.append(compare(name, case, args.few, data, art, args.val, args.val_n, args.confidence))
+            done.append(compare(name, case, args.few, data, art, args.val, args.val_n, args.confidence, args.criterion))
             i = len(done) - 1
         if not args.no_latency and not args.render_only and not args.latency_only and "latency_ms" not in done[i]:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)
@@ -409,13 +421,13 @@ def main() -> None:
         write_jsonl(rows_file, done)
     if args.latency_only:  # every row shown, whatever its validation
         for i, d in enumerate(done):
-            if d in shown(done, names_):
+            if d in shown(done, names_, show):
                 done[i] = measure_row(d, art, x, args.rounds, args.runs, args.threads)
                 print(json.dumps(done[i]), flush=True)
                 write_jsonl(rows_file, done)
     mode = "latency pass" if args.latency_only else "render only" if args.render_only else \
         "accuracy pass" if args.no_latency else "accuracy and latency"
-    text = render(scan_rows, shown(done, names_), args.few, up, mode)
+    text = render(scan_rows, shown(done, names_, show), args.few, up, mode)
     if skipped:
         text += ("\n\nCases over 0.5 pt not compared in this run (time on a loaded machine; `--w4-models` limited "
                  f"the 4-bit cases): {', '.join(skipped)}.")

@@ -47,9 +47,12 @@ class QuantizeConfig(StageConfig, PTQConfig):
     max_drop_validation: Literal["train", "calibration"] = Field(
         "train", description="max_drop: where the drop is measured: labeled training images not used for calibration, "
         "or the calibration images themselves (optimistic)")
-    max_drop_samples: int = Field(400, ge=1, description="max_drop_validation train: at most this many images")
-    max_drop_confidence: float = Field(0.0, ge=0.0, description="max_drop: z, the drop must hold at drop + z * sqrt(images "
-                                       "whose correctness changed) / images (its paired standard error); 0: the measured drop")
+    max_drop_samples: int = Field(2000, ge=1, description="max_drop_validation train: at most this many images (the accuracy_control default)")
+    max_drop_criterion: Literal["disagreement", "drop"] = Field(
+        "disagreement", description="max_drop: judge the share of images whose top-1 changes against float (validation + "
+        "calibration images, no label needed; bounds the drop) or the labeled top-1 drop (NNCF's criterion)")
+    max_drop_confidence: float = Field(1.0, ge=0.0, description="max_drop: z, judged at its value + z * its standard error "
+                                       "(sqrt(images changed) / images); 0: the measured value")
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
@@ -117,12 +120,14 @@ def _with_max_drop(model, cfg: QuantizeConfig, opts: PTQConfig, data, example):
     vx, vy, info = validation_images(data, cfg.max_drop_validation, cfg.max_drop_samples, n)
     gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop,
                                         cfg.max_reverted, validation=(vx, vy), validation_info=info,
-                                        confidence=cfg.max_drop_confidence)
+                                        confidence=cfg.max_drop_confidence, criterion=cfg.max_drop_criterion,
+                                        unlabeled=data.calib.x if info["held_out"] else None)
     report["mode"] = "ptq"
     ac = report["accuracy_control"]
     if not ac["met"]:
         raise EdgekitError(
-            f"quantize.max_drop {cfg.max_drop} pt cannot be met: the best found drops {ac['drop_pt']} pt on the "
+            f"quantize.max_drop {cfg.max_drop} pt cannot be met: the best found drops {ac['drop_pt']} pt "
+            f"({ac.get('criterion', 'drop')} judged at {ac.get('drop_bound_pt', ac['drop_pt'])} pt) on the "
             f"{ac['validation']['images']} {ac['validation']['set']} validation images with {len(ac['kept_float'])} "
             f"layer(s) in float ({', '.join(ac['kept_float']) or 'none'}); "
             "raise max_drop or max_reverted, or use quantization-aware training (mode: qat)"

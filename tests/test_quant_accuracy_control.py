@@ -82,8 +82,8 @@ def test_stage_fails_with_the_best_found_when_max_drop_cannot_hold(digits, monke
                                            "validation": kwargs["validation_info"]}}
 
     monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", unmet)
-    with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt on the 400 train "
-                       r"validation images with 1 layer\(s\) in float \(features.0\)"):
+    with pytest.raises(EdgekitError, match=r"max_drop 0.5 pt cannot be met: the best found drops 3.2 pt \(drop judged at "
+                       r"3.2 pt\) on the 1258 train validation images with 1 layer\(s\) in float \(features.0\)"):
         edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])
 
 
@@ -163,9 +163,11 @@ def _digests(x):
 def test_validation_images_default_to_training_images_held_out_from_calibration(digits):
     from edgekit.data import DataBundle, Split
 
-    vx, vy, info = validation_images(digits)
-    assert info == {"set": "train", "images": 400, "held_out": True, "requested": 400, "calibration_images_skipped": 0}
-    assert torch.equal(vx, digits.train.x[:400]) and torch.equal(vy, digits.train.y[:400])
+    vx, vy, info = validation_images(digits)  # every training image (1258 < the 2000 asked for)
+    assert info == {"set": "train", "images": 1258, "held_out": True, "requested": 2000, "calibration_images_skipped": 0}
+    assert torch.equal(vx, digits.train.x) and torch.equal(vy, digits.train.y)
+    vx, vy, info = validation_images(digits, samples=400)
+    assert info["images"] == 400 and torch.equal(vx, digits.train.x[:400])
     assert _digests(vx).isdisjoint(_digests(digits.calib.x))
     # a train split that holds the calibration images (separate train source: calibration is drawn from it)
     cal, tr = digits.calib, digits.train
@@ -215,21 +217,22 @@ def test_compress_max_drop_reports_the_held_out_validation_set(digits, monkeypat
     real = accuracy_control.quantize_with_max_drop
 
     def spy(model, calib, labels, example, opts, max_drop, max_reverted=None, **kw):
-        seen["calib"], seen["val"] = calib, kw["validation"][0]
+        seen["calib"], seen["val"], seen["unlabeled"] = calib, kw["validation"][0], kw["unlabeled"]
         return real(model, calib, labels, example, opts, max_drop, max_reverted, evaluate=lambda m: 0.9, **kw)
 
     monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", spy)
     res = edgekit.compress("convnet", "int8", digits, latency=False, overrides=["quantize.max_drop=0.5"])
     ac = res.report.stage("quantize").report["accuracy_control"]
-    assert ac["validation"]["set"] == "train" and ac["validation"]["images"] == ac["validation_images"] == 400
+    assert ac["validation"]["set"] == "train" and ac["validation"]["images"] == ac["validation_images"] == 1258
     assert _digests(seen["val"]).isdisjoint(_digests(seen["calib"]))
+    assert torch.equal(seen["unlabeled"], digits.calib.x)  # the default criterion also counts changes there
     res = edgekit.compress("convnet", "int8", digits, latency=False,
                            overrides=["quantize.max_drop=0.5", "quantize.max_drop_validation=calibration",
                                       "quantize.max_drop_confidence=1"])
     ac = res.report.stage("quantize").report["accuracy_control"]
     assert ac["validation"] == {"set": "calibration", "images": len(digits.calib), "held_out": False}
     assert ac["confidence_z"] == 1.0
-    assert torch.equal(seen["val"], seen["calib"])
+    assert torch.equal(seen["val"], seen["calib"]) and seen["unlabeled"] is None
 
 
 def test_confidence_judges_the_drop_at_its_upper_bound():
@@ -254,3 +257,80 @@ def test_confidence_judges_the_drop_at_its_upper_bound():
     with torch.no_grad():
         flipped = int((logits(q(x)).argmax(1) != y).sum())
     assert s["drop_bound_pt"] == pytest.approx(s["drop_pt"] + 200.0 * 100 * flipped ** 0.5 / 48, abs=2e-3)
+
+
+def _flipping_case():
+    """A small float model, images, and labels set so that its 4-bit quantization loses as many validation images
+    as it gains: the top-1 drop is 0 while several predictions change."""
+    from edgekit.outputs import logits
+    from edgekit.quant.ptq import quantize_ptq
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(512, 10)).eval()
+    x = torch.randn(64, 3, 8, 8)
+    opts = OPTS.model_copy(update={"weight_bits": 4})
+    q, _ = quantize_ptq(model, x, x[:1], opts)
+    with torch.no_grad():
+        pf, pq = logits(model(x)).argmax(1), logits(q(x)).argmax(1)
+    flipped = (pf != pq).nonzero().flatten()
+    flipped = flipped[: len(flipped) // 2 * 2]
+    y = pf.clone()
+    y[flipped[1::2]] = pq[flipped[1::2]]  # every other changed image: right after quantization, wrong before
+    return model, x, y, opts, len(flipped)
+
+
+def test_disagreement_keeps_a_layer_float_where_the_drop_sees_nothing():
+    """Quantization loses and gains as many images: the labeled drop is 0 (criterion drop: nothing goes back to
+    float), while the share of changed predictions is over budget, so the disagreement criterion reverts layers
+    until at most that share changes (on the validation and the unlabeled images together)."""
+    from edgekit.outputs import logits
+
+    model, x, y, opts, changed = _flipping_case()
+    assert changed >= 2  # the construction: 4-bit weights change some predictions of this seed
+    budget = 100 * (changed - 1) / (64 + 16)  # below the changed share even with the 16 unlabeled images
+    extra = x[:16]  # unlabeled images: here copies, so a change counts twice
+    _, by_drop = quantize_with_max_drop(model, x, y, x[:1], opts, budget, validation=(x, y), criterion="drop")
+    q, by_changes = quantize_with_max_drop(model, x, y, x[:1], opts, budget, validation=(x, y),
+                                           criterion="disagreement", unlabeled=extra)
+    d, c = by_drop["accuracy_control"], by_changes["accuracy_control"]
+    assert d["steps"][0]["drop_pt"] == pytest.approx(0.0) and d["met"] and d["kept_float"] == []
+    assert c["criterion"] == "disagreement" and c["judged_images"] == 80 and c["confidence_z"] == 0.0
+    assert c["steps"][0]["bound_pt"] > budget and c["kept_float"] and c["met"]
+    with torch.no_grad():
+        now = int((logits(model(x)).argmax(1) != logits(q(x)).argmax(1)).sum()) + \
+            int((logits(model(extra)).argmax(1) != logits(q(extra)).argmax(1)).sum())
+    assert c["drop_bound_pt"] == pytest.approx(100 * now / 80, abs=1e-3) and c["drop_bound_pt"] <= budget
+    with pytest.raises(Exception, match="accepted: drop, disagreement"):
+        quantize_with_max_drop(model, x, y, x[:1], opts, budget, validation=(x, y), criterion="flips")
+
+
+class _Attention(torch.nn.Module):
+    """Self-attention written by hand with a fused qkv projection (as timm's ViT blocks)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.embed, self.norm, self.head = torch.nn.Linear(dim, dim), torch.nn.LayerNorm(dim), torch.nn.Linear(dim, 10)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(self.norm(self.embed(x))).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5
+        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.head(self.proj(out).mean(1))
+
+
+def test_op_sensitivity_ranks_the_attention_matmul_whose_inputs_are_qkv_slices():
+    """Both inputs of q @ k^T are slices of the one qkv output quantizer (tied quantizers): the op is still ranked
+    (its quantizers act through their source and its output), so the control can return it to float."""
+    from edgekit.quant.accuracy_control import op_sensitivity
+    from edgekit.quant.ptq import quantize_ptq
+
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    x = torch.randn(32, 8, 16)
+    calibrated, _ = quantize_ptq(model, x, x[:1], OPTS, do_freeze=False)
+    ranked = {r["layer"]: r["sqnr_db"] for r in op_sensitivity(calibrated, x)}
+    assert {"matmul", "matmul_1"} <= set(ranked) and all(v < float("inf") for v in ranked.values())
