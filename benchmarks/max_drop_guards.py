@@ -123,6 +123,13 @@ def guard_drop_and_disagree(z: float):
     return lambda v: max(d(v), a(v))
 
 
+def guard_disagree_each(z: float):
+    """Top-1 changes judged on each set alone, the worse of the two: the held-out training images (the model may
+    have been trained on them) and the unlabeled calibration images."""
+    a, c = guard_disagree(z), guard_disagree_calib(z)
+    return lambda v: max(a(v), c(v))
+
+
 def guard_both(z: float):
     d, a = guard_drop(z), guard_disagree(z)
     return lambda v: max(d(v), a(v) / 2)
@@ -141,6 +148,7 @@ GUARDS = {  # name -> (validation size: 400 or all, guard)
     "disagree train1258+calib z=1": (None, guard_disagree(1, True)),
     "disagree train1258+calib z=1.64": (None, guard_disagree(1.64, True)),
     "disagree calib (unlabeled)": (None, guard_disagree_calib(0)),
+    "max(disagree train1258, disagree calib) z=1": (None, guard_disagree_each(1)),
     "max(drop, disagree train1258+calib) z=1": (None, guard_drop_and_disagree(1)),
     "max(drop, disagree/2) train1258": (None, guard_both(0)),
     "max(drop, disagree/2) train1258 z=1": (None, guard_both(1)),

@@ -168,12 +168,13 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
     measured drop.
 
     ``criterion``: ``drop`` judges the top-1 accuracy drop on the validation images (as NNCF); ``disagreement``
-    judges the share of images whose top-1 prediction changes against the float model, on the validation images
-    plus the ``unlabeled`` ones (the calibration images: no label needed), at ``(changed + z * sqrt(changed)) /
-    images``. It bounds the accuracy change from above (an image that keeps its prediction keeps its
-    correctness) and, needing no label, is not masked by the model having been trained on the validation
-    images (a flip from wrong to right there cancels a flip from right to wrong in the drop). A custom
-    ``evaluate`` is judged as ``drop``.
+    judges the share of images whose top-1 prediction changes against the float model, at ``(changed + z *
+    sqrt(changed)) / images``, on the validation images and on the ``unlabeled`` ones (the calibration images: no
+    label needed) each alone, the worse of the two. It bounds the accuracy change from above (an image that
+    keeps its prediction keeps its correctness), a flip from wrong to right cannot hide one from right to wrong,
+    and the unlabeled set is judged alone so that images the model was not trained on are not diluted by many
+    it was (the digits zoo: mobilenetv2 w4 changes 2 of 1,258 training images, 5 of 180 calibration images). A
+    custom ``evaluate`` is judged as ``drop``.
     """
     from edgekit.outputs import logits
     from edgekit.quant.ptq import quantize_ptq
@@ -195,13 +196,16 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
         ref_ok = ref_pred[:n_val] == val_y
         reference = float(ref_ok.float().mean())
 
+        def share_changed(pred: torch.Tensor, ref: torch.Tensor) -> float:
+            changed = int((pred != ref).sum())
+            return (changed + confidence * math.sqrt(changed)) / max(1, len(pred))
+
         def judge(m: nn.Module) -> tuple[float, float]:  # (drop, what the budget is judged on)
             pred = predict(m)
             ok = pred[:n_val] == val_y
             drop = reference - float(ok.float().mean())
-            if criterion == "disagreement":
-                changed = int((pred != ref_pred).sum())
-                return drop, (changed + confidence * math.sqrt(changed)) / len(pred)
+            if criterion == "disagreement":  # each set on its own, the worse one
+                return drop, max(share_changed(pred[:n_val], ref_pred[:n_val]), share_changed(pred[n_val:], ref_pred[n_val:]))
             return drop, drop + confidence * math.sqrt(int((ok != ref_ok).sum())) / n_val
     else:
         reference = evaluate(model)

@@ -49,8 +49,9 @@ class QuantizeConfig(StageConfig, PTQConfig):
         "or the calibration images themselves (optimistic)")
     max_drop_samples: int = Field(2000, ge=1, description="max_drop_validation train: at most this many images (the accuracy_control default)")
     max_drop_criterion: Literal["disagreement", "drop"] = Field(
-        "disagreement", description="max_drop: judge the share of images whose top-1 changes against float (validation + "
-        "calibration images, no label needed; bounds the drop) or the labeled top-1 drop (NNCF's criterion)")
+        "disagreement", description="max_drop: judge the share of images whose top-1 changes against float (on the "
+        "validation and on the calibration images, each; no label needed; bounds the drop) or the labeled top-1 drop "
+        "(NNCF's criterion)")
     max_drop_confidence: float = Field(1.0, ge=0.0, description="max_drop: z, judged at its value + z * its standard error "
                                        "(sqrt(images changed) / images); 0: the measured value")
     qat: QATConfig = Field(default_factory=QATConfig)

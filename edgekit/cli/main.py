@@ -57,7 +57,7 @@ def compress(
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed for data splits and training."),
     output: Optional[str] = typer.Option(None, "--output", help="For a model returning a tuple / dict / ModelOutput: the leaf that holds the logits (default: the first tensor; the report says which)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="int8: keep the most sensitive layers in float until at most X points of images change their top-1 against float (on up to 2000 training images not used for calibration plus the calibration images, at +1 standard error; quantize.max_drop_criterion=drop judges the labeled drop instead) (= --set quantize.max_drop=X)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", min=0.0, help="int8: keep the most sensitive layers in float until at most X points of images change their top-1 against float (on up to 2000 training images not used for calibration and on the calibration images, each at +1 standard error; quantize.max_drop_criterion=drop judges the labeled drop instead) (= --set quantize.max_drop=X)."),
     json_: bool = JSON_OPTION,
 ) -> None:
     """Run a recipe on a model and write the compressed model, report.json and manifest.json.
