@@ -25,7 +25,8 @@ Rules (the QDQ patterns ONNX Runtime, OpenVINO and TensorRT recognise):
    as NNCF places it for OpenVINO: the CPU plugin then runs the int8 conv with a float output and a float
    concat, instead of an int8 concat (its reference kernel) followed by a dequantizing subgraph.
 8. A global average pool (``nn.AdaptiveAvgPool2d(1)``, ``x.mean((2, 3), keepdim=True)``) of a quantized
-   tensor gets an output Q/DQ pair (:func:`is_global_avg_pool`), and the ONNX export writes the mean as
+   tensor whose result is read quantized anyway (a classifier's input, through a flatten) gets its own output
+   Q/DQ pair (:func:`is_global_avg_pool`; a pool that feeds a float norm stays float), and the ONNX export writes the mean as
    ``GlobalAveragePool`` (:func:`global_pools_in_onnx`; torch.export records every such pool as
    ``aten.mean.dim``, which exports as ``ReduceMean``): ``DQ -> GlobalAveragePool -> Q`` is the pattern ONNX
    Runtime fuses into ``QLinearGlobalAveragePool``, as it does for ``quantize_static``'s graph (a float
@@ -295,12 +296,13 @@ def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = Tru
     p = Plan()
     needs: dict[str, None] = {}
     outputs = _output_names(gm)
+    pools: list[fx.Node] = []
     for node in gm.graph.nodes:
         kind = op_kind(node, modules)
         label = node.target if node.op == "call_module" else node.name
         if kind is None:
             if is_global_avg_pool(node, modules) and node.args[0].name in needs and node.name not in outputs:
-                needs[node.name] = None  # rule 8: DQ -> GlobalAveragePool -> Q
+                pools.append(node)  # rule 8, decided once the consumers' inputs are known
                 continue
             if not _is_passthrough(node, modules) and _is_float_tensor(node):
                 p.float_ops.append(f"{label} ({_describe(node, modules)})")
@@ -328,8 +330,27 @@ def plan(gm: fx.GraphModule, ops=QUANT_OPS, ignore=(), softmax_input: bool = Tru
             continue
         if out.name not in outputs and not all(u.op == "output" for u in out.users):
             needs[out.name] = None
+    for pool in pools:  # rule 8: only where the pooled tensor is read quantized anyway (a classifier's input)
+        if pool.name not in needs and all(_read_quantized(u, needs) for u in pool.users):
+            needs[pool.name] = None
     p.tensors = list(needs)
     return p
+
+
+_IDENTITY_MOD = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_IDENTITY_FN = {aten.dropout, aten.clone, aten.alias, torch.nn.functional.dropout}
+
+
+def _read_quantized(node: fx.Node, needs: dict[str, None], hops: int = 4) -> bool:
+    """Whether ``node`` only passes its input's values on (a flatten, an eval-mode dropout) to a quantized output
+    (the input of a quantized Linear), itself or through more such ops."""
+    owner = node.graph.owning_module
+    same = moves_data(node) or (node.op == "call_module" and owner is not None and isinstance(
+        owner.get_submodule(str(node.target)), _IDENTITY_MOD)) or (
+        node.op == "call_function" and target_of(node) in _IDENTITY_FN)
+    if hops <= 0 or not same or not node.users:
+        return False
+    return node.name in needs or all(_read_quantized(u, needs, hops - 1) for u in node.users)
 
 
 def _before_zero_pad(node, modules):

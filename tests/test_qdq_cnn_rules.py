@@ -181,3 +181,26 @@ def test_onnx_reduce_mean_becomes_global_average_pool_only_over_h_w(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, Means()(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_global_pool_read_by_a_float_norm_stays_float():
+    """Rule 8 only where the pooled values are quantized anyway (a flatten and a dropout into a Linear, as in
+    torchvision's classifiers); a pool that feeds a
+    LayerNorm (as InceptionNeXt / UniRepLKNet heads do) keeps its float output, so the model is unchanged."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from edgekit.quant import qdq
+
+    class Head(nn.Module):
+        def __init__(self, norm: bool):
+            super().__init__()
+            self.conv, self.norm, self.fc = nn.Conv2d(3, 8, 3), nn.LayerNorm(8) if norm else nn.Dropout(0.2), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.norm(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)))
+
+    for norm, pooled in ((False, True), (True, False)):
+        gm = torch.fx.symbolic_trace(Head(norm))
+        ShapeProp(gm).propagate(torch.randn(1, 3, 8, 8))
+        pool = next(n for n in gm.graph.nodes if "adaptive_avg_pool2d" in str(n.target))
+        assert (pool.name in qdq.plan(gm).tensors) is pooled, (norm, qdq.plan(gm).tensors)
