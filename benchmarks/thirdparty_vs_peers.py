@@ -29,8 +29,8 @@ times DIR's files (one model per run under a lock is fine): each model's figures
 ``--only edgekit-int8,edgekit-int8-ov`` rebuilds just those variants in DIR (after a change to edgekit's int8);
 ``--only edgekit-p50-r16`` adds prune-50 with ``prune.round_to=16`` (AVX-512's fp32 width), timed beside the
 recipe default as information (not one of the targets).
-The time phase also profiles fp32 and the pruned files with ONNX Runtime's profiler (``--profile-runs``): the
-kernels' own time, next to the wall-clock verdict.
+The time phase also profiles fp32 and the pruned files with ONNX Runtime's profiler and OpenVINO's per-node
+counters (``--profile-runs``): the kernels' own time, next to the wall-clock verdict.
 """
 
 from __future__ import annotations
@@ -226,9 +226,10 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
         for k, s in interleaved(runners, args.runs, args.warmup).items():
             lat[k, rt] = s
         del runners
-    kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in ("fp32", *PRUNED)
-               if k in files and args.profile_runs}
-    return {**built, "lat": lat, "kernel_ms": kernels, "uptime": [before, uptime()]}
+    profiled = [k for k in ("fp32", *PRUNED) if k in files and args.profile_runs]
+    kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in profiled}
+    ov_kernels = {k: ov_kernel_ms(files[k], x, args.profile_runs) for k in profiled}
+    return {**built, "lat": lat, "kernel_ms": kernels, "ov_kernel_ms": ov_kernels, "uptime": [before, uptime()]}
 
 
 def variant_runner(path: Path, x: np.ndarray, runtime: str) -> Callable[[], object]:
@@ -245,6 +246,15 @@ def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
     from edgekit.exporters.runtimes import ort_kernel_times
 
     times = ort_kernel_times(path, x, runs, threads=2, spinning=False)
+    return float(sum(np.median(t) for _, t in times.values() if t))
+
+
+def ov_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
+    """OpenVINO's counterpart of :func:`ort_kernel_ms`: the sum over executed nodes of each node's median time
+    (the CPU plugin's ``PERF_COUNT`` counters, 2 threads)."""
+    from edgekit.exporters.runtimes import openvino_node_times
+
+    times = openvino_node_times(path, np.ascontiguousarray(x, dtype=np.float32), runs, threads=2)
     return float(sum(np.median(t) for _, t in times.values() if t))
 
 
@@ -277,9 +287,9 @@ def report(results: list[dict[str, Any]], args) -> str:
                 peer = ""
                 if tool != "tp-p50" and ("tp-p50", rt) in lat:
                     peer = f"{med(lat[tool, rt]) / med(lat['tp-p50', rt]):.3f}"
-                kern = r.get("kernel_ms") or {}
+                kern = (r.get("kernel_ms") if rt == "onnxruntime" else r.get("ov_kernel_ms")) or {}
                 kx = "-"
-                if rt == "onnxruntime" and tool in kern and "fp32" in kern:
+                if tool in kern and "fp32" in kern:
                     k_r = kern[tool] / kern["fp32"]
                     kx = f"{kern['fp32']:.1f} -> {kern[tool]:.1f} ms: x{k_r:.3f}, lat/MAC {(1 - k_r) / max(1e-9, 1 - mac_r):.2f}"
                 label = f"edgekit ({', '.join(PRUNE_OVERRIDES[tool])})" if tool in PRUNE_OVERRIDES else tool.replace("-p50", "")
@@ -325,11 +335,12 @@ def report(results: list[dict[str, Any]], args) -> str:
         "### prune-50: latency reduction vs MAC reduction (target: lat/MAC >= 0.8)",
         "",
         "`lat/MAC` = (1 - latency ratio) / (1 - MAC ratio); `vs TP` = edgekit pruned ms / Torch-Pruning pruned ms; "
-        "`ORT kernels` = ONNX Runtime's profiler, the sum over nodes of each node's median kernel time, dense -> "
-        "pruned (the work the kernels do, without what a call spends between kernels or preempted; not the verdict).",
+        "`kernels` = the runtime's own per-node times (ONNX Runtime's profiler; OpenVINO's `PERF_COUNT` counters), "
+        "the sum over nodes of each node's median, dense -> pruned (the work the kernels do, without what a call "
+        "spends between kernels or preempted; not the verdict).",
         "",
         markdown_table(["model", "tool", "runtime", "dense MMACs", "MACs x", "dense ms", "pruned ms",
-                        "latency x (95% CI)", "lat/MAC", ">= 0.8", "vs TP", "ORT kernels"], p_rows),
+                        "latency x (95% CI)", "lat/MAC", ">= 0.8", "vs TP", "kernels"], p_rows),
         "",
         f"Targets met: {met} of {len(verdicts)}"
         + (f"; missed: {', '.join(k for k, ok in verdicts if not ok)}." if met < len(verdicts) else "."),
@@ -373,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=50, help="interleaved rounds (one timed call of every variant each)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--profile-runs", type=int, default=20,
-                    help="time phase: ONNX Runtime profiler runs of fp32 and the pruned variants (0: none)")
+                    help="time phase: ONNX Runtime profiler / OpenVINO PERF_COUNT runs of fp32 and the pruned "
+                         "variants (0: none)")
     ap.add_argument("--samples", type=int, default=32, help="calibration samples (the same for every quantizer)")
     ap.add_argument("--phase", choices=("all", "build", "time"), default="all",
                     help="build: compress and export into --workdir; time: time --workdir's files; all: both")

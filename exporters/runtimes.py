@@ -167,10 +167,30 @@ def openvino_config(threads: int, precision_hint: str = VALIDATION_RUNTIME.openv
     return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision_hint}
 
 
-def openvino_compiled(model_path: Path, threads: int, precision_hint: str = VALIDATION_RUNTIME.openvino_precision_hint):
-    """Compile an ONNX file or IR .xml for the OpenVINO CPU plugin (see :func:`openvino_config`)."""
+def openvino_compiled(model_path: Path, threads: int, precision_hint: str = VALIDATION_RUNTIME.openvino_precision_hint,
+                      perf_count: bool = False):
+    """Compile an ONNX file or IR .xml for the OpenVINO CPU plugin (see :func:`openvino_config`); ``perf_count``:
+    the plugin's per-node counters on (``PERF_COUNT``, read with ``get_profiling_info()``)."""
     from edgekit.backends import require
 
     ov = require("openvino", "OpenVINO inference")
     core = ov.Core()
-    return core.compile_model(core.read_model(str(model_path)), "CPU", openvino_config(threads, precision_hint))
+    config = {**openvino_config(threads, precision_hint), **({"PERF_COUNT": True} if perf_count else {})}
+    return core.compile_model(core.read_model(str(model_path)), "CPU", config)
+
+
+def openvino_node_times(model_path: Path, x: Any, runs: int = 20, threads: int = 2,
+                        warmup: int = 3) -> dict[str, tuple[str, list[float]]]:
+    """``{node: (layer type, [ms of each timed run])}`` of the nodes the OpenVINO CPU plugin executed for
+    ``model_path`` (its ``PERF_COUNT`` counters, compiled as :func:`openvino_compiled`), ``warmup`` untimed runs
+    first: OpenVINO's counterpart of :func:`ort_kernel_times` (no time between nodes or around the call)."""
+    request = openvino_compiled(model_path, threads, perf_count=True).create_infer_request()
+    per: dict[str, tuple[str, list[float]]] = {}
+    for i in range(warmup + runs):
+        request.infer({0: x})
+        if i < warmup:
+            continue
+        for info in request.get_profiling_info():
+            if info.status == info.Status.EXECUTED:
+                per.setdefault(info.node_name, (info.node_type, []))[1].append(info.real_time.total_seconds() * 1e3)
+    return per

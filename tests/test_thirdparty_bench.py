@@ -72,9 +72,26 @@ def test_report_counts_only_the_recipe_default_as_a_target():
           "edgekit-p50": 8.0, "tp-p50": 8.0, "edgekit-p50-r16": 4.0}
     lat = {(k, rt): list(v * (1 + 0.01 * rng.standard_normal(20))) for k, v in ms.items() for rt in bench.RUNTIMES}
     r = {"name": "mobilenetv2", "lat": lat, "macs": {"fp32": 100, "edgekit-p50": 30, "tp-p50": 30, "edgekit-p50-r16": 32},
-         "sizes": {k: 1e6 for k in ms}, "seconds": {}, "notes": [], "uptime": ["u0", "u1"]}
+         "sizes": {k: 1e6 for k in ms}, "seconds": {}, "notes": [], "uptime": ["u0", "u1"],
+         "kernel_ms": {"fp32": 8.0, "edgekit-p50": 4.0}, "ov_kernel_ms": {"fp32": 6.0, "edgekit-p50": 1.5}}
     args = argparse.Namespace(command="cmd", load_note="", runs=20, warmup=1, samples=4, note=[])
     text = bench.report([r], args)
     assert "Targets met: 2 of 4" in text, text  # int8 on both runtimes; prune-50 (0.2 / 0.7) misses on both
     r16 = [line for line in text.splitlines() if "round_to=16" in line and line.startswith("|")]
     assert len(r16) == 2 and all("not a target" in line for line in r16), r16
+    ek = [line for line in text.splitlines() if line.startswith("| mobilenetv2 | edgekit |")]
+    assert "8.0 -> 4.0 ms: x0.500" in ek[0] and "6.0 -> 1.5 ms: x0.250" in ek[1], ek  # ORT row, then OpenVINO row
+
+
+def test_openvino_node_times_are_the_executed_nodes(tmp_path):
+    pytest.importorskip("openvino")
+    from benchmarks import thirdparty_vs_peers as bench
+    from edgekit.exporters.runtimes import openvino_node_times
+
+    path = _tiny_onnx(tmp_path)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    times = openvino_node_times(path, x, runs=3, threads=1, warmup=1)
+    kinds = {kind for kind, _ in times.values()}
+    assert "Convolution" in kinds, kinds  # the conv ran (ReLU may be fused into it)
+    assert all(len(t) == 3 and min(t) >= 0 for _, t in times.values())
+    assert bench.ov_kernel_ms(path, x, 2) > 0
