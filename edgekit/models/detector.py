@@ -47,10 +47,12 @@ class Backbone(nn.Module):
 def repeat_upsample(x: torch.Tensor, size) -> torch.Tensor:
     """Nearest-neighbour upsample by the integer factor ``size / x.shape[-2:]`` written as shape ops (unsqueeze,
     expand, reshape): the same values as ``F.interpolate(mode="nearest")``, in a form that backends without a
-    resize (the I-ViT integer executor and its ONNX lowering) run as data movement."""
+    resize (the I-ViT integer executor and its ONNX lowering) run as data movement. Width then height, so that no
+    tensor has more than 5 dimensions (Core ML's limit)."""
     n, c, h, w = x.shape
     sh, sw = size[0] // h, size[1] // w
-    return x.unsqueeze(3).unsqueeze(5).expand(n, c, h, sh, w, sw).reshape(n, c, h * sh, w * sw)
+    x = x.unsqueeze(4).expand(n, c, h, w, sw).reshape(n, c, h, w * sw)
+    return x.unsqueeze(3).expand(n, c, h, sh, w * sw).reshape(n, c, h * sh, w * sw)
 
 
 class FPNLite(nn.Module):
