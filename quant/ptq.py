@@ -83,7 +83,7 @@ def trace(model: nn.Module, example: torch.Tensor, fuse: bool = True) -> tuple[f
 
     from edgekit.quant.placement_gelu import rewrite_gelu
 
-    if decompose_attention(gm) + rewrite_gelu(gm):  # fused attention -> matmul / softmax / matmul (quantizable
+    if decompose_attention(gm, x) + rewrite_gelu(gm):  # fused attention -> matmul / softmax / matmul (quantizable
         ShapeProp(gm).propagate(x)  # products); exact GELU -> the form ONNX Runtime fuses into one Gelu kernel
     return gm, cap
 

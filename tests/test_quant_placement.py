@@ -347,3 +347,54 @@ def test_openvino_placement_reads_q_k_v_through_the_layout_ops(tmp_path, monkeyp
         return sum(op.get_rt_info()["layerType"].astype(str) == "Transpose" for op in compiled.get_runtime_model().get_ordered_ops())
 
     assert transposes(q_new, "new.onnx") == transposes(q_old, "old.onnx") - 2  # kᵀ of both blocks folded
+
+
+class MaskedSdpaViT(SdpaViT):
+    """An attention mask built the way ``transformers`` 5.x builds its ViT's: ``arange(n) >= 0`` expanded to the
+    batch (attends everywhere, from shapes only); ``from_values``: an all-True mask that depends on the input's
+    values (must be kept: another input could mask something)."""
+
+    def __init__(self, from_values: bool = False) -> None:
+        super().__init__()
+        self.from_values = from_values
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        b, n, d = t.shape
+        if self.from_values:
+            mask = (t.abs().sum(-1) >= 0)[:, None, None, :].expand(b, 1, n, n)
+        else:
+            mask = (torch.arange(n) >= 0)[None, None, None, :].expand(b, 1, n, n)
+        q, k, v = self.qkv(self.norm(t)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        t = t + self.proj(o.transpose(1, 2).reshape(b, n, d))
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize("from_values", [False, True])
+def test_a_mask_that_attends_everywhere_from_shapes_only_is_dropped(from_values):
+    model = MaskedSdpaViT(from_values).eval()
+    x = _calib(4)
+    gm, _ = trace(model, x[:1])
+    masked = [n for n in gm.graph.nodes if "masked_fill" in str(n.target)]
+    assert len(masked) == (1 if from_values else 0)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_transformers_vit_attends_everywhere_mask_is_dropped_and_ops_int8():
+    """``transformers``' ViTForImageClassification (captured with torch.export): its all-True attention mask is
+    gone from the quantized graph (no float ``masked_fill`` left), and the output is unchanged by the rewrite."""
+    pytest.importorskip("transformers")
+    from tests.thirdparty_models import MODELS
+
+    model = MODELS["hf_vit"].build().eval()
+    x = _calib(4)
+    gm, _ = trace(model, x[:1])
+    assert not [n for n in gm.graph.nodes if "masked_fill" in str(n.target) or "arange" in str(n.target)]
+    with torch.no_grad():
+        ref = model(x)
+        ref = ref.logits if hasattr(ref, "logits") else ref
+        assert torch.allclose(gm(x), ref, rtol=1e-5, atol=1e-6)
+    _, rep = _quant(model, "onnxruntime")
+    assert not [f for f in rep["float_ops"] if "masked_fill" in f or "logical_not" in f]
