@@ -93,5 +93,6 @@ def test_openvino_node_times_are_the_executed_nodes(tmp_path):
     times = openvino_node_times(path, x, runs=3, threads=1, warmup=1)
     kinds = {kind for kind, _ in times.values()}
     assert "Convolution" in kinds, kinds  # the conv ran (ReLU may be fused into it)
-    assert all(len(t) == 3 and min(t) >= 0 for _, t in times.values())
+    assert all(1 <= len(t) <= 3 and min(t) >= 0 for _, t in times.values())
+    assert all(len(t) == 3 for kind, t in times.values() if kind == "Convolution")
     assert bench.ov_kernel_ms(path, x, 2) > 0
