@@ -308,10 +308,16 @@ def render(scan_rows: list[dict], rows: list[dict], few: int, up: str, mode: str
         "Top-1 on the digits test split (359 images: one image = 0.28 pt); both controls measure their drop on "
         "the same validation images and calibrate on the same images: `validation` `calib 180` = the 180 labeled "
         "calibration images themselves (one image = 0.56 pt, so a 0.5 pt budget means no validation image may be lost), "
-        "`train N` = the first N training images (not calibration images; what `compress --max-drop` uses by "
-        "default, `quantize.max_drop_validation: train`); the zoo checkpoints were trained on the training split. "
+        "`train N` = the first N training images (not calibration images; `quantize.max_drop_validation: train`); "
+        "the zoo checkpoints were trained on the training split. `train 400` judged on the labeled drop was "
+        "the default of `compress --max-drop` before this run. "
         "`train N z=1`: edgekit judges the drop at drop + 1 x its paired standard error "
-        "(`quantize.max_drop_confidence: 1`; NNCF has no such option: no NNCF column). `unseen 180`: both controls "
+        "(`quantize.max_drop_confidence: 1`; NNCF has no such option: no NNCF column). `train N z=1 disagreement` "
+        "(the default of `compress --max-drop` now: `quantize.max_drop_criterion: disagreement`, confidence 1, "
+        "up to 2000 held-out training images): edgekit judges the share of images whose top-1 changes against "
+        "fp32 (no label needed; it bounds the drop from above), at + 1 standard error (sqrt(changed) / images), "
+        "on the N training images and on the 180 calibration-split images each alone, the worse of the two "
+        "(`val drop` shows the labeled drop and, as `judged`, that share). `unseen 180`: both controls "
         "calibrate on the last 180 training images and measure on the 180 calibration-split images, which the "
         "checkpoints were never trained on (its `plain` calibrates on those training images too). "
         "`lost/gained`: images the fp32 model gets right and the quantized one wrong, and the reverse, on all 1258 "
@@ -431,6 +437,10 @@ def main() -> None:
     if skipped:
         text += ("\n\nCases over 0.5 pt not compared in this run (time on a loaded machine; `--w4-models` limited "
                  f"the 4-bit cases): {', '.join(skipped)}.")
+    if (state / "paths").is_dir():  # benchmarks.max_drop_guards' revert paths: where each guard stops
+        from benchmarks.max_drop_guards import guards_section
+
+        text += "\n\n" + guards_section(state / "paths", data)
     if args.note:
         text += "\n\n" + args.note
     print(text)

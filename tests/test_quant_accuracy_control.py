@@ -66,9 +66,9 @@ def test_compress_max_drop_holds_on_4bit_weights(digits):
     res = edgekit.compress("convnet", "int8", digits, latency=False,
                            overrides=["quantize.weight_bits=4", "quantize.max_drop=0.5"])
     ac = res.report.stage("quantize").report["accuracy_control"]
-    assert ac["met"] and ac["drop_pt"] <= 0.5
-    first = ac["steps"][0]["drop_pt"]
-    assert (first > 0.5) == bool(ac["kept_float"])  # layers went back to float only if plain 4-bit dropped more
+    assert ac["criterion"] == "disagreement" and ac["met"] and ac["drop_pt"] <= ac["drop_bound_pt"] <= 0.5
+    first = ac["steps"][0]["bound_pt"]  # the share of changed predictions (the default criterion), plain 4-bit
+    assert (first > 0.5) == bool(ac["kept_float"])  # layers went back to float only if plain 4-bit changed more
     assert res.report.accuracy.after >= plain.report.accuracy.after - 0.005
 
 
