@@ -1,14 +1,17 @@
-"""The zoo detector through edgekit's recipes vs ONNX Runtime quantize_static and NNCF (issue 19).
+"""The zoo detectors through edgekit's recipes vs ONNX Runtime quantize_static and NNCF (issue 19).
 
 For each variant (edgekit fp32 = the ``deploy`` recipe, ``int8``, ``int8-sym``, ``prune-30``; the peers quantize
 the same exported fp32 ONNX): COCO mAP@[.5:.95] / mAP@.5 on the digits-det test split, run on the artifact
 itself (ONNX Runtime, OpenVINO) with decoding + NMS outside the graph, and batch-1 latency of the graph alone
 and of decoding + NMS. A second table times the same weights at 320x320 (the detector is fully convolutional).
 
-    python -m benchmarks.detection            # writes the `detection` section of docs/benchmarks.md
+    python -m benchmarks.detection            # writes one section per zoo detector into docs/benchmarks.md
+    python -m benchmarks.detection --models detector-hybrid   # one detector (section `detection-hybrid`)
     python -m benchmarks.detection --test 100 --runs 30 --no-write
     python -m benchmarks.detection --cache /tmp/edgekit-det-cache   # a rerun reuses the compressed / exported
-                                                                     # artifacts there and only evaluates and times
+                                                   # artifacts there (one folder per model) and only evaluates and times
+
+Sections: ``detection`` for the RepVGG-backbone ``detector``, ``detection-hybrid`` for ``detector-hybrid``.
 
 OpenVINO's int8 row is the recipe made for it (``int8-openvino``); ONNX Runtime's the ``int8`` recipe. prune-30
 is the recipe made for detectors (:data:`PRUNE_RECIPE`: prune-30 at 16-channel widths with a 10-epoch fine-tune,
@@ -102,7 +105,11 @@ def load_note(uptime: str) -> str:
                                                "agents' jobs ran at SCHED_IDLE)")
 
 
-def build(data, tmp: Path, finetune_epochs: int | None, need_320: bool = True) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
+SECTIONS = {"detector": "detection", "detector-hybrid": "detection-hybrid"}  # zoo detector -> benchmarks.md section
+
+
+def build(data, tmp: Path, finetune_epochs: int | None, need_320: bool = True,
+          model: str = "detector") -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
     """edgekit variants exported to ONNX and OpenVINO; the peers from the fp32 ONNX. -> files, {variant: (model
     or None, seconds, MACs after)}. Whatever ``tmp`` already holds (a ``--cache`` dir of an earlier run) is reused."""
     import json
@@ -125,7 +132,7 @@ def build(data, tmp: Path, finetune_epochs: int | None, need_320: bool = True) -
             results[variant] = (None, m["seconds"], m["macs"])
         else:
             t0 = time.perf_counter()
-            res = compress(zoo.load("detector"), recipes, data=data, latency=False, overrides=over, out=tmp / slug,
+            res = compress(zoo.load(model), recipes, data=data, latency=False, overrides=over, out=tmp / slug,
                            force=True)
             results[variant] = (res.model, time.perf_counter() - t0, res.report.macs.after)
             meta.write_text(json.dumps({"seconds": results[variant][1], "macs": results[variant][2]}))
@@ -188,58 +195,74 @@ def at_320(results, data, tmp: Path, threads: int, runs: int) -> list[list[Any]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(SECTIONS), help=f"comma-separated zoo detectors (default: {','.join(SECTIONS)})")
     ap.add_argument("--test", type=int, default=400, help="digits-det test canvases (default: the whole split)")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--finetune-epochs", type=int, default=None, help="prune-30 fine-tune (default: the recipe's)")
     ap.add_argument("--no-320", action="store_true")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--cache", type=Path, default=None, help="keep compressed / exported artifacts here and reuse "
-                    "them on the next run (which then only evaluates and times)")
+    ap.add_argument("--cache", type=Path, default=None, help="keep compressed / exported artifacts here (DIR/<model>) "
+                    "and reuse them on the next run (which then only evaluates and times)")
     ap.add_argument("--build-only", action="store_true", help="fill --cache (compress, export, quantize) and stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in SECTIONS]
+    if bad:
+        ap.error(f"--models: unknown detector(s) {bad}; accepted: {', '.join(SECTIONS)}")
+    for model in models:
+        with tempfile.TemporaryDirectory(prefix="edgekit-det-") as tmp_:
+            tmp = Path(tmp_) if args.cache is None else args.cache / model
+            tmp.mkdir(parents=True, exist_ok=True)
+            text = run_model(model, args, tmp)
+        if text is not None:
+            print(text)
+            if not args.no_write:
+                write_section(SECTIONS[model], text)
+
+
+def run_model(model: str, args, tmp: Path) -> str | None:
+    """Build (or reuse) one detector's variants in ``tmp``, measure them; -> its section's markdown (None with
+    --build-only)."""
     from edgekit.tasks.detection_data import digits_detection
 
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     data = digits_detection((3, 64, 64), seed=0, counts={"test": args.test})
     x = data.test.x[:1].numpy()
     rows, summary = [], {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-det-") as tmp_:
-        tmp = Path(tmp_) if args.cache is None else args.cache
-        tmp.mkdir(parents=True, exist_ok=True)
-        files, results = build(data, tmp, args.finetune_epochs, need_320=not args.no_320)
-        if args.build_only:
-            if not args.no_320:
-                at_320({k: v for k, v in results.items() if k in RECIPES}, data, tmp, args.threads, 1)
-            print(f"artifacts in {tmp}")
-            return
-        runners = {(v, rt): runner(path, rt, args.threads) for v, by_rt in files.items() for rt, path in by_rt.items()}
-        for key, run in runners.items():
-            summary[key] = artifact_map(run, data)
-            print(key, summary[key], flush=True)
-        from edgekit.tasks.detection_nms import append_nms
+    files, results = build(data, tmp, args.finetune_epochs, need_320=not args.no_320, model=model)
+    if args.build_only:
+        if not args.no_320:
+            at_320({k: v for k, v in results.items() if k in RECIPES}, data, tmp, args.threads, 1)
+        print(f"artifacts in {tmp}")
+        return None
+    runners = {(v, rt): runner(path, rt, args.threads) for v, by_rt in files.items() for rt, path in by_rt.items()}
+    for key, run in runners.items():
+        summary[key] = artifact_map(run, data)
+        print(key, summary[key], flush=True)
+    from edgekit.tasks.detection_nms import append_nms
 
-        nms_runners = {}
-        for v in ("fp32", "int8"):  # decoding + ONNX NonMaxSuppression appended to the same graph
-            dst = tmp / f"{v}-nms.onnx"
-            if not dst.exists():
-                append_nms(files[v]["onnxruntime"], dst, data.test.x.shape[-2:])
-            nms_runners.update({(v, rt, "nms"): runner(dst, rt, args.threads) for rt in ("onnxruntime", "openvino")})
-        for key, ms in interleaved_latency({**runners, **nms_runners}, x, args.runs).items():
-            if len(key) == 3:
-                summary[key[:2]]["nms_ms"] = ms
-            else:
-                summary[key]["ms"] = ms
-        nms_rows = [[v, rt, f"{summary[(v, rt)]['ms']:.3f}", f"{summary[(v, rt)]['nms_ms']:.3f}",
-                     f"{summary[(v, rt)]['ms'] + summary[(v, rt)]['post_ms']:.3f}"] for v, rt, _ in nms_runners]
-        for (variant, rt), m in summary.items():
-            b = summary[("fp32", rt)]
-            rows.append([variant, rt, f"{100 * m['map']:.2f}", f"{100 * m['map50']:.2f}",
-                         f"{100 * (m['map'] - b['map']):+.2f}", f"{m['ms']:.3f}", f"{m['ms'] / b['ms']:.2f}x",
-                         f"{m['post_ms']:.2f}", f"{results[variant][1]:.0f}"])
-        rows320 = [] if args.no_320 else at_320({k: v for k, v in results.items() if k in RECIPES}, data, tmp, args.threads, args.runs)
-        macs = (results["fp32"][2], results["prune-30"][2])  # both reparameterized (deploy)
+    nms_runners = {}
+    for v in ("fp32", "int8"):  # decoding + ONNX NonMaxSuppression appended to the same graph
+        dst = tmp / f"{v}-nms.onnx"
+        if not dst.exists():
+            append_nms(files[v]["onnxruntime"], dst, data.test.x.shape[-2:])
+        nms_runners.update({(v, rt, "nms"): runner(dst, rt, args.threads) for rt in ("onnxruntime", "openvino")})
+    for key, ms in interleaved_latency({**runners, **nms_runners}, x, args.runs).items():
+        if len(key) == 3:
+            summary[key[:2]]["nms_ms"] = ms
+        else:
+            summary[key]["ms"] = ms
+    nms_rows = [[v, rt, f"{summary[(v, rt)]['ms']:.3f}", f"{summary[(v, rt)]['nms_ms']:.3f}",
+                 f"{summary[(v, rt)]['ms'] + summary[(v, rt)]['post_ms']:.3f}"] for v, rt, _ in nms_runners]
+    for (variant, rt), m in summary.items():
+        b = summary[("fp32", rt)]
+        rows.append([variant, rt, f"{100 * m['map']:.2f}", f"{100 * m['map50']:.2f}",
+                     f"{100 * (m['map'] - b['map']):+.2f}", f"{m['ms']:.3f}", f"{m['ms'] / b['ms']:.2f}x",
+                     f"{m['post_ms']:.2f}", f"{results[variant][1]:.0f}"])
+    rows320 = [] if args.no_320 else at_320({k: v for k, v in results.items() if k in RECIPES}, data, tmp, args.threads, args.runs)
+    macs = (results["fp32"][2], results["prune-30"][2])  # both reparameterized (deploy)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     mac_ratio = macs[1] / macs[0]
     verdicts = []
@@ -255,7 +278,7 @@ def main() -> None:
                         f"{1 - pr['ms'] / fp['ms']:.2f} vs 0.8 x MAC reduction {0.8 * (1 - mac_ratio):.2f} "
                         f"({'met' if 1 - pr['ms'] / fp['ms'] >= 0.8 * (1 - mac_ratio) else 'NOT met'})")
     md = [
-        "## Detection: zoo detector, edgekit recipes vs ORT quantize_static and NNCF (issue 19)\n",
+        f"## Detection: zoo `{model}`, edgekit recipes vs ORT quantize_static and NNCF (issue 19)\n",
         f"`{command_line()}` on {machine_note()}, {args.threads} thread(s), batch 1, medians of {args.runs} runs. "
         f"{load_note(uptime_before)}: `uptime` before: `{uptime_before}`; after: `{uptime_after}`. Latencies are timed "
         "round-robin over all variants (one call each per round) so that load drifts hit them alike. With "
@@ -280,10 +303,7 @@ def main() -> None:
     if rows320:
         md += ["\nSame weights at 320x320 (graph only, random input; ratio vs fp32 on the same runtime):\n",
                markdown_table(["variant", "ORT ms", "OpenVINO ms", "note"], rows320)]
-    text = "\n".join(md)
-    print(text)
-    if not args.no_write:
-        write_section("detection", text)
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
