@@ -100,6 +100,22 @@ def test_cnn_recipes_compress_and_export(recipe, target, compressed, det, tmp_pa
     if recipe == "prune-30-detect":
         assert result.report.macs.after < 0.85 * result.report.macs.before
     _export_validates(out, det, target, RECIPES[recipe][1], tmp_path)
+    if target == "openvino" and recipe.startswith("int8"):
+        _openvino_runs_int8(tmp_path / target / "model.xml")
+
+
+def _openvino_runs_int8(xml):
+    """The CPU plugin runs every quantized conv / matmul in int8: float ones are only the head's four 1x1 output
+    convs (``quantize.ends``). A zero point shared by a conv and a Linear weight made 16 convs run in bf16
+    (exporters/openvino.py ``_unshare_weight_zero_points``)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    layers = [(rt["layerType"].astype(str), rt["runtimePrecision"].astype(str), op.get_friendly_name())
+              for op in compiled.get_runtime_model().get_ordered_ops() for rt in [op.get_rt_info()]
+              if rt["layerType"].astype(str) in ("Convolution", "FullyConnected")]
+    float_layers = [t for t in layers if t[1] not in ("i8", "u8")]
+    assert len(layers) == 32 and len(float_layers) <= 4 and all(t[0] == "Convolution" for t in float_layers), float_layers
 
 
 @pytest.mark.slow  # convert + one QAT epoch + freeze + executor check + export
