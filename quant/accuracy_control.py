@@ -121,6 +121,8 @@ def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) ->
     name_of = {id(q): n for n, q in quants.items()}
 
     def quantizer(a: Any) -> str | None:  # a tied quantizer (a q/k/v slice of a fused qkv) acts through its source
+        while isinstance(a, fx.Node) and a.op != "call_module" and qdq.moves_data(a):  # the OpenVINO placement's
+            a = a.args[0]  # q / k / v: a slice or permutation of the quantized qkv output, no quantizer of its own
         m = mods.get(a.target) if isinstance(a, fx.Node) and a.op == "call_module" else None
         return name_of.get(id(m.source if isinstance(m, TiedFakeQuant) else m))
 

@@ -323,15 +323,17 @@ class _Attention(torch.nn.Module):
         return self.head(self.proj(out).mean(1))
 
 
-def test_op_sensitivity_ranks_the_attention_matmul_whose_inputs_are_qkv_slices():
-    """Both inputs of q @ k^T are slices of the one qkv output quantizer (tied quantizers): the op is still ranked
-    (its quantizers act through their source and its output), so the control can return it to float."""
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_op_sensitivity_ranks_the_attention_matmul_whose_inputs_are_qkv_slices(target):
+    """Both inputs of q @ k^T are slices of the one qkv output quantizer (tied quantizers; on the OpenVINO placement
+    no quantizer of their own): the op is still ranked (its quantizers act through their source and its output), so
+    the control can return it to float."""
     from edgekit.quant.accuracy_control import op_sensitivity
     from edgekit.quant.ptq import quantize_ptq
 
     torch.manual_seed(0)
     model = _Attention().eval()
     x = torch.randn(32, 8, 16)
-    calibrated, _ = quantize_ptq(model, x, x[:1], OPTS, do_freeze=False)
+    calibrated, _ = quantize_ptq(model, x, x[:1], OPTS.model_copy(update={"target": target}), do_freeze=False)
     ranked = {r["layer"]: r["sqnr_db"] for r in op_sensitivity(calibrated, x)}
     assert {"matmul", "matmul_1"} <= set(ranked) and all(v < float("inf") for v in ranked.values())
