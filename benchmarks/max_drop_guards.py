@@ -43,7 +43,8 @@ def predictions(model, data) -> dict[str, torch.Tensor]:
             for s, split in (("train", data.train), ("calib", data.calib), ("test", data.test))}
 
 
-def path_of(name: str, case: str, few: int, data, out: Path, max_k: int, stop_flips: int) -> None:
+def path_of(name: str, case: str, few: int, data, out: Path, max_k: int, stop_flips: int, stride: int = 1,
+            dense: int = 8) -> None:
     """Logits of the fp32 model and of the model with ranking[:k] in float, k = 0.. (cached per k)."""
     from edgekit import models
     from edgekit.quant.accuracy_control import op_sensitivity
@@ -64,7 +65,8 @@ def path_of(name: str, case: str, few: int, data, out: Path, max_k: int, stop_fl
         calibrated, _ = quantize_ptq(model, cx, example, opts, do_freeze=False)
         ranking = [r["layer"] for r in layer_sensitivity(calibrated, cx, cy)] + [r["layer"] for r in op_sensitivity(calibrated, cx)]
         (d / "ranking.json").write_text(json.dumps(ranking))
-    for k in range(min(max_k, len(ranking)) + 1):
+    last = min(max_k, len(ranking))
+    for k in sorted({*range(min(dense, last) + 1), *range(dense, last + 1, stride), last}):  # every stride-th after dense
         f = d / f"k{k:03d}.pt"
         if not f.is_file():
             t0 = time.perf_counter()
@@ -164,19 +166,21 @@ def evaluate(out: Path, data, cases: list[tuple[str, str]]) -> tuple[str, list[d
         if not ks:
             continue
         ref = torch.load(d / "fp32.pt")
+        steps = [int(f.stem[1:]) for f in ks]  # reverts in float at each recorded step (a strided path skips some)
         path = [torch.load(f) for f in ks]
         for g, (n, fn) in GUARDS.items():
             n = n or len(y["train"])
             stop = None
-            for k, p in enumerate(path):
+            for k, p in zip(steps, path):
                 v = {"fp32": ref["train"][:n], "q": p["train"][:n], "y": y["train"][:n],
                      "cal_fp32": ref["calib"], "cal_q": p["calib"]}
                 if fn(v) <= MAX_DROP + 1e-9:
                     stop = k
                     break
-            p = path[stop if stop is not None else -1]
+            p = path[steps.index(stop) if stop is not None else -1]
             tdrop, _, _ = _drop(ref["test"], p["test"], y["test"])
-            rows.append({"model": name, "case": case, "guard": g, "k": stop, "path_len": len(path) - 1,
+            rows.append({"model": name, "case": case, "guard": g, "k": stop, "path_len": steps[-1],
+                         "strided": steps != list(range(len(steps))),
                          "test_drop_pt": round(tdrop * 100, 2), "test_met": stop is not None and tdrop * 100 <= MAX_DROP + 1e-9})
     guards = list(GUARDS)
     by = {(r["model"], r["case"], r["guard"]): r for r in rows}
@@ -196,7 +200,8 @@ def guards_section(out: Path, data, cases: str = CASES) -> str:
     """The guard table with what it is, for docs/benchmarks.md (the max_drop section)."""
     pairs = [tuple(c.split(":")) for c in cases.split(",") if c]
     table, rows = evaluate(out, data, pairs)
-    lens = ", ".join(f"{r['model']} {r['case']} {r['path_len']}" for r in rows if r["guard"] == next(iter(GUARDS)))
+    lens = ", ".join(f"{r['model']} {r['case']} {r['path_len']}" + (" (every 4th after 8: a stop is rounded up)" if r["strided"] else "")
+                     for r in rows if r["guard"] == next(iter(GUARDS)))
     return "\n".join([
         "**Which guard holds on the test split** (`python -m benchmarks.max_drop_guards`, accuracy only, at "
         "SCHED_IDLE). Each case's revert path (the control's ranking: weight layers by output SQNR, then "
@@ -225,6 +230,7 @@ def main() -> None:
     ap.add_argument("--state", default="/tmp/edgekit-max-drop/paths")
     ap.add_argument("--evaluate", action="store_true", help="judge the guards on the recorded paths; compute nothing")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stride", type=int, default=1, help="after the first 8 steps record every stride-th (a long path)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -239,7 +245,7 @@ def main() -> None:
         print(text)
         return
     for name, case in cases:
-        path_of(name, case, args.few, data, out, args.max_k, args.stop_flips)
+        path_of(name, case, args.few, data, out, args.max_k, args.stop_flips, args.stride)
 
 
 if __name__ == "__main__":
