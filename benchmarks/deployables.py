@@ -164,15 +164,9 @@ def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX Runtime session like :func:`edgekit.exporters.runtimes.ort_session`, but whose idle threads sleep
     instead of spinning: in one process with other runtimes, spinning threads left by one run take the cores
     from the next runner (measured under load: TVM after a spinning ORT run 252 ms, after a sleeping one 40 ms)."""
-    from edgekit.backends import require
+    from edgekit.exporters.runtimes import ort_session
 
-    ort = require("onnxruntime", "ONNX Runtime inference")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads, spinning=False)
     name = sess.get_inputs()[0].name
     return lambda a: sess.run(None, {name: a})[0]
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import io
-import json
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +36,6 @@ def _interleaved_ms(fns: dict, x, runs: int, warmup: int = 3) -> dict:
         for k, fn in fns.items():
             samples[k].append(time_callable(lambda: fn(x), 1, 0)["median"])
     return {k: float(np.median(v)) for k, v in samples.items()}
-
-
-def _ort(proto_bytes: bytes, threads: int, profile: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.enable_profiling = profile
-    if profile:  # the profiler's JSON goes to a temp dir, not the working directory
-        opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ivit-ort-prof-")) / "ort")
-    return ort.InferenceSession(proto_bytes, opts, providers=["CPUExecutionProvider"])
 
 
 def deployable_row(ref, threads: int = 2):
@@ -89,7 +76,9 @@ def main() -> None:
     from edgekit import models
     from edgekit.data import load_data
     from edgekit.quant.ivit import checker, onnx_export
+    from edgekit.exporters.runtimes import ort_session
     from edgekit.quant.ivit.convert import convert, freeze
+    from edgekit.quant.placement_report import ort_kernel_profile
 
     torch.manual_seed(0)
     model = models.create("vit", pretrained=False, size="224").eval()
@@ -107,9 +96,12 @@ def main() -> None:
     xn = x.numpy()
     rows, ms = [], {}
     load_before = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="ivit-latency-"))
+    files = {"fp32": tmp / "fp32.onnx", "I-ViT int": tmp / "ivit.onnx"}
     runners = {}
-    for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
-        sess = _ort(proto.SerializeToString(), 2)
+    for (label, path), proto in zip(files.items(), (fp_proto, int_proto)):
+        path.write_bytes(proto.SerializeToString())
+        sess = ort_session(path, 2)
         name = sess.get_inputs()[0].name
         runners[label] = lambda a, sess=sess, name=name: sess.run(None, {name: a})
     for label, v in _interleaved_ms(runners, xn, args.runs).items():
@@ -128,18 +120,9 @@ def main() -> None:
         if (rt, "fp32") in ms:
             fp, it = ms[(rt, "fp32")], ms[(rt, "I-ViT int")]
             rows.append([{"ort": "ONNX Runtime 2 threads", "tvm": "TVM Relax llvm"}[rt], fp, it, fp / it])
-    # where the integer graph's time goes (ORT profiler, summed per op type over a few runs)
-    sess = _ort(int_proto.SerializeToString(), 2, profile=True)
-    name = sess.get_inputs()[0].name
-    for _ in range(5):
-        sess.run(None, {name: xn})
-    prof_path = Path(sess.end_profiling())
-    prof = json.loads(prof_path.read_text())
-    shutil.rmtree(prof_path.parent, ignore_errors=True)
-    per_op: dict[str, float] = defaultdict(float)
-    for ev in prof:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            per_op[ev["args"]["op_name"]] += ev["dur"] / 1e3 / 5
+    # where the integer graph's time goes (ORT's own profiler, kernel ms per run summed per op type)
+    per_op = ort_kernel_profile(files["I-ViT int"], xn, runs=5, threads=2)
+    shutil.rmtree(tmp, ignore_errors=True)
     total = sum(per_op.values()) or 1.0
     top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
     md = [
