@@ -75,16 +75,24 @@ def artifact_map(run: Callable[[np.ndarray], np.ndarray], data) -> dict[str, Any
     return {**coco_map(preds, data.test.targets, data.num_classes), "post_ms": float(np.median(post))}
 
 
-def interleaved_latency(runs_by_key: dict[Any, Callable[[np.ndarray], np.ndarray]], x: np.ndarray, runs: int) -> dict[Any, float]:
-    """Median ms of every runner, timed round-robin (one call each per round, the order rotating every round) so
-    that load drifts on a shared machine hit every variant alike instead of whichever ran during a spike."""
+def interleaved_latency(runs_by_key: dict[Any, Callable[[np.ndarray], np.ndarray]], x: np.ndarray, runs: int,
+                        seed: int = 0) -> dict[Any, float]:
+    """Median ms of every runner, timed interleaved: one call each per round, in a new (seeded) random order every
+    round, so that load drifts on a shared machine hit every variant alike and no variant always runs right after
+    the same other one. A fixed cyclic order (rotated each round) gave each runner a fixed predecessor: the ONNX
+    Runtime int8 file timed 3% slower in the slot after the fp32 OpenVINO model than the same file in the slot
+    after the pruned one (quiet machine, 5 x 300 runs), which is more than the int8 rows differ by."""
+    import random
+
     keys = list(runs_by_key)
     for k in keys:
         for _ in range(max(3, runs // 10)):
             runs_by_key[k](x)
     samples: dict[Any, list[float]] = {k: [] for k in keys}
-    for r in range(runs):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+    order = random.Random(seed)
+    for _ in range(runs):
+        order.shuffle(keys)
+        for k in keys:
             t0 = time.perf_counter()
             runs_by_key[k](x)
             samples[k].append((time.perf_counter() - t0) * 1e3)
@@ -162,6 +170,7 @@ def at_320(results, data, tmp: Path, threads: int, runs: int) -> list[list[Any]]
     """Latency of the same weights at 320x320 (graph only): each variant re-exported at that size."""
     from benchmarks.quant_vs_peers import nncf_quantize, ort_quantize_static
     from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant.placement_tail import integer_output_tail_file
 
     x = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
     calib = F.interpolate(data.calib.x[:64], size=(320, 320), mode="bilinear", align_corners=False).numpy()
@@ -173,6 +182,8 @@ def at_320(results, data, tmp: Path, threads: int, runs: int) -> list[list[Any]]
             continue
         try:
             paths[variant] = to_onnx(results[variant][0], x, path)
+            if RECIPES[variant][2] == "int8":  # as the onnx target writes it (quant/placement_tail.py)
+                integer_output_tail_file(path)
         except Exception as exc:  # noqa: BLE001 - reported in the table
             rows.append([variant, f"not exported at 320: {type(exc).__name__}", "", ""])
     if "fp32" in paths:
@@ -281,7 +292,8 @@ def run_model(model: str, args, tmp: Path) -> str | None:
         f"## Detection: zoo `{model}`, edgekit recipes vs ORT quantize_static and NNCF (issue 19)\n",
         f"`{command_line()}` on {machine_note()}, {args.threads} thread(s), batch 1, medians of {args.runs} runs. "
         f"{load_note(uptime_before)}: `uptime` before: `{uptime_before}`; after: `{uptime_after}`. Latencies are timed "
-        "round-robin over all variants (one call each per round) so that load drifts hit them alike. With "
+        "interleaved over all variants (one call each per round, in a new seeded random order every round) so that "
+        "load drifts hit them alike and no variant always runs after the same other one. With "
         "`--cache DIR` the compressed / exported artifacts of an earlier run are reused (`s` then repeats that "
         "run's compress times).\n",
         f"mAP = COCO mAP@[.5:.95] (pycocotools) on the digits-det test split ({len(data.test)} canvases 64x64), "

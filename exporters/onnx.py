@@ -330,7 +330,11 @@ class OnnxExporter(Exporter):
     def build(self, ctx: ExportContext) -> dict[str, Any]:
         import onnxruntime
 
-        ctx.onnx("model.onnx")
+        path = ctx.onnx("model.onnx")
+        if ctx.precision == "int8":  # a packed detector output: integer concat, one DQ (quant/placement_tail.py)
+            from edgekit.quant.placement_tail import integer_output_tail_file
+
+            ctx.extra_manifest["integer_output_tail"] = integer_output_tail_file(path)
         return {"model_file": "model.onnx", "runtime": {"name": "onnxruntime", "version": onnxruntime.__version__}}
 
     def runner(self, directory: Path, manifest: dict[str, Any]):

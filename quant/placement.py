@@ -69,6 +69,9 @@ class Placement:
     # give an attention product's input that only moves a quantized tensor (k = qkv[1].transpose) its own tied
     # Q/DQ pair; False: the product reads the moved integer tensor through the layout ops (OpenVINO)
     requantize_moved: bool = True
+    # the same branch of a packed multi-level output (a detector head) on one grid across the levels, so that the
+    # ONNX tail concatenates integers and dequantizes once per channel (placement_tail)
+    joint_output_grids: bool = False
 
     def initial_scheme(self) -> QScheme:
         """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
@@ -98,7 +101,7 @@ for _p in (
     Placement("onnxruntime", "affine", softmax_input=True, targets=("onnx", "tvm", "coreml"),
               note="uint8 affine activations x int8 weights (MLAS u8s8; ReLU folded into the zero point); the "
                    "GELU input float, so ORT fuses the GELU into one Gelu kernel after a float-output QGemm",
-              gelu_input=False),
+              gelu_input=False, joint_output_grids=True),
     Placement("openvino", "by_range", softmax_input=False, targets=("openvino",),
               note="int8 symmetric activations (uint8 zero point 0 when non-negative), attention logits float: "
                    "FullyConnected and the attention subgraphs run in int8 on the CPU plugin; outputs that only "

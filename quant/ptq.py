@@ -119,10 +119,15 @@ def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Pl
         p.tensors = [t for t in p.tensors if t not in moved]
         ties = {t: s for t, s in ties.items() if t not in moved}
     quant_of: dict[str, str] = {}
-    for i, name in sorted(enumerate(p.tensors), key=lambda t: t[1] in ties):  # sources first, then their ties
+    from edgekit.quant.placement_tail import joint_output_grids
+
+    joint = joint_output_grids(gm, p.tensors) if place.joint_output_grids else {}  # a detector head's levels
+    for i, name in sorted(enumerate(p.tensors), key=lambda t: (t[1] in ties, t[1] in joint)):  # sources first
         node = nodes[name]
         qname = f"act_quant_{i}"
-        if name in ties:
+        if name in joint:  # one quantizer module called on every level: calibrated on all of them
+            gm.add_module(qname, gm.get_submodule(quant_of[joint[name]]))
+        elif name in ties:
             gm.add_module(qname, TiedFakeQuant(gm.get_submodule(quant_of[ties[name]])))
         else:
             # probabilities (softmax outputs) keep their full [0, 1] range, and so do the logits a softmax reads:
