@@ -119,3 +119,20 @@ def test_classifier_graphs_are_left_unchanged(tmp_path):
     path = to_onnx(_quantize(model, x, "onnxruntime"), x[:1], tmp_path / "cls.onnx")
     m = onnx.load(str(path))
     assert integer_output_tail(m) == 0 and m == onnx.load(str(path))
+
+
+def test_ends_first_keeps_the_stem_float(model_x, tmp_path):
+    """``quantize.ends: first`` (recipe int8-detect): the conv that reads the image stays float (ONNX Runtime runs
+    it as its float Conv), every other conv stays int8; on a CNN nothing else changes."""
+    from edgekit.quant.placement_ends import float_ends
+    from edgekit.quant.ptq import trace
+    from edgekit.quant.qdq import ort_optimized_op_types
+
+    model, x = model_x
+    gm, _ = trace(model, x[:1])
+    assert float_ends(gm, "first") == ["stem"] and float_ends(gm, "auto") == []
+    cfg = PTQConfig(ends="first", calibration={"method": "minmax", "samples": len(x)}, bias_correction=False)
+    q, report = quantize_ptq(model, x, x[:1], cfg)
+    assert report["float_ends"] == ["stem"], report["float_ends"]
+    ops = ort_optimized_op_types(to_onnx(q, x[:1], tmp_path / "q.onnx"), 1)
+    assert ops.get("QLinearConv") == 7 and ops.get("Conv", 0) + ops.get("FusedConv", 0) == 1, ops
