@@ -50,6 +50,7 @@ def masksparsity(
     ignore: Sequence[str] = (),
     seed: int = 0,
     ratios: dict[str, float] | None = None,
+    scope: str = "all",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Choose channels, shrink only their BN scales with L1 during a short fine-tune, then remove them."""
     from edgekit.training import train
@@ -64,7 +65,8 @@ def masksparsity(
         train(base, data, epochs=select_epochs, lr=lr, seed=seed, description="masksparsity: global L1")
         for h in handles:
             h.remove()
-    plan = make_plan(base, example_inputs, ratio, importance, global_pruning, round_to, ignore, data, ratios=ratios)
+    plan = make_plan(base, example_inputs, ratio, importance, global_pruning, round_to, ignore, data, ratios=ratios,
+                     scope=scope)
     graph = plan.graph
     masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for u in plan.remove:

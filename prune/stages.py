@@ -37,6 +37,7 @@ class PruneConfig(StageConfig):
     round_to: int = Field(8, ge=1, description="keep channel counts at multiples of this where possible (8/16/32 suit runtimes)")
     ignore: list[str] = Field(default_factory=list, description="wildcard patterns of layer names whose output channels and heads are never pruned, e.g. ['head*'] (their inputs still follow their producers)")
     ratios: dict[str, float] = Field(default_factory=dict, description="per-layer ratio overrides: {layer pattern: ratio}")
+    scope: Literal["all", "depthwise"] = Field("all", description="which groups are pruned: 'all', or 'depthwise': only the groups holding a depthwise conv (the expanded channels of inverted-residual blocks), so that no dense conv loses channels on both sides and latency falls with the MACs")
     masksparsity: MaskSparsityConfig = Field(default_factory=MaskSparsityConfig, description="MaskSparsity before removal")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="fine-tune after pruning")
 
@@ -91,10 +92,10 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
         ms = cfg.masksparsity
         new, report = masksparsity(model, ctx.example_inputs, ctx.data, cfg.ratio, ms.strength, ms.epochs,
                                    cfg.finetune.lr, cfg.importance, cfg.global_pruning, ms.select_epochs,
-                                   cfg.round_to, cfg.ignore, ctx.seed, cfg.ratios)
+                                   cfg.round_to, cfg.ignore, ctx.seed, cfg.ratios, cfg.scope)
     else:
         new, report = prune(model, ctx.example_inputs, cfg.ratio, cfg.importance, cfg.global_pruning, cfg.round_to,
-                            cfg.ignore, ctx.data, cfg.max_group_ratio, cfg.ratios)
+                            cfg.ignore, ctx.data, cfg.max_group_ratio, cfg.ratios, scope=cfg.scope)
     new = rewrap(new, output_path)
     report["accuracy"] = {"before": acc0, "pruned": _accuracy(new, ctx.data)}
     if cfg.finetune.epochs > 0:

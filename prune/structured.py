@@ -5,7 +5,11 @@
 ``ratio`` is the fraction of units (channels / heads) removed in every group (per-layer mode) or across all
 groups after normalising each group's scores by its mean (``global_pruning``; no group loses more than
 ``max_group_ratio``). ``round_to`` keeps every channel group's count at a multiple of it where possible (heads
-are counted as units and not rounded). The model returned is a plain dense ``nn.Module``: the user's class,
+are counted as units and not rounded). ``scope="depthwise"`` prunes only the groups that hold a depthwise conv
+(the expanded channels of inverted-residual / MBConv blocks) and leaves the others whole: every dense conv then
+loses channels on one side only, so its MACs and its time fall together (both pruned, a 1x1 conv between two
+groups loses MACs with the product of the two ratios and time far more slowly; measured per group and per
+allocation on MobileNetV2 in docs/benchmarks.md, ``prune_allocation``). The model returned is a plain dense ``nn.Module``: the user's class,
 edited, when its own forward still runs, otherwise the rewritten graph module (``report["model_kind"]``).
 
 The graph is captured with ``torch.fx`` when the model traces, else with ``torch.export``
@@ -72,6 +76,31 @@ def _group_ratio(group: Group, ratio: float, ratios: dict[str, float]) -> float:
     return ratio
 
 
+SCOPES = ("all", "depthwise")
+
+
+def holds_depthwise(model: nn.Module, group: Group) -> bool:
+    """Whether one of ``group``'s layers is a depthwise conv of ``model`` (groups == in_channels > 1)."""
+    for name in group.layers:
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels:
+            return True
+    return False
+
+
+def _in_scope(model: nn.Module, groups: list[Group], scope: str) -> list[bool]:
+    if scope == "all":
+        return [True] * len(groups)
+    flags = [holds_depthwise(model, g) for g in groups]
+    if not any(flags):
+        raise UserInputError("prune: scope 'depthwise' found no group holding a depthwise conv in this model; "
+                             "use scope 'all'")
+    return flags
+
+
 def make_plan(
     model: nn.Module,
     example_inputs: Sequence[torch.Tensor],
@@ -85,17 +114,22 @@ def make_plan(
     ratios: dict[str, float] | None = None,
     criterion=None,
     method: CaptureMethod | None = None,
+    scope: str = "all",
 ) -> PrunePlan:
-    """Build the dependency graph and choose the units to remove (nothing is removed yet)."""
+    """Build the dependency graph and choose the units to remove (nothing is removed yet). A group out of
+    ``scope`` keeps all its units unless a ``ratios`` pattern names one of its layers."""
     if not 0.0 <= ratio < 1.0:
         raise UserInputError(f"prune: ratio {ratio} must be in [0, 1)")
     if round_to < 1:
         raise UserInputError(f"prune: round_to {round_to} must be >= 1")
+    if scope not in SCOPES:
+        raise UserInputError(f"prune: scope {scope!r} is not one of {', '.join(SCOPES)}")
     fn = criterion or IMPORTANCE.get(importance)
     graph = DependencyGraph(model, example_inputs, ignore=ignore, method=method)
     if criterion is None and IMPORTANCE.meta(importance).get("needs_data"):
         _accumulate_grads(graph, data)
     ratios = dict(ratios or {})
+    in_scope = _in_scope(model, graph.groups, scope)
     scored: list[tuple[Group, np.ndarray]] = []
     for g in graph.groups:
         s = np.asarray(fn(graph, g, {"data": data}), dtype=np.float64)
@@ -111,9 +145,9 @@ def make_plan(
             for ui, v in enumerate(norm):
                 pool.append((v, gi, ui))
         pool.sort()
-        target = int(ratio * sum(len(g.units) for g, _ in scored))
+        target = int(ratio * sum(len(g.units) for gi, (g, _) in enumerate(scored) if in_scope[gi]))
         chosen: dict[int, list[int]] = {gi: [] for gi in range(len(scored))}
-        caps = {gi: int(max_group_ratio * len(g.units)) for gi, (g, _) in enumerate(scored)}
+        caps = {gi: int(max_group_ratio * len(g.units)) if in_scope[gi] else 0 for gi, (g, _) in enumerate(scored)}
         count = 0
         for v, gi, ui in pool:
             if count >= target:
@@ -129,9 +163,9 @@ def make_plan(
             drop = [ui for ui in order if ui in set(chosen[gi])][: n - keep]
             _emit(g, s, drop, remove, scores, per_group)
     else:
-        for g, s in scored:
+        for gi, (g, s) in enumerate(scored):
             n = len(g.units)
-            r = min(_group_ratio(g, ratio, ratios), max_group_ratio)
+            r = min(_group_ratio(g, ratio if in_scope[gi] else 0.0, ratios), max_group_ratio)
             rounding = round_to if not g.is_heads else 1
             keep = _round_keep(n, n - int(math.floor(r * n)), rounding)
             drop = list(np.argsort(s, kind="stable")[: n - keep])
@@ -161,6 +195,7 @@ def prune(
     measure_latency: bool = False,
     plan: PrunePlan | None = None,
     method: CaptureMethod | None = None,
+    scope: str = "all",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``.
 
@@ -170,7 +205,7 @@ def prune(
     model = model.eval()
     if plan is None:
         plan = make_plan(model, example_inputs, ratio, importance, global_pruning, round_to, ignore, data,
-                         max_group_ratio, ratios, method=method)
+                         max_group_ratio, ratios, method=method, scope=scope)
     params0, macs0 = count_params(model), count_macs(model, example_inputs[0])
     lat0 = torch_latency_ms(model, example_inputs) if measure_latency else None
     new, info = plan.graph.prune(plan.remove)
@@ -182,6 +217,7 @@ def prune(
         "importance": importance,
         "global_pruning": global_pruning,
         "round_to": round_to,
+        "scope": scope,
         "params": {"before": params0, "after": params1, "ratio": params1 / max(1, params0)},
         "macs": {"before": macs0, "after": macs1, "ratio": macs1 / max(1, macs0)},
         "latency_ms_torch": None if lat0 is None else {"before": lat0, "after": lat1, "ratio": lat1 / lat0},

@@ -21,6 +21,7 @@ import edgekit
 from edgekit.outputs import select_output, unwrap
 from edgekit.prune.apply import zero_units
 from edgekit.prune.capture import CaptureMethod, output_tensors
+from edgekit.metrics import count_macs
 from edgekit.prune.structured import make_plan, prune
 from tests.thirdparty_models import ALL, MODELS, VITS, assert_fx_fails, example, params
 
@@ -224,3 +225,42 @@ def test_inplace_dropout_before_the_classifier_does_not_freeze_the_last_conv():
     assert report["capture"]["method"] == "torch.export" and "dropout_" not in " ".join(report["frozen_notes"])
     assert new.conv2.out_channels == new.classifier.in_features == 32 and new.classifier.out_features == 10
     assert new(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "hf_mobilenet_v2"])
+def test_depthwise_scope_prunes_only_the_expanded_channels(name):
+    """``scope='depthwise'``: the groups holding a depthwise conv lose channels, every other group keeps all, so
+    no dense conv loses channels on both sides; pruned == dense with the same channels zeroed."""
+    from edgekit.prune.structured import holds_depthwise
+
+    model = _randomize_norms(MODELS[name].build())
+    x = example(2)
+    ignore = ["head*", "classifier*", "fc"]
+    plan = make_plan(model, (x,), ratio=0.5, ignore=ignore, scope="depthwise")
+    assert plan.graph.capture_method is CaptureMethod.EXPORT
+    chosen = {u.root for u in plan.remove}
+    hit = [g for g in plan.graph.groups if any(u.root in chosen for u in g.units)]
+    assert hit and all(holds_depthwise(model, g) for g in hit)
+    assert any(not holds_depthwise(model, g) and len(g.units) > 1 for g in plan.graph.groups)
+    zeroed = zero_units(model, plan.remove)
+    new, report = prune(model, (x,), plan=plan)
+    with torch.no_grad():
+        dense, z, p = (output_tensors(f(x))[0] for f in (model, zeroed, new))
+    torch.testing.assert_close(p, z, atol=ATOL * max(1.0, float(dense.abs().max())), rtol=1e-4)
+    # every pruned dense (non-depthwise) conv lost channels on one side only
+    for mname, m in new.named_modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1:
+            old = model.get_submodule(mname)
+            assert m.in_channels == old.in_channels or m.out_channels == old.out_channels, mname
+    uniform, _ = prune(model, (x,), ratio=0.5, ignore=ignore)
+    assert 0 < report["macs"]["before"] - report["macs"]["after"]
+    assert report["macs"]["after"] > count_macs(uniform, x)  # fewer MACs removed than pruning every group
+
+
+def test_depthwise_scope_without_depthwise_convs_is_a_user_error():
+    from edgekit.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="scope 'depthwise' found no group"):
+        make_plan(MODELS["hf_resnet"].build(), (example(2),), ratio=0.5, ignore=["classifier*"], scope="depthwise")
+    with pytest.raises(UserInputError, match="scope 'wide'"):
+        make_plan(MODELS["hf_resnet"].build(), (example(2),), ratio=0.5, scope="wide")
