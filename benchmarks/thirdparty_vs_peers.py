@@ -28,7 +28,9 @@ times DIR's files (one model per run under a lock is fine): each model's figures
 (by model name) with the ``uptime`` of its own timing, and the section is written from the whole file.
 ``--only edgekit-int8,edgekit-int8-ov`` rebuilds just those variants in DIR (after a change to edgekit's int8);
 ``--only edgekit-p50-r16`` adds prune-50 with ``prune.round_to=16`` (AVX-512's fp32 width), timed beside the
-recipe default as information (not one of the targets).
+recipe default as information (not one of the targets); ``--only edgekit-p70-dw`` adds ``prune.scope=depthwise``
+at ratio 0.7 (only the groups holding a depthwise conv, MobileNetV2's expanded channels; see
+``benchmarks.prune_allocation``), also information.
 The time phase also profiles fp32 and the pruned files with ONNX Runtime's profiler and OpenVINO's per-node
 counters (``--profile-runs``): the kernels' own time, next to the wall-clock verdict.
 """
@@ -56,7 +58,8 @@ RUNTIMES = ("onnxruntime", "openvino")
 EDGEKIT_INT8 = {"edgekit-int8": "int8", "edgekit-int8-ov": "int8-openvino"}  # variant -> edgekit recipe
 INT8_FOR = {"onnxruntime": "edgekit-int8", "openvino": "edgekit-int8-ov"}  # the recipe made for each runtime
 # prune-50 with a recipe override, built only when asked (``--only``): informative rows, not a verdict
-PRUNE_OVERRIDES = {"edgekit-p50-r16": ["prune.round_to=16"]}
+PRUNE_OVERRIDES = {"edgekit-p50-r16": ["prune.round_to=16"],
+                   "edgekit-p70-dw": ["prune.scope=depthwise", "prune.ratio=0.7"]}
 VARIANTS = ("fp32", *EDGEKIT_INT8, "ort-int8", "edgekit-p50", "tp-p50", *PRUNE_OVERRIDES)
 PRUNED = ("edgekit-p50", "tp-p50", *PRUNE_OVERRIDES)
 MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
