@@ -11,7 +11,7 @@ latency only) the build phase writes:
 
 - one ONNX file per dependency group with only that group pruned (half its channels, counts at multiples of 8,
   L1 importance): the group's marginal latency saving against its MAC saving, ``dLat / dMAC``;
-- allocations over the whole model: prune-50 as shipped (every group at 0.5) and "depthwise groups only" at
+- allocations over the whole model: prune-50 as shipped (every group at 0.5) and ``scope="depthwise"`` at
   0.5-0.8 (the expanded channels of each inverted-residual block: its expand 1x1 output, the depthwise 3x3 and
   the reduce 1x1 input; the residual-stream groups, whose 1x1 convs lose MACs on both sides, stay whole).
 
@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from benchmarks._report import command_line, machine_note, markdown_table, write_section  # noqa: E402
 from benchmarks.thirdparty_vs_peers import build, interleaved, ort_kernel_ms, ov_kernel_ms, uptime, variant_runner  # noqa: E402
@@ -46,21 +45,10 @@ def _example() -> torch.Tensor:
     return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def _has_depthwise(model: nn.Module, layers: list[str]) -> bool:
-    for name in layers:
-        try:
-            m = model.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
-            return True
-    return False
-
-
 def build_phase(workdir: Path) -> dict[str, Any]:
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.metrics import count_macs
-    from edgekit.prune.structured import make_plan, prune
+    from edgekit.prune.structured import holds_depthwise, make_plan, prune
 
     x = _example()
     model = build("mobilenetv2")
@@ -69,7 +57,7 @@ def build_phase(workdir: Path) -> dict[str, Any]:
     to_onnx(model, x, workdir / "dense.onnx")
     plan_kw = dict(ratio=0.5, round_to=8, ignore=["classifier*"])
     groups = make_plan(build("mobilenetv2"), (x,), **plan_kw).graph.groups
-    depthwise = [gi for gi, g in enumerate(groups) if _has_depthwise(model, g.layers)]
+    depthwise = [gi for gi, g in enumerate(groups) if holds_depthwise(model, g)]
     variants: dict[str, Any] = {f"g{gi}": gi for gi in range(len(groups))}
     variants["prune-50"] = "all"
     variants.update({f"depthwise-{r:.1f}": r for r in DEPTHWISE_RATIOS})
@@ -77,8 +65,8 @@ def build_phase(workdir: Path) -> dict[str, Any]:
         if what == "all":  # prune-50 as shipped
             pruned, _ = prune(build("mobilenetv2"), (x,), **plan_kw)
         elif isinstance(what, float):  # depthwise groups only, at ratio `what`
-            pruned, _ = prune(build("mobilenetv2"), (x,), ratio=0.0, round_to=8, ignore=["classifier*"],
-                              ratios=_exact(groups, depthwise, what))
+            pruned, _ = prune(build("mobilenetv2"), (x,), ratio=what, round_to=8, ignore=["classifier*"],
+                              scope="depthwise")
             rec["allocations"][key] = {"ratio": what, "groups": len(depthwise)}
         else:  # one group alone
             plan = make_plan(build("mobilenetv2"), (x,), **plan_kw)
@@ -94,21 +82,6 @@ def build_phase(workdir: Path) -> dict[str, Any]:
     rec["allocations"]["prune-50"] = {"ratio": 0.5, "groups": len(groups)}
     (workdir / "build.json").write_text(json.dumps(rec, indent=2) + "\n")
     return rec
-
-
-def _exact(groups, chosen: list[int], ratio: float) -> dict[str, float]:
-    """Per-layer ratio overrides that select exactly the chosen groups: each by a layer no other group holds."""
-    owners: dict[str, set[int]] = {}
-    for gi, g in enumerate(groups):
-        for layer in g.layers:
-            owners.setdefault(layer, set()).add(gi)
-    out = {}
-    for gi in chosen:
-        own = [layer for layer in groups[gi].layers if owners[layer] == {gi}]
-        if not own:
-            raise SystemExit(f"prune_allocation: group {gi} has no layer of its own to select it by")
-        out[own[0]] = ratio
-    return out
 
 
 def time_phase(workdir: Path, runs: int) -> dict[str, Any]:

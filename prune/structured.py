@@ -9,8 +9,9 @@ are counted as units and not rounded). ``scope="depthwise"`` prunes only the gro
 (the expanded channels of inverted-residual / MBConv blocks) and leaves the others whole: every dense conv then
 loses channels on one side only, so its MACs and its time fall together (both pruned, a 1x1 conv between two
 groups loses MACs with the product of the two ratios and time far more slowly; measured per group and per
-allocation on MobileNetV2 in docs/benchmarks.md, ``prune_allocation``). The model returned is a plain dense ``nn.Module``: the user's class,
-edited, when its own forward still runs, otherwise the rewritten graph module (``report["model_kind"]``).
+allocation on MobileNetV2 in docs/benchmarks.md, ``prune_allocation``). The model returned is a plain dense
+``nn.Module``: the user's class, edited, when its own forward still runs, otherwise the rewritten graph module
+(``report["model_kind"]``).
 
 The graph is captured with ``torch.fx`` when the model traces, else with ``torch.export``
 (``report["capture"]``); see :mod:`edgekit.prune.depgraph`.
