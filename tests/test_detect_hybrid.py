@@ -147,3 +147,20 @@ def test_bivit_binarizes_the_transformer_blocks_only(compressed, det, tmp_path):
     assert all(type(mod) is torch.nn.Conv2d for mod in model.head.modules() if isinstance(mod, torch.nn.Conv2d))
     _export_validates(out, det, "onnx", "fp32", tmp_path)
 
+
+
+def test_int8_openvino_detect_quantizes_the_head_output_convs():
+    """Recipe ``int8-openvino-detect`` (the benchmark's OpenVINO int8 row): ``int8-openvino`` with
+    ``quantize.ends: int8``. On this detector (attention in the backbone) ``ends auto`` keeps the four head output
+    convs float like a classifier head; the recipe quantizes their weights and inputs (their outputs stay float on
+    the OpenVINO placement, qdq rule 7), as NNCF does. Nothing else changes: the first layer is a conv stem, int8
+    either way."""
+    from edgekit.quant.placement_ends import float_ends
+    from edgekit.quant.ptq import trace
+    from edgekit.recipe import load_recipe
+
+    q = next(s.config for s in load_recipe("int8-openvino-detect").stages if s.name == "quantize")
+    assert (q.target, q.ends) == ("openvino", "int8")
+    gm, _ = trace(zoo.create("detector-hybrid", pretrained=False).eval(), torch.zeros(1, 3, 64, 64))
+    assert sorted(float_ends(gm, "auto")) == ["head.0.cls", "head.0.reg", "head.1.cls", "head.1.reg"]
+    assert float_ends(gm, q.ends) == []
