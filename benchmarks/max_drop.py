@@ -155,7 +155,7 @@ def scan(models_: list[str], few: int, data, path: Path) -> list[dict]:
 
 
 def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib", val_n: int = 400, z: float = 0.0,
-            criterion: str = "drop") -> dict:
+            criterion: str = "drop", requantize: str = "same") -> dict:
     from edgekit import models
     from edgekit.exporters.torch2onnx import to_onnx
     from edgekit.quant.accuracy_control import quantize_with_max_drop, validation_images
@@ -176,12 +176,13 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
         vx, vy, info = validation_images(data, "train" if val == "train" else "calibration", val_n)
     unlabeled = data.calib.x if val == "train" else None  # disagreement: the calibration images too (no label)
     q, rep = quantize_with_max_drop(model, cx, cy, example, opts, MAX_DROP, validation=(vx, vy), validation_info=info,
-                                    confidence=z, criterion=criterion, unlabeled=unlabeled)
+                                    confidence=z, criterion=criterion, unlabeled=unlabeled,
+                                    requantize=requantize)
     ek_s = time.perf_counter() - t0
     ac = rep["accuracy_control"]
     plain, _ = quantize_ptq(model, cx, example, opts)
     prefix = f"{name}-{case}" + ("" if val == "calib" else f"-val{val}" + ("" if len(vy) == 400 else str(len(vy)))) \
-        + (f"-z{z:g}" if z else "") + ("" if criterion == "drop" else f"-{criterion}")
+        + (f"-z{z:g}" if z else "") + ("" if criterion == "drop" else f"-{criterion}") + ("-bonf" if bonf(z, requantize) else "")
     paths = {k: tmp / f"{prefix}-{k}.onnx" for k in ("fp32", "edgekit", "plain")}
     to_onnx(model, example, paths["fp32"])
     to_onnx(q, example, paths["edgekit"])
@@ -191,8 +192,9 @@ def compare(name: str, case: str, few: int, data, tmp: Path, val: str = "calib",
            "edgekit": top1(q, data.test.x, data.test.y),
            "edgekit_val_drop_pt": ac["drop_pt"], "edgekit_val_bound_pt": ac.get("drop_bound_pt"), "edgekit_met": ac["met"], "edgekit_kept": ac["kept_float"],
            "edgekit_plain_val_drop_pt": ac["steps"][0]["drop_pt"], "edgekit_s": round(ek_s, 1)}
-    row.update(artifacts=prefix, validation=label(f"{val} {len(vy)}", z, criterion), edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
-               edgekit_steps=len(ac["steps"]))
+    row.update(artifacts=prefix, validation=label(f"{val} {len(vy)}", z, criterion, requantize), edgekit_val_images=ac["validation_images"], edgekit_requantized=ac["requantized"],
+               edgekit_steps=len(ac["steps"]), edgekit_forward_kept=ac["steps"][-1]["kept_float"],
+               edgekit_requantize_z=ac.get("requantize_z"), edgekit_requantize_trials=ac.get("requantize_trials"))
     if case != "w4" and not z and criterion == "drop":  # NNCF judges the measured drop: its row is the z=0 row's
         n_cal = opts.calibration.samples if case == "few-calib" else len(cx)
         calib = cx[:n_cal].numpy().astype(np.float32)
@@ -233,10 +235,16 @@ def test_met(r: dict, key: str) -> bool:
     return (r["fp32"] - r[key]) * 100 <= MAX_DROP + 1e-9
 
 
-def label(validation: str, z: float, criterion: str) -> str:
-    """A row's validation column: the images, then ``z=`` and the criterion where they are not the defaults of
-    earlier runs (drop, z 0)."""
-    return validation + (f" z={z:g}" if z else "") + ("" if criterion == "drop" else f" {criterion}")
+def bonf(z: float, requantize: str) -> bool:
+    """Whether the control's re-quantization pass judged at a Bonferroni-corrected z (only differs from z > 0)."""
+    return requantize == "bonferroni" and z > 0
+
+
+def label(validation: str, z: float, criterion: str, requantize: str = "same") -> str:
+    """A row's validation column: the images, then ``z=``, the criterion and ``bonf`` (re-quantizations judged at
+    the Bonferroni-corrected z) where they are not the defaults of earlier runs (drop, z 0, the same z)."""
+    return validation + (f" z={z:g}" if z else "") + ("" if criterion == "drop" else f" {criterion}") \
+        + (" bonf" if bonf(z, requantize) else "")
 
 
 def val_key(v: str | None) -> str:
@@ -378,6 +386,8 @@ def main() -> None:
                     help="edgekit's control: the drop must hold at drop + z * its paired standard error (0: the drop)")
     ap.add_argument("--criterion", choices=("drop", "disagreement"), default="drop",
                     help="edgekit's control: judge the labeled top-1 drop, or the top-1 changes against fp32 on the validation + calibration images")
+    ap.add_argument("--requantize", choices=("same", "bonferroni"), default="same",
+                    help="edgekit's re-quantization pass: judge each re-quantization at the same z as the forward pass (the control's default), or at the Bonferroni-corrected z over its trials")
     ap.add_argument("--show", default="", help="render only rows whose validation column is one of these (comma list; default all)")
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (latency in a later --latency-only pass)")
     ap.add_argument("--latency-only", action="store_true", help="(re)measure the latency of --state's rows; nothing else")
@@ -412,14 +422,15 @@ def main() -> None:
     x = data.calib.x[:1].numpy().astype(np.float32)
     for name, case in todo:
         want = label({"calib": "calib", "unseen": f"unseen {len(data.calib)}"}.get(args.val, f"train {min(args.val_n, len(data.train))}"),
-                     args.confidence, args.criterion)
+                     args.confidence, args.criterion, args.requantize)
         i = next((k for k, d in enumerate(done) if d["model"] == name and d["case"] == case
                   and val_key(d.get("validation")) == want), None)
         if i is None and (args.render_only or args.latency_only):
             skipped.append(f"{name} ({case})")
             continue
         if i is None:
-            done.append(compare(name, case, args.few, data, art, args.val, args.val_n, args.confidence, args.criterion))
+            done.append(compare(name, case, args.few, data, art, args.val, args.val_n, args.confidence, args.criterion,
+                                args.requantize))
             i = len(done) - 1
         if not args.no_latency and not args.render_only and not args.latency_only and "latency_ms" not in done[i]:
             done[i] = measure_row(done[i], art, x, args.rounds, args.runs, args.threads)

@@ -51,6 +51,8 @@ from edgekit.quant.config import PTQConfig
 HELD_OUT_SAMPLES = 2000  # default validation size (at most): 0.05 pt per image, well below the usual 0.5 pt budget
 Criterion = Literal["drop", "disagreement"]
 CRITERIA = ("drop", "disagreement")
+Requantize = Literal["same", "bonferroni"]
+REQUANTIZE = ("same", "bonferroni")
 
 
 def _digest(img: torch.Tensor) -> bytes:
@@ -111,6 +113,16 @@ def validation_images(data: Any, choice: Literal["train", "calibration"] = "trai
                   "calibration_images_skipped": skipped}
 
 
+def corrected_z(z: float, trials: int) -> float:
+    """The z whose one-sided level is ``z``'s divided by ``trials`` (Bonferroni): ``Phi^-1(1 - Phi(-z) / trials)``.
+    ``z`` <= 0 (no guard) and ``trials`` <= 1 leave ``z`` as it is."""
+    if z <= 0 or trials <= 1:
+        return z
+    normal = torch.distributions.Normal(0.0, 1.0)
+    tail = float(normal.cdf(torch.tensor(-float(z)))) / trials
+    return float(-normal.icdf(torch.tensor(tail, dtype=torch.float64)))
+
+
 @torch.no_grad()
 def op_sensitivity(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 64) -> list[dict[str, Any]]:
     """SQNR of the output with only the quantizers of one quantized weightless op (add, matmul) on -- on its inputs
@@ -159,7 +171,8 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
                            validation: tuple[torch.Tensor, torch.Tensor] | None = None,
                            validation_info: dict[str, Any] | None = None,
                            confidence: float = 0.0, criterion: Criterion = "drop",
-                           unlabeled: torch.Tensor | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                           unlabeled: torch.Tensor | None = None,
+                           requantize: Requantize = "same") -> tuple[nn.Module, dict[str, Any]]:
     """Int8 PTQ of ``model`` whose top-1 drop on ``(calib, labels)`` is at most ``max_drop`` points, if possible.
 
     Returns ``(model, report)``; the report lists the layers and ops kept in float, the drop after each step and
@@ -183,11 +196,20 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
     and the unlabeled set is judged alone so that images the model was not trained on are not diluted by many
     it was (the digits zoo: mobilenetv2 w4 changes 2 of 1,258 training images, 5 of 180 calibration images). A
     custom ``evaluate`` is judged as ``drop``.
+
+    ``requantize``: the z each re-quantization of the backward pass is judged at. ``same`` (default):
+    ``confidence``. ``bonferroni``: the backward pass tries up to ``m`` models (one per revert but the last) on
+    the same images and keeps each one that passes, so one of them passing by chance is up to ``m`` times as
+    likely as for a single test; each is judged at :func:`corrected_z` of ``confidence`` over those ``m`` trials
+    (the whole pass at the one-sided level of one test; ``confidence`` 0 stays 0: no guard was asked for). The
+    bound reported (``drop_bound_pt``, ``met``) is at ``confidence`` either way.
     """
     from edgekit.outputs import logits
     from edgekit.quant.ptq import quantize_ptq
     from edgekit.quant.sensitivity import layer_sensitivity
 
+    if requantize not in REQUANTIZE:
+        raise UserInputError(f"requantize {requantize!r}: accepted: {', '.join(REQUANTIZE)}")
     if criterion not in CRITERIA:
         raise UserInputError(f"quantize.max_drop_criterion {criterion!r}: accepted: {', '.join(CRITERIA)}")
     val_x, val_y = validation if validation is not None else (calib, labels)
@@ -204,23 +226,24 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
         ref_ok = ref_pred[:n_val] == val_y
         reference = float(ref_ok.float().mean())
 
-        def share_changed(pred: torch.Tensor, ref: torch.Tensor) -> float:
-            changed = int((pred != ref).sum())
-            return (changed + confidence * math.sqrt(changed)) / max(1, len(pred))
+        def upper(changed: int, n: int, z: float) -> float:
+            return (changed + z * math.sqrt(changed)) / max(1, n)
 
-        def judge(m: nn.Module) -> tuple[float, float]:  # (drop, what the budget is judged on)
+        def judge(m: nn.Module) -> tuple[float, Callable[[float], float]]:  # (drop, z -> what the budget is judged on)
             pred = predict(m)
             ok = pred[:n_val] == val_y
             drop = reference - float(ok.float().mean())
             if criterion == "disagreement":  # each set on its own, the worse one
-                return drop, max(share_changed(pred[:n_val], ref_pred[:n_val]), share_changed(pred[n_val:], ref_pred[n_val:]))
-            return drop, drop + confidence * math.sqrt(int((ok != ref_ok).sum())) / n_val
+                sets = [(int((pred[a:b] != ref_pred[a:b]).sum()), len(pred[a:b])) for a, b in ((0, n_val), (n_val, None))]
+                return drop, lambda z: max(upper(c, n, z) for c, n in sets)
+            flipped = int((ok != ref_ok).sum())
+            return drop, lambda z: drop + z * math.sqrt(flipped) / n_val
     else:
         reference = evaluate(model)
 
-        def judge(m: nn.Module) -> tuple[float, float]:
+        def judge(m: nn.Module) -> tuple[float, Callable[[float], float]]:
             drop = reference - evaluate(m)
-            return drop, drop
+            return drop, lambda z: drop
 
     def holds(d: float) -> bool:
         return d * 100 <= max_drop + 1e-9
@@ -229,16 +252,19 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
         return {"kept_float": list(kept), "accuracy": reference - drop, "drop_pt": round(drop * 100, 3),
                 "bound_pt": round(bound * 100, 3)}
 
-    def attempt(kept: list[str]):
+    def attempt(kept: list[str], z: float = confidence):  # (drop, bound at z, bound at confidence, model, report)
         q, rep = quantize_ptq(model, calib, example, opts.model_copy(update={"ignore": [*opts.ignore, *kept]}))
-        return *judge(q), q, rep
+        drop, bound_at = judge(q)
+        return drop, bound_at(z), bound_at(confidence), q, rep
 
     q, rep = quantize_ptq(model, calib, example, opts)
-    drop, bound = judge(q)
+    drop, bound_at = judge(q)
+    bound = bound_at(confidence)
     steps = [step([], drop, bound)]
     best = (bound, q, rep, [], drop)
     kept: list[str] = []
     requantized: list[str] = []
+    trials, z_back = 0, confidence
     if not holds(bound):
         calibrated, _ = quantize_ptq(model, calib, example, opts, do_freeze=False)
         ranking = [r["layer"] for r in layer_sensitivity(calibrated, calib, labels)]  # labels: reported top-1 only
@@ -246,17 +272,19 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
         limit = len(ranking) if max_reverted is None else min(max_reverted, len(ranking))
         for layer in ranking[:limit]:
             kept.append(layer)
-            drop, bound, q, rep = attempt(kept)
+            drop, _, bound, q, rep = attempt(kept)
             steps.append(step(kept, drop, bound))
             if bound < best[0]:
                 best = (bound, q, rep, list(kept), drop)
             if holds(bound):
                 break
         if holds(best[0]):  # backward pass: a revert the drop does not need goes back to int8
+            trials = len(best[3]) - 1
+            z_back = corrected_z(confidence, trials) if requantize == "bonferroni" else confidence
             for layer in reversed(best[3][:-1]):
                 trial = [k for k in best[3] if k != layer]
-                drop, bound, q, rep = attempt(trial)
-                if holds(bound):
+                drop, strict, bound, q, rep = attempt(trial, z_back)
+                if holds(strict):  # judged at z_back, reported (and compared with the budget) at confidence
                     best = (bound, q, rep, trial, drop)
                     requantized.append(layer)
     bound, q, rep, kept, drop = best
@@ -271,5 +299,6 @@ def quantize_with_max_drop(model: nn.Module, calib: torch.Tensor, labels: torch.
         "validation_images": int(len(val_y)), "resolution_pt": round(100 / max(1, len(val_y)), 3),
         "accuracy_float": reference, "accuracy_int8": reference - drop, "drop_pt": round(drop * 100, 3),
         "kept_float": kept, "requantized": requantized, "steps": steps,
+        "requantize": requantize, "requantize_trials": trials, "requantize_z": round(z_back, 4),
     }}
     return q, rep

@@ -337,3 +337,57 @@ def test_op_sensitivity_ranks_the_attention_matmul_whose_inputs_are_qkv_slices(t
     calibrated, _ = quantize_ptq(model, x, x[:1], OPTS.model_copy(update={"target": target}), do_freeze=False)
     ranked = {r["layer"]: r["sqnr_db"] for r in op_sensitivity(calibrated, x)}
     assert {"matmul", "matmul_1"} <= set(ranked) and all(v < float("inf") for v in ranked.values())
+
+
+def test_corrected_z_is_the_bonferroni_quantile_of_the_forward_level():
+    from statistics import NormalDist
+
+    from edgekit.quant.accuracy_control import corrected_z
+
+    normal = NormalDist()
+    for z, trials in ((1.0, 2), (1.0, 27), (1.0, 66), (1.64, 10)):
+        assert corrected_z(z, trials) == pytest.approx(normal.inv_cdf(1 - normal.cdf(-z) / trials), abs=1e-4)
+    assert corrected_z(1.0, 1) == 1.0 and corrected_z(0.0, 30) == 0.0  # one trial: no correction; z 0: no guard
+    assert 1.0 < corrected_z(1.0, 5) < corrected_z(1.0, 50) < 3.0
+
+
+def _deep_mlp(seed: int):
+    torch.manual_seed(seed)
+    body = [m for _ in range(6) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())]
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.ReLU(), *body,
+                               torch.nn.Linear(16, 10)).eval(), torch.randn(400, 3, 4, 4)
+
+
+def test_requantizations_are_judged_at_the_bonferroni_corrected_z():
+    """The backward pass tries one re-quantization per revert on the same images: each is judged at the corrected z
+    (the final model passes that stricter bound), and at least one re-quantization that the forward z alone would
+    accept is refused (the same run with requantize=same returns more layers to int8)."""
+    from edgekit.outputs import logits
+    from edgekit.quant.accuracy_control import corrected_z
+
+    opts = OPTS.model_copy(update={"weight_bits": 4})
+    differs = 0
+    for seed in range(8):
+        model, x = _deep_mlp(seed)
+        with torch.no_grad():
+            y = ref = model(x).argmax(1)
+        runs = {rz: quantize_with_max_drop(model, x[:64], y[:64], x[:1], opts, 2.0, validation=(x, y), confidence=1.0,
+                                           criterion="disagreement", requantize=rz) for rz in ("bonferroni", "same")}
+        (q, rep), (_, same) = runs["bonferroni"], runs["same"]
+        ac, sa = rep["accuracy_control"], same["accuracy_control"]
+        forward = ac["steps"][-1]["kept_float"]
+        assert forward == sa["steps"][-1]["kept_float"]  # the forward pass is the same
+        if not ac["met"] or len(forward) < 2:
+            continue
+        assert ac["requantize_trials"] == len(forward) - 1
+        assert ac["requantize_z"] == pytest.approx(corrected_z(1.0, len(forward) - 1), abs=1e-4) and ac["requantize_z"] > 1
+        with torch.no_grad():
+            changed = int((logits(q(x)).argmax(1) != ref).sum())
+        if ac["requantized"]:  # the last accepted model passed the corrected bound
+            assert (changed + ac["requantize_z"] * changed ** 0.5) / 400 * 100 <= 2.0 + 1e-6
+        assert ac["drop_bound_pt"] == pytest.approx((changed + changed ** 0.5) / 4, abs=1e-3)  # reported at z = 1
+        assert sa["requantize_z"] == 1.0 and ac["requantize"] == "bonferroni"
+        differs += len(sa["requantized"]) > len(ac["requantized"])
+    assert differs  # some re-quantization passed at z = 1 and not at the corrected z
+    with pytest.raises(Exception, match="accepted: same, bonferroni"):
+        quantize_with_max_drop(model, x[:64], y[:64], x[:1], opts, 2.0, validation=(x, y), requantize="holm")
