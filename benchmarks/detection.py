@@ -56,7 +56,7 @@ INT8_OF = {"onnxruntime": "int8", "openvino": "int8-openvino"}  # the edgekit ro
 INT8_RECIPE = {"detector": "int8-detect", "detector-hybrid": "int8"}
 # the OpenVINO int8 row's recipe: int8-openvino-detect (quantize.ends int8) for both. On the CNN detector it is the
 # same graph as int8-openvino; on detector-hybrid int8-openvino's `ends auto` kept the four head output convs float
-# (attention in the backbone): with them int8 (outputs float, as NNCF) 0.96x warm / 0.97x cold, mAP 50.76 vs 50.68
+# (attention in the backbone): with them int8 (outputs float, as NNCF) 0.96-0.97x warm, 0.97-1.00x cold, mAP 50.76 vs 50.68
 OV_INT8_RECIPE = {"detector": "int8-openvino-detect", "detector-hybrid": "int8-openvino-detect"}
 
 
