@@ -81,13 +81,15 @@ SCOPES = ("all", "depthwise")
 
 
 def holds_depthwise(model: nn.Module, group: Group) -> bool:
-    """Whether one of ``group``'s layers is a depthwise conv of ``model`` (groups == in_channels > 1)."""
+    """Whether one of ``group``'s layers is a depthwise conv of ``model`` (groups == in_channels > 1), or a wrapper
+    holding exactly one conv that is (a conv + norm module such as edgekit's ``ConvBN``)."""
     for name in group.layers:
         try:
             m = model.get_submodule(name)
         except AttributeError:
             continue
-        if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels:
+        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+        if len(convs) == 1 and 1 < convs[0].groups == convs[0].in_channels:
             return True
     return False
 

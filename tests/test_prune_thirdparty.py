@@ -264,3 +264,25 @@ def test_depthwise_scope_without_depthwise_convs_is_a_user_error():
         make_plan(MODELS["hf_resnet"].build(), (example(2),), ratio=0.5, ignore=["classifier*"], scope="depthwise")
     with pytest.raises(UserInputError, match="scope 'wide'"):
         make_plan(MODELS["hf_resnet"].build(), (example(2),), ratio=0.5, scope="wide")
+
+
+def test_depthwise_scope_finds_a_depthwise_conv_inside_a_conv_norm_wrapper():
+    from edgekit.ops.convbn import ConvBN
+    from edgekit.prune.structured import holds_depthwise
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = ConvBN(3, 16, 3)
+            self.dw = ConvBN(16, 16, 3, groups=16)
+            self.pw = ConvBN(16, 24, 1)
+            self.fc = nn.Linear(24, 10)
+
+        def forward(self, x):
+            return self.fc(self.pw(self.dw(self.stem(x))).mean((2, 3)))
+
+    model = Wrapped().eval()
+    plan = make_plan(model, (example(2),), ratio=0.5, ignore=["fc"], scope="depthwise")
+    chosen = {u.root for u in plan.remove}
+    hit = [g for g in plan.graph.groups if any(u.root in chosen for u in g.units)]
+    assert len(hit) == 1 and holds_depthwise(model, hit[0]) and "dw" in hit[0].layers
