@@ -54,6 +54,9 @@ class QuantizeConfig(StageConfig, PTQConfig):
         "(NNCF's criterion)")
     max_drop_confidence: float = Field(1.0, ge=0.0, description="max_drop: z, judged at its value + z * its standard error "
                                        "(sqrt(images changed) / images); 0: the measured value")
+    max_drop_requantize: Literal["bonferroni", "same"] = Field(
+        "bonferroni", description="max_drop: the backward pass (re-quantizing reverts the budget does not need) judges "
+        "each of its m trials at the Bonferroni-corrected z (the whole pass at one test's level) or at the same z")
     qat: QATConfig = Field(default_factory=QATConfig)
 
 
@@ -122,7 +125,8 @@ def _with_max_drop(model, cfg: QuantizeConfig, opts: PTQConfig, data, example):
     gm, report = quantize_with_max_drop(model, data.calib.x[:n], data.calib.y[:n], example, opts, cfg.max_drop,
                                         cfg.max_reverted, validation=(vx, vy), validation_info=info,
                                         confidence=cfg.max_drop_confidence, criterion=cfg.max_drop_criterion,
-                                        unlabeled=data.calib.x if info["held_out"] else None)
+                                        unlabeled=data.calib.x if info["held_out"] else None,
+                                        requantize=cfg.max_drop_requantize)
     report["mode"] = "ptq"
     ac = report["accuracy_control"]
     if not ac["met"]:

@@ -218,6 +218,7 @@ def test_compress_max_drop_reports_the_held_out_validation_set(digits, monkeypat
 
     def spy(model, calib, labels, example, opts, max_drop, max_reverted=None, **kw):
         seen["calib"], seen["val"], seen["unlabeled"] = calib, kw["validation"][0], kw["unlabeled"]
+        seen["requantize"] = kw["requantize"]
         return real(model, calib, labels, example, opts, max_drop, max_reverted, evaluate=lambda m: 0.9, **kw)
 
     monkeypatch.setattr(accuracy_control, "quantize_with_max_drop", spy)
@@ -226,11 +227,13 @@ def test_compress_max_drop_reports_the_held_out_validation_set(digits, monkeypat
     assert ac["validation"]["set"] == "train" and ac["validation"]["images"] == ac["validation_images"] == 1258
     assert _digests(seen["val"]).isdisjoint(_digests(seen["calib"]))
     assert torch.equal(seen["unlabeled"], digits.calib.x)  # the default criterion also counts changes there
+    assert seen["requantize"] == ac["requantize"] == "bonferroni"  # the stage's default backward pass
     res = edgekit.compress("convnet", "int8", digits, latency=False,
                            overrides=["quantize.max_drop=0.5", "quantize.max_drop_validation=calibration",
-                                      "quantize.max_drop_confidence=1"])
+                                      "quantize.max_drop_confidence=1", "quantize.max_drop_requantize=same"])
     ac = res.report.stage("quantize").report["accuracy_control"]
     assert ac["validation"] == {"set": "calibration", "images": len(digits.calib), "held_out": False}
+    assert seen["requantize"] == ac["requantize"] == "same"
     assert ac["confidence_z"] == 1.0
     assert torch.equal(seen["val"], seen["calib"]) and seen["unlabeled"] is None
 
