@@ -1,6 +1,6 @@
 """Tuned vs untuned TVM fp32 per MetaSchedule budget, against ONNX Runtime and PyTorch fp32 (issue 14).
 
-    python -m benchmarks.tvm_tuning [--models mobilenetv2,vit] [--budgets 0,64,256] [--phase build|time|all]
+    python -m benchmarks.tvm_tuning [--models mobilenetv2,resnet50,vit,ivit] [--budgets 0,64,256] [--phase build|time|all]
                                     [--workdir DIR] [--runs 20] [--threads 2] [--json FILE] [--no-write]
 
 ``--phase build`` (run it under ``chrt -i 0``: the search's candidate timings are then noisy, and say so) exports
@@ -33,16 +33,17 @@ from benchmarks._report import command_line, machine_note, markdown_table, write
 from benchmarks.deployables import Worker, export_onnx, interleaved_ms, ort_runner, uptime  # noqa: E402
 
 SECTION = "tvm-tuning"
-MODELS = ("mobilenetv2", "vit", "ivit")  # ivit: the I-ViT integer-only graph of the vit, against vit's TVM fp32
+MODELS = ("mobilenetv2", "resnet50", "vit", "ivit")  # ivit: the I-ViT integer-only graph of the vit, against vit's TVM fp32
 
 
 def _model(name: str):
     from edgekit.models.mobilenetv2 import mobilenetv2
+    from edgekit.models.resnet import resnet50
     from edgekit.models.vit import vit
     from edgekit.records import ModelInfo
 
     torch.manual_seed(0)
-    model = {"mobilenetv2": mobilenetv2, "vit": vit, "ivit": vit}[name]("224", 1000).eval()
+    model = {"mobilenetv2": mobilenetv2, "resnet50": resnet50, "vit": vit, "ivit": vit}[name]("224", 1000).eval()
     return model, ModelInfo(name=f"{name}-224", input_shape=(3, 224, 224), num_classes=1000)
 
 
