@@ -72,6 +72,9 @@ class Placement:
     # the same branch of a packed multi-level output (a detector head) on one grid across the levels, so that the
     # ONNX tail concatenates integers and dequantizes once per channel (placement_tail)
     joint_output_grids: bool = False
+    # a Linear on 3-D tokens runs on 2-D tokens between two reshapes (as NNCF's graph): OpenVINO then keeps its
+    # output int8 before a residual add and runs a GELU after it as an int8 kernel of its own (placement_linear2d)
+    linear_2d: bool = False
 
     def initial_scheme(self) -> QScheme:
         """The grid an activation quantizer observes with (``by_range`` settles on its grid after calibration)."""
@@ -107,7 +110,7 @@ for _p in (
                    "FullyConnected and the attention subgraphs run in int8 on the CPU plugin; outputs that only "
                    "reach the graph outputs through concat / reshapes (a detector head) float; q, k and v read "
                    "from the quantized qkv output through the layout ops, without a Q/DQ pair of their own",
-              output_tail=False, requantize_moved=False),
+              output_tail=False, requantize_moved=False, linear_2d=True),
     Placement("tensorrt", "symmetric", softmax_input=True, targets=("tensorrt",),
               note="signed symmetric int8 only (TensorRT explicit quantization; recipe int8-sym)"),
 ):

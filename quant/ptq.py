@@ -30,6 +30,7 @@ from edgekit.quant.fakequant import (QUANT_LAYERS, ActFakeQuant, ActMode, QuantC
                                      TiedFakeQuant, WeightMode)
 from edgekit.quant.observers import make_observer
 from edgekit.quant.placement import Placement, activation_policy
+from edgekit.quant.placement_linear2d import before_reshapes, linear_on_2d_tokens, quantize_before_reshapes
 
 
 def check_calibration(x: Any, example: torch.Tensor, samples: int) -> torch.Tensor:
@@ -96,10 +97,14 @@ def prepare(gm: fx.GraphModule, opts: PTQConfig) -> tuple[fx.GraphModule, qdq.Pl
     from edgekit.quant.placement_ends import float_ends
 
     place = activation_policy(opts.target, opts.symmetric_activations)
+    if place.linear_2d:  # OpenVINO: Linears on 2-D tokens, int8 outputs and GELUs of their own (placement_linear2d)
+        linear_on_2d_tokens(gm)
     ends = [e for e in float_ends(gm, opts.ends) if not qdq.matches(e, opts.ignore)]
     p = qdq.plan(gm, ops=opts.ops, ignore=[*opts.ignore, *ends], softmax_input=place.softmax_input,
                   output_tail=place.output_tail)
     p.float_ends = ends
+    if place.linear_2d:
+        p.tensors = quantize_before_reshapes(gm, p.tensors)
     if not place.gelu_input:  # the placement leaves a GELU's input float (ONNX Runtime: it fuses the GELU then)
         from edgekit.quant.placement_gelu import only_read_by_gelu
 
@@ -211,7 +216,7 @@ def layer_input_quantizers(gm: fx.GraphModule) -> dict[str, list[str]]:
     mods = dict(gm.named_modules())
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods.get(n.target), QuantWeight):
-            a = n.args[0]
+            a = before_reshapes(n.args[0]) if isinstance(n.args[0], fx.Node) else n.args[0]  # placement_linear2d
             out[n.target] = [a.target] if isinstance(a, fx.Node) and a.op == "call_module" and isinstance(mods.get(a.target), ActFakeQuant) else []
     return out
 
