@@ -255,6 +255,20 @@ def isqrt(v: Any, steps: int | None = None):
     return k
 
 
+def isqrt_steps(v_max: int) -> int:
+    """Newton steps from :func:`isqrt`'s start that reach ``floor(sqrt(v))`` for every ``0 < v <= v_max``.
+
+    With ``r = sqrt(v)`` and ``k = r (1 + eps)``, the real step gives ``r (1 + eps**2 / (2 (1 + eps)))``; the
+    integer step ``(k + v // k) >> 1`` is at most that and at least ``floor(r)``, and the start has
+    ``eps <= 1``. Once ``r * eps_n < 1`` the iterate is ``floor(r)`` or ``floor(r) + 1``, and one more step
+    (with the ``min``) lands on ``floor(r)``: ``n + 1`` steps (0.5 kept as margin). Graphs with a known
+    variance bound unroll this many instead of ISQRT_STEPS (the same result: both converge)."""
+    r, eps, n = math.sqrt(max(int(v_max), 1)), 1.0, 0
+    while r * eps > 0.5:
+        eps, n = eps * eps / (2 * (1 + eps)), n + 1
+    return min(n + 1, ISQRT_STEPS) if v_max < 2**62 else ISQRT_STEPS
+
+
 def layernorm_constants(weight: Any, bias: Any, channels: int, out_scale: float, out_bits: int = 8):
     """Per-channel ``(m, e, b)`` folding LayerNorm's gamma, beta and the normalised scale sqrt(C)/2**15 into
     the output requantization: ``out = clamp((z * m + b + 2**(e-1)) >> e)``, ``e <= shift_cap(out_bits)`` so

@@ -7,11 +7,13 @@ offset``, and the value range). int8 activations are stored as uint8 with offset
 slower on x86); probabilities as uint8 with offset 0; wider tensors as int32.
 
 Requantization ``clamp(floor((t * m + c) / 2**e), lo, hi)`` runs in int32 (:meth:`Builder.requant`): the input
-is first clamped to the range whose result can still differ (exact, the map is monotone), then ``t * m + c -
-lo * 2**e`` fits int32 when ``e <= shift_cap(bits)`` (the model's dyadic pairs are chosen so), the
+is first clamped to a range outside which the result only saturates (exact, the map is monotone), then ``t *
+m + c - lo * 2**e`` fits int32 when ``e <= shift_cap(bits)`` (the model's dyadic pairs are chosen so), the
 truncating ``Div`` by ``2**e`` followed by ``Clip(0, hi - lo)`` equals the floor (negative quotients clip to
-0 either way), and the result is stored with offset ``-lo``. Where a bound does not fit int32 the same
-arithmetic runs in int64 (counted in ``Builder.int64_fallbacks``).
+0 either way), and the result is stored with offset ``-lo``. Where the scale is at most 1 the input clamp can
+be made tight, so that no output ``Clip`` is needed; per-channel constants that are all equal are written as
+scalars. Where a bound does not fit int32 the same arithmetic runs in int64 (counted in
+``Builder.int64_fallbacks``). Each form is checked against an exact reference in tests/test_ivit_builder.py.
 """
 
 from __future__ import annotations
@@ -59,10 +61,24 @@ class Builder:
         self._consts: dict[tuple, str] = {}
         self._n = 0
         self.int64_fallbacks: list[str] = []
+        self._wide: dict[str, str] = {}  # narrow Cast output -> the int32 tensor it was cast from (same values)
 
     def name(self, hint: str = "t") -> str:
         self._n += 1
         return f"{hint}{self._n}"
+
+    def prune(self) -> None:
+        """Drop the nodes and initializers nothing downstream of them reads (a narrowing Cast whose int32
+        source served every consumer, say). The last node writes the graph output. Call once, at the end."""
+        needed: set[str] = set()
+        keep = []
+        for i, n in enumerate(reversed(self.nodes)):
+            if i == 0 or any(o in needed for o in n.output):
+                keep.append(n)
+                needed.update(x for x in n.input if x)
+        self.nodes = keep[::-1]
+        self.inits = [t for t in self.inits if t.name in needed]
+        self._consts = {k: v for k, v in self._consts.items() if v in needed}
 
     def dtype(self, x: str) -> str:
         return self.meta[x].dtype
@@ -90,11 +106,18 @@ class Builder:
 
     # conversions -------------------------------------------------------------------------------
     def cast(self, x: str, dtype: str, meta: Meta | None = None) -> str:
+        """``x`` as ``dtype`` (same stored values). Casting back to int32 a tensor that was narrowed from int32
+        returns that int32 tensor instead of a second Cast."""
         m = meta or Meta(dtype, self.meta[x].offset, self.meta[x].lo, self.meta[x].hi)
         if self.dtype(x) == dtype:
             return x
+        if dtype == "int32" and x in self._wide:
+            return self._wide[x]
         to = getattr(self.T, "FLOAT" if dtype == "float32" else dtype.upper())
-        return self.op("Cast", [x], m, to=to)
+        y = self.op("Cast", [x], m, to=to)
+        if self.dtype(x) == "int32" and dtype == "uint8" and m.lo is not None and 0 <= m.lo + m.offset <= m.hi + m.offset <= 255:
+            self._wide[y] = x  # an exact narrowing: the int32 source holds the same values
+        return y
 
     def value(self, x: str, dtype: str = "int32") -> str:
         """The value itself (offset 0) as ``dtype``."""
@@ -115,47 +138,52 @@ class Builder:
         return self.cast(y, "uint8"), -m.lo
 
     def clamp(self, x: str, lo: Any, hi: Any, dtype: str) -> str:
-        """Clamp with scalar (Clip) or per-channel (Max / Min) bounds."""
-        lo, hi = np.asarray(lo), np.asarray(hi)
-        if lo.size == 1 and hi.size == 1:
+        """Clamp with scalar (Clip) or per-channel (Max / Min) bounds; ``None`` for a side that needs none."""
+        lo, hi = (None if v is None else np.asarray(v) for v in (lo, hi))
+        if lo is not None and hi is not None and lo.size == 1 and hi.size == 1:
             return self.op("Clip", [x, self.const(lo.reshape(()), dtype), self.const(hi.reshape(()), dtype)])
-        x = self.op("Max", [x, self.const(lo, dtype)])
-        return self.op("Min", [x, self.const(hi, dtype)])
+        if lo is not None:
+            x = self.op("Max", [x, self.const(lo, dtype)])
+        return x if hi is None else self.op("Min", [x, self.const(hi, dtype)])
 
     # requantization ----------------------------------------------------------------------------
     def requant(self, x: str, m: Any, e: Any, lo: int, hi: int, extra: Any = 0, bias: Any = 0, shape: tuple = ()) -> str:
         """``clamp(floor(((value + bias) * m + extra + 2**(e-1)) / 2**e), lo, hi)``, stored with offset -lo
         (uint8 when the range spans 256 values, else int32). ``m, e, extra, bias`` broadcast against the
-        value (per-channel arrays pre-shaped by the caller)."""
+        value (per-channel arrays pre-shaped by the caller). Of the exact int32 forms (see :func:`_clamps`)
+        the one with the fewest / cheapest clamps is written."""
         meta = self.meta[x]
         m, e, extra, bias = (_flat(a) for a in (m, e, extra, bias))
         c = _ints(extra) + (_ints(1) << np.maximum(e - 1, 0)) * (e > 0)
         bias = _ints(bias)
         two_e = _ints(1) << e
-        t_lo, t_hi = meta.lo + bias, meta.hi + bias  # range of the value entering the multiply
-        # the clamp of t that changes nothing: f(T1) <= lo and f(T2) >= hi (f monotone in t, direction sign(m))
-        a = ((lo + 1) * two_e - c - 1)
-        b = hi * two_e - c
-        safe_m = np.where(m == 0, 1, m)
-        fa, fb = _floordiv(a, safe_m), _floordiv(b, safe_m)
-        ca, cb = -_floordiv(-a, safe_m), -_floordiv(-b, safe_m)
-        big1, big2 = np.where(m > 0, fa, np.where(m < 0, fb, t_lo)), np.where(m > 0, cb, np.where(m < 0, ca, t_lo))
-        t1, t2 = np.maximum(big1, t_lo), np.minimum(big2, t_hi)
-        out = t1 > t2  # the whole input range saturates one way: any point of it will do
-        pick = np.where(t_lo > big2, t_lo, t_hi)
-        t1, t2 = np.where(out, pick, t1), np.where(out, pick, t2)
         span = hi - lo
         out_meta = Meta("uint8" if span <= 255 else "int32", -lo, lo, hi)
-        for shift in (meta.offset, bias):  # clamp the stored value, or first move it to value + bias (one Add)
-            s_lo, s_hi = t1 - bias + meta.offset, t2 - bias + meta.offset  # the clamp in stored units
-            u_lo, u_hi = s_lo - meta.offset + shift, s_hi - meta.offset + shift  # after the move
-            const = c - lo * two_e + (bias - shift) * m
-            prods = [u_lo * m, u_hi * m]
-            if not _fits(s_lo, s_hi, u_lo, u_hi, *prods, *(p + const for p in prods), const, two_e):
-                continue
+        s_range = (meta.lo + meta.offset, meta.hi + meta.offset)  # stored values
+        best = None
+        for t1, t2, final_clip in _clamps(m, c, two_e, lo, hi, meta.lo + bias, meta.hi + bias):
+            for shift in (meta.offset, bias):  # clamp the stored value, or first move it to value + bias (one Add)
+                s_lo, s_hi = t1 - bias + meta.offset, t2 - bias + meta.offset  # the clamp in stored units
+                if final_clip and np.size(s_lo) > 1 and np.ndim(shift) == 0:  # one scalar Clip for every channel
+                    s_lo, s_hi = np.min(s_lo), np.max(s_hi)
+                need = (np.any(s_lo > s_range[0]), np.any(s_hi < s_range[1]))
+                u_lo = np.where(need[0], s_lo, s_range[0]) - meta.offset + shift  # after the move
+                u_hi = np.where(need[1], s_hi, s_range[1]) - meta.offset + shift
+                const = c - lo * two_e + (bias - shift) * m
+                prods = [u_lo * m, u_hi * m]
+                if not _fits(s_lo, s_hi, u_lo, u_hi, *prods, *(p + const for p in prods), const, two_e):
+                    continue
+                scalar = np.size(_shaped(s_lo, shape)) == 1 and np.size(_shaped(s_hi, shape)) == 1
+                clamp_cost = (1.0 if scalar and all(need) else 1.6 * sum(need)) if any(need) else 0.0
+                cost = clamp_cost + final_clip + bool(np.any(shift != meta.offset))
+                if best is None or cost < best[0]:
+                    best = (cost, s_lo if need[0] else None, s_hi if need[1] else None, shift, const, final_clip)
+        if best is not None:
+            _, s_lo, s_hi, shift, const, final_clip = best
             y = self.cast(x, "int32")
-            if np.any(s_lo > meta.lo + meta.offset) or np.any(s_hi < meta.hi + meta.offset):
-                y = self.clamp(y, _shaped(s_lo, shape), _shaped(s_hi, shape), "int32")
+            if s_lo is not None or s_hi is not None:
+                y = self.clamp(y, None if s_lo is None else _shaped(s_lo, shape),
+                               None if s_hi is None else _shaped(s_hi, shape), "int32")
             if np.any(shift != meta.offset):
                 y = self.op("Add", [y, self.const(_shaped(shift - meta.offset, shape), "int32")])
             if not np.all(m == 1):
@@ -164,7 +192,9 @@ class Builder:
                 y = self.op("Add", [y, self.const(_shaped(const, shape), "int32")])
             if np.any(e != 0):
                 y = self.op("Div", [y, self.const(_shaped(two_e, shape), "int32")])
-            y = self.op("Clip", [y, self.const(0, "int32"), self.const(span, "int32")], Meta("int32", -lo, lo, hi))
+            if final_clip:
+                y = self.op("Clip", [y, self.const(0, "int32"), self.const(span, "int32")])
+            self.meta[y] = Meta("int32", -lo, lo, hi)
             return self.cast(y, out_meta.dtype, out_meta)
         self.int64_fallbacks.append(x)
         t = self.value(x, "int64")
@@ -182,14 +212,51 @@ class Builder:
         y = self.op("Div", [self.op("Add", [x, self.const(OFF64)]), self.const(np.left_shift(1, k))])
         return self.op("Sub", [y, self.const(OFF64 >> k)])
 
-    def lut(self, x: str, table: np.ndarray, meta: Meta) -> str:
-        """``table[stored x - min stored]`` with one Gather (the whole function of a narrow input)."""
+    def lut(self, x: str, table: np.ndarray, meta: Meta, shape: tuple) -> str:
+        """``table[stored x - min stored]`` (the whole function of a narrow input) as one ``GatherElements`` on
+        the flattened tensor of static ``shape``: ONNX Runtime's ``Gather`` copies element by element (4-5x
+        slower here). A small positive first index pads the table instead of a ``Sub`` on every element."""
         m = self.meta[x]
         idx = self.cast(x, "int32")
         first = m.lo + m.offset
+        table = np.asarray(table)
+        if 0 < first <= 4 * len(table):
+            table, first = np.concatenate([np.full(first, table[0], dtype=table.dtype), table]), 0
         if first:
             idx = self.op("Sub", [idx, self.const(first, "int32")])
-        return self.op("Gather", [self.const(table, meta.dtype), idx], meta, axis=0)
+        flat = self.op("Reshape", [idx, self.const([-1])])
+        y = self.op("GatherElements", [self.const(table, meta.dtype), flat], meta, axis=0)
+        return self.op("Reshape", [y, self.const(list(shape))])
+
+
+def _clamps(m, c, two_e, lo: int, hi: int, t_lo, t_hi):
+    """Clamps ``[t1, t2]`` of ``t`` (per channel) under which ``clamp(f(t), lo, hi)``, ``f(t) = floor((t m +
+    c) / 2**e)``, is unchanged, each with whether the output still needs its ``Clip(lo, hi)``:
+
+    * tight (no output Clip): when every ``|m| <= 2**e`` (a scale <= 1), ``f`` moves by at most 1 per step
+      of ``t``, so the first and last ``t`` with ``f(t)`` in ``[lo, hi]`` give exactly ``lo`` and ``hi``;
+      clamping ``t`` to them saturates as the output clamp would, and ``t m + c - lo 2**e`` is then
+      non-negative, so a truncating ``Div`` is the floor;
+    * loose (with the output Clip): the widest clamp that changes nothing (``f(t1) <= lo``, ``f(t2) >= hi``
+      for ``m > 0``), or any wider one (a single scalar Clip for all channels) that still fits int32."""
+    safe_m = np.where(m == 0, 1, m)
+    if np.all(m != 0) and np.all(np.abs(m) <= two_e):
+        pos = m > 0
+        low = np.where(pos, lo * two_e - c, c - (hi + 1) * two_e + 1)  # t |m| >= low
+        high = np.where(pos, (hi + 1) * two_e - 1 - c, c - lo * two_e)  # t |m| <= high
+        am = np.abs(safe_m)
+        t1, t2 = np.maximum(-_floordiv(-low, am), t_lo), np.minimum(_floordiv(high, am), t_hi)
+        if np.all(t1 <= t2):
+            yield t1, t2, False
+    a = ((lo + 1) * two_e - c - 1)
+    b = hi * two_e - c
+    fa, fb = _floordiv(a, safe_m), _floordiv(b, safe_m)
+    ca, cb = -_floordiv(-a, safe_m), -_floordiv(-b, safe_m)
+    big1, big2 = np.where(m > 0, fa, np.where(m < 0, fb, t_lo)), np.where(m > 0, cb, np.where(m < 0, ca, t_lo))
+    t1, t2 = np.maximum(big1, t_lo), np.minimum(big2, t_hi)
+    out = t1 > t2  # the whole input range saturates one way: any point of it will do
+    pick = np.where(t_lo > big2, t_lo, t_hi)
+    yield np.where(out, pick, t1), np.where(out, pick, t2), True
 
 
 def _flat(a: Any) -> np.ndarray:
@@ -202,5 +269,10 @@ def _floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _shaped(a: Any, shape: tuple) -> np.ndarray:
+    """``a`` for broadcasting against a tensor of the full shape: per-channel arrays reshaped to ``shape``,
+    and a scalar where every channel has the same value (ONNX Runtime's scalar-operand loops run 2x faster
+    than its per-channel broadcast)."""
     arr = np.asarray(a, dtype=np.int64)
+    if arr.size > 1 and np.all(arr == arr.flat[0]):
+        return arr.reshape(-1)[:1].reshape(())
     return arr.reshape(shape) if shape and arr.size > 1 else (arr.reshape(()) if arr.size == 1 else arr)

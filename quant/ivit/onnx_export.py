@@ -8,10 +8,12 @@ and the int32 requantization):
 * Linear, MatMul and Conv: ``MatMulInteger`` on uint8 activations with zero point 128 (the u8 x s8 kernel;
   convolutions as patchify / im2col, TVM's ONNX importer has no ConvInteger), then one int32 requantization.
 * Shiftmax: ``x - rowmax`` (int32), the shift-exponential as a table of the row's possible values (one
-  Gather), an int32 row sum, one integer division per row, the normalisation in int32.
-* ShiftGELU: its input is int8, so the whole function (requantization included) is a 256-entry table.
-* I-LayerNorm: mean and centring in int32, the variance in int64, Newton's integer square root on the rows
-  only, the normalised value and its per-channel requantization in int32.
+  ``GatherElements``), an int32 row sum, one integer division per row, the normalisation in int32.
+* ShiftGELU: its input is int8, so the whole function (requantization included) is a 256-entry table, read
+  straight from the int32 result of the producer's requantization.
+* I-LayerNorm: mean and centring in int32 on the stored values, the variance in int64, Newton's integer
+  square root on the rows only (start from one comparison against the powers of 4, as many steps as the
+  variance bound needs), the normalised value and its requantization in int32.
 * Residual add: each branch's dyadic rescale and the sum in int32.
 
 Shapes are specialised to the example input (batch included).
@@ -156,7 +158,7 @@ def _softmax(b, m, ins, vals, out):
     if last < len(table) - 1:  # beyond ``last`` the shift-exponential is constant: clamp there
         u = b.op("Min", [u, b.const(last, "int32")], Meta("int32", 0, 0, last))
         table = table[: last + 1]
-    e = b.lut(u, table, Meta("int32", 0, int(table.min()), int(table.max())))
+    e = b.lut(u, table, Meta("int32", 0, int(table.min()), int(table.max())), vals[0].shape)
     total = b.op("ReduceSum", [e, b.const([-1])], keepdims=1)  # <= 2**30 by the choice of n
     f = b.op("Div", [b.const(1 << 30, "int32"), total])  # per row
     y = b.op("Add", [b.op("Mul", [e, f]), b.const(1 << (30 - m.bits), "int32")])  # e * f <= 2**30
@@ -171,22 +173,24 @@ def _gelu(b, m, ins, vals, out):
         raise UserInputError(f"I-ViT ONNX export: GELU input range [{xm.lo}, {xm.hi}] is too wide for a table")
     table = executor.run_module(m, [np.arange(xm.lo, xm.hi + 1, dtype=np.int64)]) - m.out_lo
     meta = Meta("uint8" if m.out_hi - m.out_lo <= 255 else "int32", -m.out_lo, m.out_lo, m.out_hi)
-    return b.lut(ins[0], table, meta)
+    return b.lut(ins[0], table, meta, vals[0].shape)
 
 
 @lowering(M.IntLayerNorm)
 def _layernorm(b, m, ins, vals, out):
     p = m.params_np()
-    x = b.value(ins[0])
+    x = b.cast(ins[0], "int32")  # stored values: the offset cancels in x - mu (mu of the stored values)
     xm = b.meta[ins[0]]
     c = int(vals[0].shape[-1])
-    s = b.op("ReduceSum", [x, b.const([-1])], keepdims=1)  # |s| < c * 2**16
-    k_off = (c * max(abs(xm.lo), abs(xm.hi))) // c + 2  # floor((s + c//2) / c) from a non-negative dividend
-    mu = b.op("Sub", [b.op("Div", [b.op("Add", [s, b.const(c // 2 + c * k_off, "int32")]), b.const(c, "int32")]),
-                      b.const(k_off, "int32")])
+    s_lo, s_hi = xm.lo + xm.offset, xm.hi + xm.offset
+    s = b.op("ReduceSum", [x, b.const([-1])], keepdims=1)  # |s| < c * 2**17
+    k_off = max(0, -s_lo) + 1 if s_lo < 0 else 0  # floor((s + c//2) / c) from a non-negative dividend
+    mu = b.op("Div", [b.op("Add", [s, b.const(c // 2 + c * k_off, "int32")]), b.const(c, "int32")])
+    if k_off:
+        mu = b.op("Sub", [mu, b.const(k_off, "int32")])
     y = b.op("Sub", [x, mu])
     v = b.op("ReduceSumSquare", [b.cast(y, "int64")], "int64", axes=[-1], keepdims=1)
-    k = _isqrt(b, v, m)
+    k = _isqrt(b, v, c * (s_hi - s_lo) ** 2)  # |x - mu| <= hi - lo: V <= c (hi - lo)**2
     f = b.cast(b.op("Div", [b.const(1 << (IF.NORM_BITS + 14)), k]), "int32")  # 2**29 // k, per row
     z = b.op("Mul", [y, f])  # |y| <= k, so |y * f| <= 2**29
     z = b.op("Div", [b.op("Add", [z, b.const(1 << 29, "int32")]), b.const(1 << 14, "int32")],
@@ -194,19 +198,22 @@ def _layernorm(b, m, ins, vals, out):
     return b.requant(z, p["m"], p["e"], m.out_lo, m.out_hi, extra=p["b"], shape=(-1,))
 
 
-def _isqrt(b: Builder, v: str, m: nn.Module) -> str:
-    """:func:`functional.isqrt` on the row variances (int64; rows only, so its op count does not scale).
-    ``v`` is raised to at least 1 first: the result is the same (1), and no Newton step can reach 0, so the
-    steps need no clamp."""
+def _isqrt(b: Builder, v: str, v_max: int) -> str:
+    """``floor(sqrt(v))`` (at least 1) of the int64 row variances, equal to :func:`functional.isqrt`'s (both
+    converge): the start ``2**(floor(log2 v)//2 + 1)`` is ``2**(j+1)`` for the largest ``4**j <= v`` (one
+    comparison against every power of 4 up to ``v_max``, a Where, a ReduceMax), then
+    :func:`functional.isqrt_steps` Newton steps; only the last needs the ``min`` (before it the iterate can
+    only step between ``floor(sqrt v)`` and ``floor(sqrt v) + 1``, which the next step undoes). ``v`` is raised
+    to at least 1 first: the result is the same (1), and no step can reach 0."""
     v = b.op("Max", [v, b.const(1)])
-    rest, k = v, b.const(2)
-    for sh in (32, 16, 8, 4, 2, 1):  # k0 = 2**(floor(log2 v)//2 + 1), within 2x above sqrt(v)
-        cond = b.op("GreaterOrEqual", [rest, b.const(1 << sh)], "bool")
-        rest = b.op("Where", [cond, b.op("Div", [rest, b.const(1 << sh)]), rest], "int64")
-        if sh > 1:
-            k = b.op("Where", [cond, b.op("Mul", [k, b.const(1 << (sh // 2))], "int64"), k], "int64")
-    for _ in range(IF.ISQRT_STEPS):
-        k = b.op("Min", [k, b.op("Div", [b.op("Add", [k, b.op("Div", [v, k])]), b.const(2)])])
+    powers = np.arange((max(v_max, 1).bit_length() - 1) // 2 + 1)
+    ge = b.op("GreaterOrEqual", [v, b.const(np.left_shift(1, 2 * powers))], "bool")
+    k = b.op("Where", [ge, b.const(np.left_shift(1, powers + 1)), b.const(0)], "int64")
+    k = b.op("ReduceMax", [k], axes=[-1], keepdims=1)
+    steps = IF.isqrt_steps(v_max)
+    for i in range(steps):
+        k_new = b.op("Div", [b.op("Add", [k, b.op("Div", [v, k])]), b.const(2)])
+        k = b.op("Min", [k, k_new]) if i == steps - 1 else k_new
     return k
 
 
@@ -375,6 +382,7 @@ def build(model: fx.GraphModule, example: torch.Tensor, opset: int = OPSET):
     if graph_out is None or graph_in is None:
         raise UserInputError("I-ViT ONNX export: the model must have one input and one output tensor")
     b.nodes.append(b.h.make_node("Identity", [graph_out], ["output"]))
+    b.prune()
     out_shape = list(env[node.args[0].name].shape)
     graph = b.h.make_graph(
         b.nodes, "ivit",

@@ -1,0 +1,113 @@
+"""I-ViT ONNX builder pieces against exact references on ONNX Runtime: the int32 requantization in each of its
+forms (tight clamps without an output Clip, one scalar guard Clip for all channels, per-channel clamps), the
+row square root with its bounded Newton steps, and the table lookup."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgekit.quant.ivit import functional as IF
+from edgekit.quant.ivit.onnx_builder import Builder, Meta
+
+pytest.importorskip("onnxruntime")
+
+
+def _run(b: Builder, inp: str, out: str, x: np.ndarray, dtype: str) -> np.ndarray:
+    from edgekit.quant.ivit.onnx_export import OPSET
+    import onnxruntime as ort
+
+    b.nodes.append(b.h.make_node("Identity", [out], ["y"]))
+    b.prune()
+    elem = getattr(b.T, dtype.upper())
+    graph = b.h.make_graph(b.nodes, "t", [b.h.make_tensor_value_info(inp, elem, list(x.shape))],
+                           [b.h.make_tensor_value_info("y", getattr(b.T, b.dtype(out).upper()), None)], b.inits)
+    proto = b.h.make_model(graph, opset_imports=[b.h.make_opsetid("", OPSET)], ir_version=8)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {inp: x})[0]
+
+
+def _requant_ref(v, m, e, lo, hi, extra, bias):
+    v = np.asarray(v, dtype=object)
+    c = np.asarray(extra, dtype=object) + np.where(e > 0, np.asarray(1, dtype=object) << np.maximum(e - 1, 0), 0)
+    y = ((v + bias) * m + c) // (np.asarray(1, dtype=object) << e)
+    return np.clip(y, lo, hi).astype(np.int64)
+
+
+CASES = [  # (name, value range, storage dtype / offset, m (a tuple: per channel in that range), e, out bits, bias, extra)
+    ("scale<1 scalar, uint8 in", (-128, 127), ("uint8", 128), 11, 5, 8, 0, 0),
+    ("scale<1 negative m", (-128, 127), ("uint8", 128), -7, 4, 8, 0, 3),
+    ("scale>1 scalar", (-3000, 3000), ("int32", 0), 19073, 14, 16, 0, 0),
+    ("per-channel tight clamps", (-3_000_000, 3_000_000), ("int32", 0), (200, 9000), 22, 8, "pc", 0),
+    ("per-channel one guard Clip", (-3_000_000, 3_000_000), ("int32", 0), (3000, 4000), 22, 8, "pc", 0),
+    ("per-channel negative m", (-3_000_000, 3_000_000), ("int32", 0), (-9000, -200), 22, 8, 0, "pc"),
+    ("per-channel mixed signs, wide out", (-40_000, 40_000), ("int32", 0), (-30000, 30000), 14, 16, 0, "pc"),
+    ("stored with offset, all saturating", (1000, 2000), ("int32", 5), 3000, 4, 8, 0, 0),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_requant_forms_match_the_reference(case):
+    _, (vlo, vhi), (dtype, offset), m, e, bits, bias, extra = case
+    rng = np.random.default_rng(0)
+    channels = 6
+    if isinstance(m, tuple):
+        m = rng.integers(*m, channels)
+    if bias == "pc":
+        bias = rng.integers(-5000, 5000, channels)
+    if extra == "pc":
+        extra = rng.integers(-9000, 9000, channels)
+    m, bias, extra = (np.broadcast_to(np.asarray(a, dtype=np.int64), (channels,)) for a in (m, bias, extra))
+    e_arr = np.full(channels, e, dtype=np.int64)
+    lo, hi = IF.qrange(bits)
+    # every value when the range is narrow, else both ends, the neighbourhood of every saturation point, random
+    if vhi - vlo < 5000:
+        v = np.arange(vlo, vhi + 1)
+    else:
+        edges = (np.asarray([lo, hi + 1])[:, None] << e) // np.where(m == 0, 1, m)[None] - bias[None]  # per channel
+        near = (edges.ravel()[:, None] + np.arange(-3, 4)[None]).ravel()
+        v = np.concatenate([[vlo, vhi], near, rng.integers(vlo, vhi + 1, 3000)])
+        v = np.clip(v, vlo, vhi)
+    v = np.repeat(v[:, None], channels, axis=1)
+    b = Builder()
+    b.meta["x"] = Meta(dtype, offset, vlo, vhi)
+    y = b.requant("x", m, e_arr, lo, hi, extra=extra, bias=bias, shape=(-1,))
+    got = _run(b, "x", y, (v + offset).astype(dtype), dtype).astype(np.int64) - b.meta[y].offset
+    assert np.array_equal(got, _requant_ref(v, m, e_arr, lo, hi, extra, bias))
+
+
+def test_requant_scale_at_most_one_needs_no_output_clip():
+    b = Builder()
+    b.meta["x"] = Meta("int32", 0, -3_000_000, 3_000_000)
+    b.requant("x", 4000, 22, -128, 127)
+    assert [n.op_type for n in b.nodes] == ["Clip", "Mul", "Add", "Div", "Cast"]
+
+
+@pytest.mark.parametrize("v_max", [1, 2**20, 192 * 65535**2, 2**61])
+def test_isqrt_graph_is_exact(v_max):
+    from edgekit.quant.ivit.onnx_export import _isqrt
+
+    steps = IF.isqrt_steps(v_max)
+    assert steps <= IF.ISQRT_STEPS
+    squares = np.arange(1, min(math.isqrt(v_max), 3_000_000) + 1, max(1, math.isqrt(v_max) // 2000)) ** 2
+    powers = 4 ** np.arange(0, (v_max.bit_length() + 1) // 2)
+    v = np.concatenate([[0, 1, 2, 3, v_max], squares - 1, squares, squares + 1, powers, powers - 1,
+                        np.random.default_rng(0).integers(0, v_max + 1, 2000, dtype=np.int64)])
+    v = np.clip(v, 0, v_max).astype(np.int64).reshape(-1, 1)
+    ref = np.array([[max(1, math.isqrt(int(a)))] for a in v.ravel()])
+    assert np.array_equal(IF.isqrt(v, steps=steps), ref)  # the bounded step count converges in numpy too
+    b = Builder()
+    b.meta["v"] = Meta("int64")
+    assert np.array_equal(_run(b, "v", _isqrt(b, "v", v_max), v, "int64"), ref)
+
+
+def test_lut_pads_a_small_first_index_and_gathers_elements():
+    b = Builder()
+    b.meta["x"] = Meta("uint8", 0, 3, 200)
+    table = (np.arange(198) * 7 % 256).astype(np.uint8)
+    y = b.lut("x", table, Meta("uint8", 0, 0, 255), (2, 99))
+    assert [n.op_type for n in b.nodes] == ["Cast", "Reshape", "GatherElements", "Reshape"]
+    x = np.arange(3, 201, dtype=np.uint8).reshape(2, 99)
+    assert np.array_equal(_run(b, "x", y, x, "uint8"), table.reshape(2, 99))
