@@ -1,17 +1,21 @@
 """I-ViT latency: fp32 vs integer-only DeiT-Tiny-shaped `vit` (batch 1, 3x224x224) on ONNX Runtime and TVM,
-side by side in one run (runs interleaved, so load changes hit both sides alike; the load average is
-recorded), plus where the integer graph's time goes per ONNX op type (ORT profiling). The integer graph is
-checked bit-exact against the fake-integer PyTorch model and free of float ops before it is timed.
+side by side in one run, plus where the integer graph's time goes per ONNX op type (ORT profiling). The integer
+graph is checked bit-exact against the fake-integer PyTorch model and free of float ops before it is timed.
 
-    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.ivit_latency [--no-tvm] [--runs 20]
+Both sides are those of :mod:`benchmarks.deployables` (its ``ivit-int8`` row): the same model and input
+(:func:`benchmarks.deployables.reference`), the fp32 graph written by the ``onnx`` export target, ONNX Runtime
+sessions whose idle threads sleep (:func:`benchmarks.deployables.ort_runner`), timed round robin
+(:func:`benchmarks.deployables.interleaved_ms`). Two sessions in one process that both spin (ONNX Runtime's
+default) take the cores from each other between calls: measured 1 Dec, quiet machine, the fp32 graph 25 ms
+interleaved with a spinning integer session against 16.5 ms with both sleeping (12.7 ms alone, spinning).
+
+    flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.ivit_latency [--no-tvm] [--runs 20] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import io
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,17 +29,6 @@ from benchmarks._report import command_line, machine_note, markdown_table, write
 
 def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
     return time_callable(lambda: fn(x), runs, warmup)["median"]
-
-
-def _interleaved_ms(fns: dict, x, runs: int, warmup: int = 3) -> dict:
-    """Median ms of each callable, the runs alternating between them."""
-    samples: dict = {k: [] for k in fns}
-    for k, fn in fns.items():
-        time_callable(lambda: fn(x), 1, warmup)
-    for _ in range(runs):
-        for k, fn in fns.items():
-            samples[k].append(time_callable(lambda: fn(x), 1, 0)["median"])
-    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def deployable_row(ref, threads: int = 2):
@@ -69,76 +62,61 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--no-tvm", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     import onnx
 
-    from edgekit import models
-    from edgekit.data import load_data
-    from edgekit.quant.ivit import checker, onnx_export
-    from edgekit.exporters.runtimes import ort_session
-    from edgekit.quant.ivit.convert import convert, freeze
+    from benchmarks.deployables import interleaved_ms, ort_runner, reference
     from edgekit.quant.placement_report import ort_kernel_profile
 
-    torch.manual_seed(0)
-    model = models.create("vit", pretrained=False, size="224").eval()
-    calib = load_data("random:3x224x224").calib.x[:4]
-    x = calib[:1]
-    q = freeze(convert(model, calib, batch_size=4, max_batches=1))
-    int_proto = onnx_export.build(q, x)
-    assert checker.float_tensors(int_proto) == []
-    with torch.no_grad():
-        assert np.array_equal(onnx_export.run_onnxruntime(int_proto, x), q(x).numpy()), "integer graph != PyTorch model"
-    fallbacks = {p.key: p.value for p in int_proto.metadata_props}.get("int64_fallbacks", "?")
-    buf = io.BytesIO()
-    torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False)
-    fp_proto = onnx.load_from_string(buf.getvalue())
-    xn = x.numpy()
-    rows, ms = [], {}
-    load_before = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="ivit-latency-"))
-    files = {"fp32": tmp / "fp32.onnx", "I-ViT int": tmp / "ivit.onnx"}
-    runners = {}
-    for (label, path), proto in zip(files.items(), (fp_proto, int_proto)):
-        path.write_bytes(proto.SerializeToString())
-        sess = ort_session(path, 2)
-        name = sess.get_inputs()[0].name
-        runners[label] = lambda a, sess=sess, name=name: sess.run(None, {name: a})
-    for label, v in _interleaved_ms(runners, xn, args.runs).items():
-        ms[("ort", label)] = v
-    load_after = os.getloadavg()[0]
-    if not args.no_tvm:
-        from edgekit.quant.ivit import tvm_build
+    with tempfile.TemporaryDirectory(prefix="ivit-latency-") as tmp:
+        ref = reference("224", 2, Path(tmp))  # DeiT-Tiny-shaped, random init (seed 0), the onnx target's fp32 graph
+        row = deployable_row(ref, 2)  # checked float-op free and bit-exact first
+        int_path = ref.workdir / "ivit-int8.onnx"
+        int_proto, fp_proto = onnx.load(str(int_path)), onnx.load(str(ref.onnx))
+        fp_run = ort_runner(ref.onnx, 2)
+        load_before = os.getloadavg()[0]
+        ort_ms = interleaved_ms({"fp32": lambda: fp_run(ref.x), "I-ViT int": row.run}, args.runs)
+        load_after = os.getloadavg()[0]
+        ms = {("ort", k): v for k, v in ort_ms.items()}
+        if not args.no_tvm:
+            from edgekit.quant.ivit import tvm_build
 
-        for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
-            t = time.perf_counter()
-            mod = tvm_build.build(proto)
-            build_s = time.perf_counter() - t
-            ms[("tvm", label)] = _median_ms(mod, xn, args.runs)
-            ms[("tvm-build-s", label)] = build_s
+            for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
+                t = time.perf_counter()
+                mod = tvm_build.build(proto)
+                ms[("tvm-build-s", label)] = time.perf_counter() - t
+                ms[("tvm", label)] = _median_ms(mod, ref.x, args.runs)
+        # where the integer graph's time goes (ORT's own profiler, kernel ms per run summed per op type)
+        per_op = ort_kernel_profile(int_path, ref.x, runs=5, threads=2)
+    fallbacks = {p.key: p.value for p in int_proto.metadata_props}.get("int64_fallbacks", "?")
+    rows = []
     for rt in ("ort", "tvm"):
         if (rt, "fp32") in ms:
             fp, it = ms[(rt, "fp32")], ms[(rt, "I-ViT int")]
             rows.append([{"ort": "ONNX Runtime 2 threads", "tvm": "TVM Relax llvm"}[rt], fp, it, fp / it])
-    # where the integer graph's time goes (ORT's own profiler, kernel ms per run summed per op type)
-    per_op = ort_kernel_profile(files["I-ViT int"], xn, runs=5, threads=2)
-    shutil.rmtree(tmp, ignore_errors=True)
     total = sum(per_op.values()) or 1.0
     top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
     md = [
         "## I-ViT latency (integer-only vs fp32, DeiT-Tiny-shaped `vit`, batch 1, 3x224x224)",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine_note()}. Medians of {args.runs} runs, fp32 and integer interleaved; random weights "
-        f"(latency only). Load average (`uptime`, 1 min) {load_before:.1f} before / {load_after:.1f} after the ORT "
-        "runs: measured on a shared, loaded machine, so absolute times are inflated; the ratio is the figure.",
+        f"Machine: {machine_note()}. Medians of {args.runs} rounds, fp32 and integer interleaved (the order "
+        "reversed every other round); random weights (latency only). The same fp32 graph (the `onnx` export "
+        "target's), input and session options (intra-op threads sleep when idle) as the `deployables` "
+        f"section. Load average (`uptime`, 1 min) {load_before:.1f} before / {load_after:.1f} after the ORT "
+        "runs: on a shared machine, absolute times are inflated under load; the ratio is the figure.",
         "",
         markdown_table(["runtime", "fp32 ms", "I-ViT integer ms", "fp32 / integer"], rows),
         "",
-        "Before the int32 lowering (int64 arithmetic, floor shifts as divisions of values offset by 2**62, "
-        "s8 x s8 `MatMulInteger`, 4,444 nodes) the same graph ran at 0.07-0.09x fp32 (111 vs 7.5 ms on a quiet "
-        "machine). Now: uint8 activations with zero point 128 (ONNX Runtime's u8 x s8 kernel), int32 "
-        "requantization, Shiftmax and ShiftGELU as tables, int64 only for LayerNorm's variance and row square root.",
+        "History: int64 arithmetic with floor shifts as divisions of values offset by 2**62 and s8 x s8 "
+        "`MatMulInteger` (4,444 nodes) ran at 0.07-0.09x fp32; the int32 lowering (uint8 activations with zero "
+        "point 128, int32 requantization, Shiftmax / ShiftGELU as tables, 2,916 nodes) at 0.40x (41 vs 16.5 ms, "
+        "1 Dec, quiet). Since: tables read with `GatherElements` (ONNX Runtime's `Gather` copies element by "
+        "element, 4-5x slower), the LayerNorm square root started from one comparison against the powers of 4 "
+        "with only the Newton steps its variance bound needs, requantizations with tight or scalar clamps "
+        "(no output `Clip` where the scale is at most 1, scalar constants where all channels agree), no Cast "
+        "back to int32 of a value narrowed from int32, dead nodes pruned.",
         "",
         f"Integer graph: {len(int_proto.graph.node)} ONNX nodes ({fallbacks} requantizations left in int64), "
         "bit-exact with the PyTorch model, checker: no float tensor inside. "
@@ -148,7 +126,8 @@ def main() -> None:
         "",
         markdown_table(["op", "ms", "share"], [[k, v, f"{100 * v / total:.0f}%"] for k, v in top]),
     ]
-    write_section("ivit-latency", "\n".join(md))
+    if not args.no_write:
+        write_section("ivit-latency", "\n".join(md))
     print("\n".join(md))
 
 
