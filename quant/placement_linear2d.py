@@ -25,7 +25,8 @@ second session of NNCF's own file: 1.01-1.02x / 1.01x); every Linear on 2-D toke
 
 :func:`linear_on_2d_tokens` gives edgekit's graph that form for the OpenVINO placement
 (``Placement.linear_2d``): each ``nn.Linear`` called on a 3-D tensor ``(B, N, C)`` is called on
-``x.reshape(-1, C)`` and its output reshaped back to ``(-1, N, C_out)``. In float it is the same function (a
+``x.reshape(-1, C)`` and its output reshaped back to ``(-1, N, C_out)``, ``N`` read from ``x`` at run time (the
+same weights run at another input size, e.g. a detector at 320x320). In float it is the same function (a
 reshape moves no value), and no quantizer is added, moved or recalibrated: :func:`quantize_before_reshapes` puts
 every Q/DQ pair the plan asks for on a reshape's input instead (the Linear reads its input quantizer's integer
 tensor through the reshape, the add, GELU or attention product reads the Linear's output quantizer's). The two
@@ -66,17 +67,19 @@ def linear_on_2d_tokens(gm: fx.GraphModule) -> int:
             continue
         dtype = node.meta["tensor_meta"].dtype
         with g.inserting_before(node):
+            tokens = g.call_function(aten.sym_size.int, (x, 1))  # read at run time: the graph keeps any token count
             flat = g.call_function(aten.reshape.default, (x, [-1, in_shape[-1]]))
         with g.inserting_after(node):
-            back = g.call_function(aten.reshape.default, (node, [-1, out_shape[1], out_shape[2]]))
+            back = g.call_function(aten.reshape.default, (node, [-1, tokens, out_shape[2]]))
         node.replace_all_uses_with(back, delete_user_cb=lambda u: u is not back)
         node.args = (flat,)
         _set_meta(flat, (in_shape[0] * in_shape[1], in_shape[2]), dtype)
         _set_meta(node, (out_shape[0] * out_shape[1], out_shape[2]), dtype)
         _set_meta(back, out_shape, dtype)
-        for new in (flat, back):
+        tokens.meta["val"] = in_shape[1]
+        for new in (tokens, flat, back):
             new.meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
-            new.meta[RESHAPED_2D] = True
+        flat.meta[RESHAPED_2D] = back.meta[RESHAPED_2D] = True
         count += 1
     if count:
         g.lint()
