@@ -111,3 +111,35 @@ def test_lut_pads_a_small_first_index_and_gathers_elements():
     assert [n.op_type for n in b.nodes] == ["Cast", "Reshape", "GatherElements", "Reshape"]
     x = np.arange(3, 201, dtype=np.uint8).reshape(2, 99)
     assert np.array_equal(_run(b, "x", y, x, "uint8"), table.reshape(2, 99))
+
+
+def test_lut_after_a_requant_reads_the_unclipped_division():
+    """A table on a requantization's result (scale > 1: the form with an output Clip) reads the Div before
+    that Clip, negative indices included: the same values as the clipped path, one pass fewer."""
+    rng = np.random.default_rng(1)
+    acc = np.concatenate([np.arange(-400, 401), [-3_000_000, 3_000_000]]).astype(np.int32).reshape(1, -1)
+    m, e, extra = np.asarray(3000), np.asarray(10), -(1 << 12)
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    b = Builder()
+    b.meta["x"] = Meta("int32", 0, -3_000_000, 3_000_000)
+    y = b.requant("x", m, e, -128, 127, extra=extra)
+    z = b.lut(y, table, Meta("uint8", 0, 0, 255), acc.shape)
+    got = _run(b, "x", z, acc, "int32")
+    assert [n.op_type for n in b.nodes] == ["Clip", "Mul", "Add", "Div", "Reshape", "GatherElements", "Reshape", "Identity"]
+    ref = _requant_ref(acc, m, e, -128, 127, extra, 0)
+    assert ref.min() == -128 and ref.max() == 127  # both saturations are exercised
+    assert np.array_equal(got, table[ref + 128])
+
+
+@pytest.mark.parametrize("out_bits,offset,extra", [(16, 0, 0), (16, 32768, 5), (8, 0, 0), (8, 128, -3)])
+def test_requant_of_scale_one_is_a_clip(out_bits, offset, extra):
+    """m == 2**e (an IntMatMul whose output grid is the accumulator's): clamp(value + extra // 2**e), one
+    Clip (plus the Add into uint8 storage for an 8-bit result)."""
+    lo, hi = IF.qrange(out_bits)
+    v = np.arange(-70_000, 70_001, 3).reshape(1, -1)
+    b = Builder()
+    b.meta["x"] = Meta("int32", offset, -70_000, 70_000)
+    y = b.requant("x", 1 << 14, 14, lo, hi, extra=extra << 14)
+    got = _run(b, "x", y, (v + offset).astype(np.int32), "int32").astype(np.int64) - b.meta[y].offset
+    assert [n.op_type for n in b.nodes][:-1] == (["Clip"] if out_bits == 16 else ["Clip", "Add", "Cast"])
+    assert np.array_equal(got, _requant_ref(v, np.asarray(1 << 14), np.asarray(14), lo, hi, extra << 14, 0))

@@ -30,6 +30,25 @@ def converted(digits):
     return out
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_grids_are_never_finer_than_needed(name, converted):
+    """IntMatMul outputs are never on a grid finer than the product's own; a residual sum keeps its wide
+    input's grid when that covers its range with at most one bit to spare (its graph branch is then the
+    stored value itself) and otherwise gets one bit of headroom."""
+    from edgekit.quant.ivit import modules as M
+
+    _, q = converted[name]
+    mms = [m for m in q.modules() if isinstance(m, M.IntMatMul)]
+    adds = [m for m in q.modules() if isinstance(m, M.IntAdd)]
+    assert mms and adds
+    assert all(m.s_out >= m.s_a * m.s_b for m in mms)
+    kept = [m for m in adds if m.s_out in (m.s_a, m.s_b)]
+    assert kept  # the residual stream keeps its grid through (some of) the blocks
+    for m in kept:  # identity branch: requantize(x, m, e) == x
+        p = m.params_np()
+        assert int(p["ma"]) == 1 << int(p["ea"]) or int(p["mb"]) == 1 << int(p["eb"])
+
+
 def _reseeded(factory):
     torch.manual_seed(0)
     return factory().eval()

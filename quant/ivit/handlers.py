@@ -107,7 +107,10 @@ def _matmul(cv: Converter, node: fx.Node, mod: Any) -> Q:
     b = cv.to_int8(node.args[1], node, "MatMul")
     bits = cv.bits(node)
     name = str(node.target) if node.op == "call_module" else node.name
-    return cv.emit_q(name, M.IntMatMul(a.scale, b.scale, cv.out_scale(node, bits), bits), (a.node, b.node))
+    # never a grid finer than the product's own (a 16-bit softmax input often calibrates finer): the output is
+    # then the accumulator itself, clamped, and graphs write that requantization as one Clip
+    s_out = max(cv.out_scale(node, bits), a.scale * b.scale)
+    return cv.emit_q(name, M.IntMatMul(a.scale, b.scale, s_out, bits), (a.node, b.node))
 
 
 register_module(MatMul)(_matmul)
@@ -115,10 +118,19 @@ register_function(operator.matmul, torch.matmul, torch.bmm)(_matmul)
 register_method("matmul", "bmm")(_matmul)
 
 
+RESIDUAL_HEADROOM = 2.0  # a sum that cannot keep an input's grid gets one bit above its calibrated range
+
+
 def _add(cv: Converter, node: fx.Node, _: Any) -> Q:
+    """A 16-bit sum keeps the grid of a wide (residual-stream) input whose range covers the sum's calibrated
+    range with at most one bit to spare: that branch is then added as it is (no rescale; graphs skip its
+    multiply and division). Otherwise the sum gets a grid with one bit of headroom, so that the following
+    residual adds can keep it."""
     a = cv.need_q(node.args[0], node, "add")
     b = cv.need_q(node.args[1], node, "add")
-    s_out = cv.out_scale(node, WIDE_BITS)
+    s_calib = cv.out_scale(node, WIDE_BITS)
+    keep = [q for q in (a, b) if q.hi - q.lo > 255 and s_calib <= q.scale <= s_calib * RESIDUAL_HEADROOM]
+    s_out = max(keep, key=lambda q: q.hi - q.lo).scale if keep else s_calib * RESIDUAL_HEADROOM
     return cv.emit_q(node.name, M.IntAdd(a.scale, b.scale, s_out, WIDE_BITS), (a.node, b.node))
 
 

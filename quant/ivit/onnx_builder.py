@@ -62,6 +62,7 @@ class Builder:
         self._n = 0
         self.int64_fallbacks: list[str] = []
         self._wide: dict[str, str] = {}  # narrow Cast output -> the int32 tensor it was cast from (same values)
+        self._unclipped: dict[str, tuple[str, int, int]] = {}  # Clip(0, span) output -> (its input, input range)
 
     def name(self, hint: str = "t") -> str:
         self._n += 1
@@ -160,6 +161,10 @@ class Builder:
         span = hi - lo
         out_meta = Meta("uint8" if span <= 255 else "int32", -lo, lo, hi)
         s_range = (meta.lo + meta.offset, meta.hi + meta.offset)  # stored values
+        if np.all(m == two_e) and np.ndim(bias) == 0 and np.ndim(c) == 0 and np.ndim(e) == 0:
+            y = self._requant_identity(x, int(bias) + int(c) // int(two_e), lo, hi, out_meta)
+            if y is not None:
+                return y
         best = None
         for t1, t2, final_clip in _clamps(m, c, two_e, lo, hi, meta.lo + bias, meta.hi + bias):
             for shift in (meta.offset, bias):  # clamp the stored value, or first move it to value + bias (one Add)
@@ -177,9 +182,10 @@ class Builder:
                 clamp_cost = (1.0 if scalar and all(need) else 1.6 * sum(need)) if any(need) else 0.0
                 cost = clamp_cost + final_clip + bool(np.any(shift != meta.offset))
                 if best is None or cost < best[0]:
-                    best = (cost, s_lo if need[0] else None, s_hi if need[1] else None, shift, const, final_clip)
+                    best = (cost, s_lo if need[0] else None, s_hi if need[1] else None, shift, const, final_clip,
+                            [p + const for p in prods])
         if best is not None:
-            _, s_lo, s_hi, shift, const, final_clip = best
+            _, s_lo, s_hi, shift, const, final_clip, ends = best
             y = self.cast(x, "int32")
             if s_lo is not None or s_hi is not None:
                 y = self.clamp(y, None if s_lo is None else _shaped(s_lo, shape),
@@ -193,7 +199,10 @@ class Builder:
             if np.any(e != 0):
                 y = self.op("Div", [y, self.const(_shaped(two_e, shape), "int32")])
             if final_clip:
+                q = [np.sign(v) * (np.abs(v) // two_e) for v in ends]  # the truncating Div of both ends
+                pre = y
                 y = self.op("Clip", [y, self.const(0, "int32"), self.const(span, "int32")])
+                self._unclipped[y] = (pre, int(np.min(np.minimum(*q))), int(np.max(np.maximum(*q))))
             self.meta[y] = Meta("int32", -lo, lo, hi)
             return self.cast(y, out_meta.dtype, out_meta)
         self.int64_fallbacks.append(x)
@@ -206,6 +215,27 @@ class Builder:
         y = self.op("Sub", [y, self.const(lo)], Meta("int64", -lo, lo, hi))
         return self.cast(y, out_meta.dtype, out_meta)
 
+    def _requant_identity(self, x: str, k: int, lo: int, hi: int, out_meta: Meta) -> str | None:
+        """A requantization of scale exactly 1: ``clamp(value + k, lo, hi)``, one Clip of the stored value (an
+        int32 result keeps the input's storage offset, shifted by ``k``; a uint8 one gets offset ``-lo``).
+        None where a bound does not fit int32."""
+        meta = self.meta[x]
+        shift = meta.offset - k  # stored = value + k + shift
+        a, b = max(lo, meta.lo + k), min(hi, meta.hi + k)
+        if a > b:  # the whole input range saturates one way
+            a = b = lo if meta.hi + k < lo else hi
+        if not _fits(a + shift, b + shift, -lo, meta.lo + meta.offset, meta.hi + meta.offset):
+            return None
+        y = self.cast(x, "int32")
+        if a > meta.lo + k or b < meta.hi + k:
+            y = self.op("Clip", [y, self.const(a + shift, "int32"), self.const(b + shift, "int32")])
+        self.meta[y] = Meta("int32", shift, a, b)
+        if out_meta.dtype == "int32":
+            return y
+        if shift != -lo:
+            y = self.op("Add", [y, self.const(-lo - shift, "int32")], Meta("int32", -lo, a, b))
+        return self.cast(y, out_meta.dtype, Meta(out_meta.dtype, -lo, a, b))
+
     def floor_shift(self, x: str, k: Any) -> str:
         """floor(x / 2**k) for int64 x with |x| < 2**62 (an offset makes the truncating Div a floor)."""
         k = np.asarray(k, dtype=np.int64)
@@ -215,11 +245,19 @@ class Builder:
     def lut(self, x: str, table: np.ndarray, meta: Meta, shape: tuple) -> str:
         """``table[stored x - min stored]`` (the whole function of a narrow input) as one ``GatherElements`` on
         the flattened tensor of static ``shape``: ONNX Runtime's ``Gather`` copies element by element (4-5x
-        slower here). A small positive first index pads the table instead of a ``Sub`` on every element."""
+        slower here). A small positive first index pads the table instead of a ``Sub`` on every element.
+        When ``x`` is a requantization's ``Clip(0, span)`` (see :meth:`requant`), the table is read at the
+        Clip's input instead, extended with the saturated entries (negative indices count from the end)."""
         m = self.meta[x]
         idx = self.cast(x, "int32")
         first = m.lo + m.offset
         table = np.asarray(table)
+        if idx in self._unclipped and first == 0 and len(table) == m.hi - m.lo + 1:
+            pre, d_lo, d_hi = self._unclipped[idx]
+            pos = table[np.clip(np.arange(max(d_hi, 0) + 1), 0, len(table) - 1)]
+            neg = np.full(max(0, -d_lo), table[0], dtype=table.dtype)
+            if len(pos) + len(neg) <= 4 * 65536:
+                idx, table = pre, np.concatenate([pos, neg])
         if 0 < first <= 4 * len(table):
             table, first = np.concatenate([np.full(first, table[0], dtype=table.dtype), table]), 0
         if first:
