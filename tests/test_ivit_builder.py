@@ -143,3 +143,35 @@ def test_requant_of_scale_one_is_a_clip(out_bits, offset, extra):
     got = _run(b, "x", y, (v + offset).astype(np.int32), "int32").astype(np.int64) - b.meta[y].offset
     assert [n.op_type for n in b.nodes][:-1] == (["Clip"] if out_bits == 16 else ["Clip", "Add", "Cast"])
     assert np.array_equal(got, _requant_ref(v, np.asarray(1 << 14), np.asarray(14), lo, hi, extra << 14, 0))
+
+
+@pytest.mark.parametrize("gamma", ["ones", "per-channel"])
+def test_layernorm_lowering_with_saturating_outputs(gamma):
+    """I-LayerNorm on rows with outliers and an output scale that saturates often: the normalised value's
+    storage offset is as small as the requantization's lowest clamp allows (quotients below it truncate, and
+    only ever reach the clamp), and the graph still equals the numpy kernel bit for bit."""
+    import torch
+    from torch import nn
+
+    from edgekit.quant.ivit import modules as M
+    from edgekit.quant.ivit.onnx_export import _layernorm
+
+    rng = np.random.default_rng(3)
+    c = 48
+    ln = nn.LayerNorm(c)
+    if gamma == "per-channel":
+        with torch.no_grad():
+            ln.weight.copy_(torch.from_numpy(rng.uniform(-3, 3, c)))
+            ln.bias.copy_(torch.from_numpy(rng.uniform(-1, 1, c)))
+    mod = M.IntLayerNorm(ln, s_in=0.01, s_out=0.004)  # |out| <= 0.5: most normalised values saturate
+    mod.freeze()
+    x = rng.integers(-200, 200, (64, c))
+    x[:8, :3] = rng.choice([-32768, 32767], (8, 3))  # outliers: a few values far out in a row
+    x[8] = 5  # a constant row (variance 0)
+    b = Builder()
+    b.meta["x"] = Meta("int32", 0, -32768, 32767)
+    y = _layernorm(b, mod, ["x"], [x], None)
+    got = _run(b, "x", y, x.astype(np.int32), "int32").astype(np.int64) - b.meta[y].offset
+    ref = mod.kernel(x, p=mod.params_np(), steps=None)
+    assert ref.min() == -128 and ref.max() == 127
+    assert np.array_equal(got, np.asarray(ref))

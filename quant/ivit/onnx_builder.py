@@ -267,6 +267,16 @@ class Builder:
         return self.op("Reshape", [y, self.const(list(shape))])
 
 
+def lowest_clamp(m: Any, e: Any, lo: int, hi: int, t_lo: int, t_hi: int, extra: Any = 0) -> int:
+    """The lowest input clamp any form of :meth:`Builder.requant` may apply to values in ``[t_lo, t_hi]``
+    (``t_lo`` when some form clamps nothing below): values under it only ever reach the clamp."""
+    m, e, extra = (_flat(a) for a in (m, e, extra))
+    c = _ints(extra) + (_ints(1) << np.maximum(e - 1, 0)) * (e > 0)
+    if np.all(m == (_ints(1) << e)):  # the scale-1 form clamps elsewhere: claim nothing
+        return int(t_lo)
+    return int(min(np.min(t1) for t1, _, _ in _clamps(m, c, _ints(1) << e, lo, hi, _ints(t_lo), _ints(t_hi))))
+
+
 def _clamps(m, c, two_e, lo: int, hi: int, t_lo, t_hi):
     """Clamps ``[t1, t2]`` of ``t`` (per channel) under which ``clamp(f(t), lo, hi)``, ``f(t) = floor((t m +
     c) / 2**e)``, is unchanged, each with whether the output still needs its ``Clip(lo, hi)``:

@@ -34,7 +34,7 @@ from edgekit.errors import UserInputError
 from edgekit.quant.ivit import executor
 from edgekit.quant.ivit import functional as IF
 from edgekit.quant.ivit import modules as M
-from edgekit.quant.ivit.onnx_builder import Builder, Meta
+from edgekit.quant.ivit.onnx_builder import Builder, Meta, lowest_clamp
 
 OPSET = 17
 
@@ -193,8 +193,13 @@ def _layernorm(b, m, ins, vals, out):
     k = _isqrt(b, v, c * (s_hi - s_lo) ** 2)  # |x - mu| <= hi - lo: V <= c (hi - lo)**2
     f = b.cast(b.op("Div", [b.const(1 << (IF.NORM_BITS + 14)), k]), "int32")  # 2**29 // k, per row
     z = b.op("Mul", [y, f])  # |y| <= k, so |y * f| <= 2**29
-    z = b.op("Div", [b.op("Add", [z, b.const(1 << 29, "int32")]), b.const(1 << 14, "int32")],
-             Meta("int32", 1 << IF.NORM_BITS, -(1 << IF.NORM_BITS), 1 << IF.NORM_BITS))  # z + 2**15
+    # z = floor(y f / 2**14) stored with offset K: a truncating Div of y f + K 2**14, which is the floor for
+    # every z >= -K; below -K (a quotient <= 0) the requantization only ever clamps, at or above stored 0.
+    # K as small as that allows keeps the stored values small enough to requantize without moving them first
+    top = 1 << IF.NORM_BITS
+    k_z = min(top, max(0, -lowest_clamp(p["m"], p["e"], m.out_lo, m.out_hi, -top, top, p["b"])))
+    z = b.op("Div", [b.op("Add", [z, b.const(k_z << 14, "int32")]), b.const(1 << 14, "int32")],
+             Meta("int32", k_z, -top, top))
     return b.requant(z, p["m"], p["e"], m.out_lo, m.out_hi, extra=p["b"], shape=(-1,))
 
 
