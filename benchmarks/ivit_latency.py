@@ -113,10 +113,14 @@ def main() -> None:
         "`MatMulInteger` (4,444 nodes) ran at 0.07-0.09x fp32; the int32 lowering (uint8 activations with zero "
         "point 128, int32 requantization, Shiftmax / ShiftGELU as tables, 2,916 nodes) at 0.40x (41 vs 16.5 ms, "
         "1 Dec, quiet). Since: tables read with `GatherElements` (ONNX Runtime's `Gather` copies element by "
-        "element, 4-5x slower), the LayerNorm square root started from one comparison against the powers of 4 "
-        "with only the Newton steps its variance bound needs, requantizations with tight or scalar clamps "
-        "(no output `Clip` where the scale is at most 1, scalar constants where all channels agree), no Cast "
-        "back to int32 of a value narrowed from int32, dead nodes pruned.",
+        "element, 4-5x slower), straight from the producer's division (its output `Clip` folded into the "
+        "table); an 8-bit residual branch rescaled by a table; the LayerNorm square root started from one "
+        "comparison against the powers of 4 with only the Newton steps its variance bound needs; "
+        "requantizations with tight or scalar clamps (no output `Clip` where the scale is at most 1, scalar "
+        "constants where all channels agree); no Cast back to int32 of a value narrowed from int32; dead nodes "
+        "pruned. Converter: an `IntMatMul` output grid never finer than the product's (the 16-bit softmax "
+        "input's requantization becomes one `Clip`), and a residual sum keeps its wide input's grid when that "
+        "covers its range within one bit (that branch is added as stored; else one bit of headroom).",
         "",
         f"Integer graph: {len(int_proto.graph.node)} ONNX nodes ({fallbacks} requantizations left in int64), "
         "bit-exact with the PyTorch model, checker: no float tensor inside. "
