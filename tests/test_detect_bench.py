@@ -1,0 +1,42 @@
+"""benchmarks/detection.py helpers: pooled sessions, interval verdicts, the --cache fingerprint (issue 19)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from benchmarks import detection as bench
+
+
+def test_pooled_sessions_split_the_rounds_and_every_call_is_timed():
+    calls = {k: [0, 0, 0] for k in ("a", "b")}
+    pools = {k: [lambda x, k=k, i=i: calls[k].__setitem__(i, calls[k][i] + 1) for i in range(3)] for k in calls}
+    samples: dict = {}
+    ms = bench.interleaved_latency(pools, np.zeros(1), runs=30, block=5, samples_out=samples)
+    assert set(ms) == {"a", "b"} and all(len(v) == 30 for v in samples.values())
+    # 6 visits, 2 per session; each visit is one untimed + 5 timed calls, after 3 warm-up calls per session
+    assert calls == {"a": [3 + 12] * 3, "b": [3 + 12] * 3}
+
+
+def test_judge_says_tie_when_the_interval_straddles_the_target():
+    rng = np.random.default_rng(0)
+    base = list(1.0 + 0.01 * rng.standard_normal(300))
+    faster = [v * 0.9 for v in base]
+    same = list(1.0 + 0.01 * rng.standard_normal(300))
+    assert bench.judge(base, faster, lambda r: r <= 1.0)[0] == "met"
+    assert bench.judge(faster, base, lambda r: r <= 1.0)[0] == "NOT met"
+    label, ratio, (lo, hi) = bench.judge(base, same, lambda r: r <= 1.0)
+    assert label.startswith("tie") and lo <= 1.0 <= hi and abs(ratio - 1.0) < 0.01
+
+
+def test_cache_is_emptied_when_built_from_other_code(tmp_path):
+    key = bench.fingerprint("detector", None)
+    assert "quant/placement.py" in key and "recipe:prune-30-detect" in key and "prune/structured.py" in key
+    bench.fresh_cache(tmp_path, key)
+    (tmp_path / "fp32.json").write_text("{}")
+    bench.fresh_cache(tmp_path, key)  # same recipes and code: kept
+    assert (tmp_path / "fp32.json").exists()
+    bench.fresh_cache(tmp_path, {**key, "quant/ptq.py": "changed"})
+    assert not (tmp_path / "fp32.json").exists()
+    assert json.loads((tmp_path / "fingerprint.json").read_text())["quant/ptq.py"] == "changed"
