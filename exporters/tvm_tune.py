@@ -97,6 +97,25 @@ class SearchTimeout(EdgekitError):
     """The search's wall-clock budget ran out (the database keeps every candidate measured until then)."""
 
 
+def _measure_fill(tvm) -> Callable[[Any], None]:
+    """How a candidate's input buffers are filled before it is timed: floats random (as MetaSchedule does),
+    integers with ones. Random integers crash the measuring process in integer-only graphs (I-ViT): a zero
+    divisor raises SIGFPE, an out-of-range index reads outside a table; an integer kernel's time does not
+    depend on its values."""
+    import numpy as np
+
+    random_fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+
+    def fill(arg) -> None:
+        dtype = str(arg.dtype)
+        if dtype.startswith(("int", "uint", "bool")):
+            arg.copyfrom(np.ones(tuple(arg.shape), dtype=dtype))
+        else:
+            random_fill(arg)
+
+    return fill
+
+
 def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]):
     """MetaSchedule's builder and runner without worker processes: each candidate is compiled (llvm, in memory)
     and timed in this process. Local workers each import TVM and its tensor intrinsics again and are killed at
@@ -105,8 +124,8 @@ def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build
     from tvm.s_tir.meta_schedule.runner import PyRunner
-    from tvm.s_tir.meta_schedule.runner.local_runner import (LocalRunnerFuture, default_alloc_argument,
-                                                             default_run_evaluator)
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, default_run_evaluator
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
     from tvm.ir.utils import derived_object
 
     built: dict[str, Any] = {}
@@ -135,7 +154,7 @@ def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]
                 rt = built.pop(str(ri.artifact_path), None)
                 try:
                     dev = tvm.runtime.device(str(ri.device_type), 0)
-                    args = default_alloc_argument(dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    args = alloc_argument_common(_measure_fill(tvm), dev, tuple(a.as_json() for a in ri.args_info), 1)
                     out.append(LocalRunnerFuture(res=default_run_evaluator(rt, dev, config, args), error_message=None))
                     counter["measured"] += 1
                 except Exception as exc:  # noqa: BLE001

@@ -116,3 +116,23 @@ def test_tvm_tune_caches_and_reuses(tmp_path):
     r = profile(read_artifact(tmp_path / "b"), LocalDevice(name="local"),
                 ProfileOptions(budget_s=0.3, warmup_s=0.05, warmup_runs=2, idle_s=0.0, min_runs=10, threads=1))
     assert r.status == "ok" and r.validation.status == "passed"
+
+
+def test_tune_fills_integer_inputs_with_ones():
+    """MetaSchedule times each candidate on filled input buffers; random integers crashed the measuring process
+    (SIGFPE) while tuning I-ViT's integer graph, whose kernels divide by values computed from their inputs.
+    Integer buffers are filled with ones (never a zero divisor nor an index out of range), float buffers stay
+    random."""
+    import numpy as np
+    import tvm
+
+    from edgekit.exporters.tvm_tune import _measure_fill
+
+    fill = _measure_fill(tvm)
+    for dtype in ("int8", "uint8", "int32", "int64"):
+        buf = tvm.runtime.empty((4, 8), dtype)
+        fill(buf)
+        assert (buf.numpy() == 1).all(), dtype
+    floats = tvm.runtime.empty((64,), "float32")
+    fill(floats)
+    assert np.unique(floats.numpy()).size > 32  # random, not a constant
