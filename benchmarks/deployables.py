@@ -113,7 +113,7 @@ def _worker_main(conn, files: dict[str, tuple[str, str]], x: np.ndarray, threads
         else:
             from edgekit.exporters.runtimes import openvino_compiled
 
-            runs[key] = lambda req=openvino_compiled(Path(path), threads).create_infer_request(): req.infer({0: x})
+            runs[key] = lambda req=openvino_compiled(Path(path), threads).create_infer_request(): req.infer({0: x}, share_inputs=True, share_outputs=True)
     conn.send("ready")
     while (key := conn.recv()) is not None:
         t0 = time.perf_counter()

@@ -90,7 +90,7 @@ def file_runner(
         return lambda: sess.run(None, {name: x})
     if runtime == "openvino":
         request = openvino_compiled(path, threads).create_infer_request()
-        return lambda: request.infer({0: x})
+        return lambda: request.infer({0: x}, share_inputs=True, share_outputs=True)  # zero-copy, as deployed
     if runtime == "tvm":
         from edgekit.exporters.tvm import compile_onnx_for_host
 
