@@ -182,7 +182,7 @@ def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list
         f"Command: `{command_line()}` (the build phase: `chrt -i 0 nice -n 19 python -m benchmarks.tvm_tuning --phase build ...`)  ",
         f"Machine: {machine_note()}. Medians of {runs} interleaved rounds, {threads} threads (TVM libraries in a worker "
         f"process of their own). uptime before / after each model's timing loop: {'; '.join(loads)}. "
-        "Other agents' jobs ran at SCHED_IDLE during the timing.", "",
+        "Timed under the benchmark lock, one timing at a time (any other job on the machine ran at SCHED_IDLE).", "",
         "*trials*: MetaSchedule trials in total (the ladder continues one database per model; 0 = the heuristic "
         "zero-trial schedules, the untuned side of every comparison). *search s*: wall seconds of the search, run under "
         "`chrt -i 0` on the shared machine, so its candidate timings are noisy"
@@ -192,7 +192,7 @@ def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list
         "are the I-ViT integer-only graph of the vit (bit-exact with the PyTorch integer model on ONNX Runtime) compiled "
         "by TVM; their ORT column is the fp32 vit graph, their last column the fp32 vit's TVM library with the same "
         "budget, timed in the same loop, and the speed-up over it (the issue's target: >= 1.5x).", "",
-        *([f"Not built (their MetaSchedule search had not finished; no number is claimed for them): {', '.join(missing)}.", ""]
+        *([f"Not built (not run in this ladder, or their search had not finished; no number is claimed for them): {', '.join(missing)}.", ""]
           if missing else []),
         markdown_table(["model", "trials", "search s", "tasks", "TVM ms", "vs untuned", "ORT fp32 ms", "TVM / ORT",
                         "fastest fp32", "vs fastest", "ivit: TVM fp32 vit, same budget"], table),
