@@ -232,7 +232,11 @@ def time_model(built: dict[str, Any], args, tmp: Path) -> dict[str, Any]:
     profiled = [k for k in ("fp32", *PRUNED) if k in files and args.profile_runs]
     kernels = {k: ort_kernel_ms(files[k], x, args.profile_runs) for k in profiled}
     ov_kernels = {k: ov_kernel_ms(files[k], x, args.profile_runs) for k in profiled}
-    return {**built, "lat": lat, "kernel_ms": kernels, "ov_kernel_ms": ov_kernels, "uptime": [before, uptime()]}
+    kern_of = {"onnxruntime": ort_kernel_ms, "openvino": ov_kernel_ms}
+    int8_kernels = {rt: {k: kern_of[rt](files[k], x, args.profile_runs) for k in variants[rt][1:3] if k in files}
+                    for rt in RUNTIMES} if args.profile_runs else {}  # edgekit's int8 file and the peer's, per runtime
+    return {**built, "lat": lat, "kernel_ms": kernels, "ov_kernel_ms": ov_kernels, "int8_kernel_ms": int8_kernels,
+            "uptime": [before, uptime()]}
 
 
 def variant_runner(path: Path, x: np.ndarray, runtime: str) -> Callable[[], object]:
@@ -274,9 +278,11 @@ def report(results: list[dict[str, Any]], args) -> str:
             ratio = med(e) / med(pe)
             lo, hi = bootstrap_ratio_ci(pe, e)
             ok = ratio <= 1.05
+            ik = r.get("int8_kernel_ms", {}).get(rt, {})
+            kern = f"{ik[ek]:.2f} / {ik[peer]:.2f} ms: x{ik[ek] / ik[peer]:.3f}" if ek in ik and peer in ik else "-"
             q_rows.append([name, rt, EDGEKIT_INT8[ek], med(f), med(e), med(pe), peer, f"{ratio:.3f} ({lo:.2f}-{hi:.2f})",
                            "yes" if ok else "**no**", f"{med(f) / med(e):.2f}x",
-                           f"{r['sizes']['fp32'] / 1e6:.1f} / {r['sizes'][ek] / 1e6:.1f} / {r['sizes'][peer] / 1e6:.1f}"])
+                           f"{r['sizes']['fp32'] / 1e6:.1f} / {r['sizes'][ek] / 1e6:.1f} / {r['sizes'][peer] / 1e6:.1f}", kern])
             verdicts.append((f"int8 {name} {rt}", ok))
         for tool in PRUNED:
             if (tool, "onnxruntime") not in lat:
@@ -333,7 +339,10 @@ def report(results: list[dict[str, Any]], args) -> str:
         "### int8: edgekit vs the best peer on the same runtime (target: ratio <= 1.05)",
         "",
         markdown_table(["model", "runtime", "edgekit recipe", "fp32 ms", "edgekit ms", "peer ms", "peer", "edgekit / peer (95% CI)",
-                        "within 5%", "fp32 / edgekit", "MB fp32 / edgekit / peer"], q_rows),
+                        "within 5%", "fp32 / edgekit", "MB fp32 / edgekit / peer", "kernels edgekit / peer"], q_rows),
+        "",
+        "`kernels edgekit / peer`: the runtime's own per-node times of the two int8 files (as the prune table's "
+        "`kernels` column), the work their kernels do without what a call spends between them.",
         "",
         "### prune-50: latency reduction vs MAC reduction (target: lat/MAC >= 0.8)",
         "",
