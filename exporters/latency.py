@@ -82,7 +82,8 @@ def file_runner(
     path: Path, x: np.ndarray, runtime: str, threads: int = 2, ort_spinning: bool = True
 ) -> Callable[[], object]:
     """A no-argument callable running an ONNX file once on ``onnxruntime`` / ``openvino`` / ``tvm``
-    (``ort_spinning``: see :func:`edgekit.exporters.runtimes.ort_session`)."""
+    (``ort_spinning``: see :func:`edgekit.exporters.runtimes.ort_session`), for timing: OpenVINO is called
+    zero-copy, so what it returns views the request's own buffers (copy it to keep it past the next call)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if runtime == "onnxruntime":
         sess = ort_session(path, threads, spinning=ort_spinning)
