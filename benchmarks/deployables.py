@@ -110,10 +110,10 @@ def _worker_main(conn, files: dict[str, tuple[str, str]], x: np.ndarray, threads
             from edgekit.exporters.tvm import load_vm
 
             runs[key] = lambda run=load_vm(Path(path), threads): run(x)
-        else:
-            from edgekit.exporters.runtimes import openvino_compiled
+        else:  # openvino, called as every latency runner calls it (zero-copy)
+            from edgekit.exporters.latency import file_runner
 
-            runs[key] = lambda req=openvino_compiled(Path(path), threads).create_infer_request(): req.infer({0: x}, share_inputs=True, share_outputs=True)
+            runs[key] = file_runner(Path(path), x, runtime, threads)
     conn.send("ready")
     while (key := conn.recv()) is not None:
         t0 = time.perf_counter()

@@ -129,6 +129,7 @@ def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]
     from tvm.ir.utils import derived_object
 
     built: dict[str, Any] = {}
+    fill = _measure_fill(tvm)
 
     @derived_object
     class InProcessBuilder(PyBuilder):
@@ -154,7 +155,7 @@ def _in_process(ms, tvm, config, deadline: float | None, counter: dict[str, int]
                 rt = built.pop(str(ri.artifact_path), None)
                 try:
                     dev = tvm.runtime.device(str(ri.device_type), 0)
-                    args = alloc_argument_common(_measure_fill(tvm), dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    args = alloc_argument_common(fill, dev, tuple(a.as_json() for a in ri.args_info), 1)
                     out.append(LocalRunnerFuture(res=default_run_evaluator(rt, dev, config, args), error_message=None))
                     counter["measured"] += 1
                 except Exception as exc:  # noqa: BLE001
