@@ -1,6 +1,6 @@
 """One row per compressed deployable against the float model it replaces, on the same runtime, side by side.
 
-    python -m benchmarks.deployables [--size digits|224] [--runs 20] [--threads 2] [--only bivit ivit bivit-tvm]
+    python -m benchmarks.deployables [--size digits|224] [--runs 20] [--threads 2] [--only ivit ivit-tvm bivit bivit-tvm]
                                      [--bivit-out DIR ...] [--json FILE] [--no-write]
 
 Every runner (the fp32 model on PyTorch, ONNX Runtime, OpenVINO and, for TVM rows, TVM; each deployable) is
@@ -15,6 +15,9 @@ models are random-init: no accuracy, the numerical check against PyTorch is in t
 Rows (a row a deployable):
 * ``ivit-int8`` (I-ViT, Li & Gu, ICCV 2023): the integer-only ONNX graph on ONNX Runtime, from
   :func:`benchmarks.ivit_latency.deployable_row` (bit-exact with the PyTorch integer model, float-op free).
+* ``ivit-int8`` on TVM (``ivit-tvm``): the same integer graph compiled by TVM with the zero-trial schedules of the
+  fp32 side below (integer matmuls on the uint8 x int8 VNNI kernel, :mod:`edgekit.exporters.tvm_int8`),
+  checked bit-exact with the PyTorch integer model.
 * ``bivit-w1a1`` / ``bivit-w1a8`` on ONNX Runtime (BiViT, He et al., ICCV 2023): the ONNX export with the
   binary weights packed 1 bit each; the runtime unpacks them at load and runs float matmuls.
 * ``bivit-w1a1`` on TVM: :mod:`edgekit.quant.bivit.tvm_build`, the whole model compiled by TVM with every
@@ -294,8 +297,15 @@ def ivit_rows(ref: Reference, args) -> list[Deployable]:
     return [deployable_row(ref, args.threads)]
 
 
+def ivit_tvm_rows(ref: Reference, args) -> list[Deployable]:
+    from benchmarks.ivit_latency import tvm_deployable_row
+
+    tvm_fp32(ref, args.threads)
+    return [tvm_deployable_row(ref, args.threads)]
+
+
 ROWS: dict[str, Callable[[Reference, Any], list[Deployable]]] = {
-    "ivit": ivit_rows, "bivit": bivit_rows, "bivit-tvm": bivit_tvm_rows}
+    "ivit": ivit_rows, "bivit": bivit_rows, "bivit-tvm": bivit_tvm_rows, "ivit-tvm": ivit_tvm_rows}
 
 
 def table_rows(ref: Reference, deployables: list[Deployable], ms: dict[str, float]) -> list[dict[str, Any]]:

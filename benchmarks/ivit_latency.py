@@ -31,14 +31,17 @@ def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
     return time_callable(lambda: fn(x), runs, warmup)["median"]
 
 
-def deployable_row(ref, threads: int = 2):
-    """The I-ViT integer-only graph of ``ref.model`` on ONNX Runtime as a :class:`benchmarks.deployables.Deployable`
-    (checked float-op free and bit-exact with the PyTorch integer model before it is timed)."""
-    from benchmarks.deployables import Deployable, onnx_top1, ort_runner
+def integer_graph(ref, threads: int = 2):
+    """The I-ViT integer-only graph of ``ref.model`` (calibrated on ``ref``'s data), checked float-op free and
+    bit-exact with the PyTorch integer model on ONNX Runtime, written to ``ref.workdir / "ivit-int8.onnx"``;
+    returns ``(proto, integer model, path)`` (built once per ``ref``)."""
     from edgekit.data import load_data
     from edgekit.quant.ivit import checker, onnx_export
     from edgekit.quant.ivit.convert import convert, freeze
 
+    cached = getattr(ref, "_ivit_graph", None)
+    if cached is not None:
+        return cached
     calib = ref.data.calib.x[:32] if ref.data is not None else load_data(ref.data_spec).calib.x[:4]
     q = freeze(convert(ref.model, calib, batch_size=len(calib), max_batches=1))
     x = torch.from_numpy(ref.x)
@@ -52,10 +55,47 @@ def deployable_row(ref, threads: int = 2):
         raise AssertionError("I-ViT integer graph on ONNX Runtime != the PyTorch integer model")
     path = ref.workdir / "ivit-int8.onnx"
     path.write_bytes(proto.SerializeToString())
+    ref._ivit_graph = (proto, q, path)
+    return ref._ivit_graph
+
+
+def deployable_row(ref, threads: int = 2):
+    """The I-ViT integer-only graph on ONNX Runtime as a :class:`benchmarks.deployables.Deployable`."""
+    from benchmarks.deployables import Deployable, onnx_top1, ort_runner
+
+    proto, _, path = integer_graph(ref, threads)
     run = ort_runner(path, threads)
     return Deployable("ivit-int8", "onnxruntime", lambda: run(ref.x), path.stat().st_size, onnx_top1(run, ref.data),
                       f"integer-only graph ({len(proto.graph.node)} nodes), bit-exact with the PyTorch integer "
                       "model, no float op inside; per-op table: python -m benchmarks.ivit_latency")
+
+
+def tvm_deployable_row(ref, threads: int = 2):
+    """The same integer graph compiled by TVM with the zero-trial schedules the fp32 side gets
+    (:func:`edgekit.exporters.tvm_schedule.compile_scheduled`: integer matmuls on the VNNI kernel where the CPU
+    has it), checked bit-exact with the PyTorch integer model before it is timed."""
+    from benchmarks.deployables import Deployable, onnx_top1
+    from edgekit.exporters import tvm_int8
+    from edgekit.exporters.tvm import host_target, import_onnx, load_vm
+    from edgekit.exporters.tvm_schedule import compile_scheduled
+    from tvm import relax
+
+    _, q, path = integer_graph(ref, threads)
+    mod = relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape))
+    counts = tvm_int8.narrow_integer_matmuls(mod, host_target())[1]
+    lib = ref.workdir / "ivit-int8-tvm.so"
+    compile_scheduled(mod, host_target()).export_library(str(lib))
+    run = load_vm(lib, threads)
+    with torch.no_grad():
+        if not np.array_equal(run(ref.x), q(torch.from_numpy(ref.x)).numpy()):
+            raise AssertionError("I-ViT integer graph on TVM != the PyTorch integer model")
+    ref.worker_files["ivit-int8/tvm"] = ("tvm", lib)
+    kernels = (f"{counts['matmuls']} integer matmuls on the uint8 x int8 VNNI kernel" if counts["matmuls"]
+               else "integer matmuls in int32 (no AVX-512 VNNI on this CPU)")
+    return Deployable("ivit-int8", "tvm", None, lib.stat().st_size, onnx_top1(run, ref.data),
+                      f"integer-only graph, bit-exact with the PyTorch integer model; {kernels}, "
+                      f"{counts['divisions']} runtime integer divisions in kernels of their own; both sides built "
+                      "with the same zero-trial schedules")
 
 
 def main() -> None:

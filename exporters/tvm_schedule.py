@@ -5,7 +5,8 @@ plain serial loops) without MetaSchedule's search.
 the leading spatial loops fused and parallel; the innermost spatial loop split by the vector width and
 vectorised when it divides, with a matmul-like block's reduction moved outside that vector (``C[i, j:j+16] +=
 A[i, k] * B[k, j:j+16]``); row reductions (LayerNorm, softmax) parallel over rows. A step that does not apply
-leaves the function as it was. :func:`pipeline` is the default CPU pipeline with ``FastMathTransform`` (erf,
+leaves the function as it was; the packed uint8 x int8 matmul kernels of :mod:`edgekit.exporters.tvm_int8` get
+their VNNI tiling instead. :func:`pipeline` is the default CPU pipeline with ``FastMathTransform`` (erf,
 exp, tanh by TVM's vectorisable approximations) and this pass after fusion; :func:`compile_scheduled` compiles
 with it. Used by the BiViT TVM build (:mod:`edgekit.quant.bivit.tvm_build`) and its fp32 baseline, so both
 sides of a comparison get the same (zero-trial) budget.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.backends import require
+from edgekit.exporters import tvm_int8
 
 __all__ = ["VEC", "OPAQUE", "SCHEDULED", "auto_schedule", "prepare_passes", "pipeline", "compile_scheduled"]
 
@@ -70,7 +72,10 @@ def auto_schedule(tvm, func):
             except Exception:  # noqa: BLE001 - a reduction or a block read twice: kept
                 pass
         for blk in sch.get_child_blocks(root):
-            _schedule_block(sch, blk)
+            if tvm_int8.is_kernel_block(sch, blk):
+                tvm_int8.schedule_kernel(sch, blk)
+            else:
+                _schedule_block(sch, blk)
         return sch.mod["main"]
     except Exception:  # noqa: BLE001 - unschedulable by these rules: the default loops
         return func
@@ -90,15 +95,28 @@ def _schedule_pass(tvm):
 
 
 def prepare_passes(target) -> list:
-    """The passes before scheduling: library dispatch, FastMathTransform, legalization and fusion. MetaSchedule
+    """The passes before scheduling: integer matmuls onto the VNNI kernel and runtime-divisor integer divisions
+    into kernels of their own (:func:`edgekit.exporters.tvm_int8.narrow_integer_matmuls`; integer graphs only),
+    library dispatch, FastMathTransform, legalization and fusion. MetaSchedule
     extracts its tasks after exactly these (:mod:`edgekit.exporters.tvm_tune`), so the database keys match the
     functions :func:`pipeline` later looks up."""
     tvm = require("tvm", "the scheduled TVM pipeline")
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return (cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()] + cpu.legalize_passes(target)
-            + [relax.transform.DeadCodeElimination()])
+    return ([_narrow_pass(tvm, target)] + cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()]
+            + cpu.legalize_passes(target) + [relax.transform.DeadCodeElimination()])
+
+
+def _narrow_pass(tvm, target):
+    """:func:`edgekit.exporters.tvm_int8.narrow_integer_matmuls` as a module pass (a no-op without VNNI)."""
+    from edgekit.exporters.tvm_int8 import narrow_integer_matmuls
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitNarrowIntegerMatmuls")
+    def _pass(mod, _ctx):
+        return narrow_integer_matmuls(mod, target)[0]
+
+    return _pass
 
 
 def pipeline(target, database=None):

@@ -83,6 +83,23 @@ def test_export_tvm_bit_exact(ivit_output, tmp_path):
     assert {c["name"]: c["passed"] for c in art.report.checks}["bit_exact"] is True
 
 
+@pytest.mark.slow
+def test_export_tvm_heuristic_integer_matmuls_on_vnni_bit_exact(ivit_output, tmp_path):
+    """``schedule=heuristic``: the integer matmuls run on the packed uint8 x int8 VNNI kernel (names in the
+    library) and the library stays bit-exact with the PyTorch integer model."""
+    pytest.importorskip("tvm")
+    from edgekit.exporters import tvm_int8
+    from edgekit.exporters.base import export
+    from edgekit.exporters.tvm import host_target
+
+    if not tvm_int8.has_vnni(host_target()):
+        pytest.skip("this CPU has no AVX-512 VNNI: the integer matmuls stay int32")
+    art = export(str(ivit_output), "tvm", out=tmp_path / "t", schedule="heuristic")
+    assert {c["name"]: c["passed"] for c in art.report.checks}["bit_exact"] is True
+    assert art.report.passed
+    assert b"vnni_matmul" in (tmp_path / "t" / art.manifest["model_file"]).read_bytes()
+
+
 def test_program_files_are_checked(tmp_path, digits):
     torch.manual_seed(0)
     q = freeze(convert(MyViT(dim=16, depth=1, heads=2).eval(), digits.calib.x[:16], max_batches=1))
