@@ -19,7 +19,7 @@ import numpy as np
 from edgekit.backends import require
 from edgekit.exporters import tvm_int8
 
-__all__ = ["VEC", "OPAQUE", "SCHEDULED", "auto_schedule", "prepare_passes", "pipeline", "compile_scheduled"]
+__all__ = ["VEC", "OPAQUE", "SCHEDULED", "heuristic_schedule", "auto_schedule", "prepare_passes", "pipeline", "compile_scheduled"]
 
 VEC = 16  # float32 lanes of one AVX-512 vector
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves kernels scheduled by hand alone
@@ -59,10 +59,10 @@ def _schedule_block(sch, blk) -> None:
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
-def auto_schedule(tvm, func):
-    """Parallel outer loops and vectorised inner ones for a default-legalized (unscheduled) PrimFunc: injective
-    producers inlined, each remaining block scheduled by :func:`_schedule_block`; the function is left as it
-    was where a step does not apply."""
+def heuristic_schedule(tvm, func):
+    """The schedule :func:`auto_schedule` applies to ``func``, as a ``Schedule`` (its trace replays it on the
+    same function: :mod:`edgekit.exporters.tvm_tune` seeds MetaSchedule's database with it), or None where these
+    rules do not apply."""
     try:
         sch = tvm.s_tir.Schedule(func)
         root = sch.get_sblock("root")
@@ -76,9 +76,18 @@ def auto_schedule(tvm, func):
                 tvm_int8.schedule_kernel(sch, blk)
             else:
                 _schedule_block(sch, blk)
-        return sch.mod["main"]
-    except Exception:  # noqa: BLE001 - unschedulable by these rules: the default loops
-        return func
+        return sch
+    except Exception:  # noqa: BLE001 - unschedulable by these rules
+        return None
+
+
+def auto_schedule(tvm, func):
+    """Parallel outer loops and vectorised inner ones for a default-legalized (unscheduled) PrimFunc: injective
+    producers inlined, each remaining block scheduled by :func:`_schedule_block` (the packed integer matmul
+    kernels by :func:`edgekit.exporters.tvm_int8.schedule_kernel`); the function is left as it was where a step
+    does not apply."""
+    sch = heuristic_schedule(tvm, func)
+    return func if sch is None else sch.mod["main"]
 
 
 def _schedule_pass(tvm):

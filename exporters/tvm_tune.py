@@ -7,8 +7,11 @@ Chen et al., NeurIPS 2018).
 extracts MetaSchedule's tasks (one per fused kernel), and derives the cache key from them: sha256 of each task's
 structural hash and weight (the loop nests and how often each runs, not the weights' values) with the target and
 the TVM version. ``CACHE/KEY/`` holds a JSON database (``database_workload.json``, ``database_tuning_record.json``)
-and ``tuning.json`` (trials spent, seconds, cost model). A request for at most the trials spent already does no
-search; a larger one searches the difference into the same database. The library is then compiled with
+and ``tuning.json`` (trials spent, seconds, cost model). Before its first search a database is seeded with each
+task's zero-trial schedule (:func:`~edgekit.exporters.tvm_schedule.heuristic_schedule`, measured once, not
+counted as a trial), so a tuned kernel is never one MetaSchedule sampled a few times and kept although the
+heuristic schedule ran faster. A request for at most the trials spent already does no search; a larger one
+searches the difference into the same database. The library is then compiled with
 :func:`~edgekit.exporters.tvm_schedule.pipeline`: each kernel takes its best measured schedule from the database,
 the rest (kernels no trial reached, or whose trials all failed) the heuristic zero-trial schedule.
 
@@ -189,6 +192,44 @@ def _search(ms, tvm, tasks, target, trials: int, d: Path, timeout_s: float | Non
     return counter["measured"]
 
 
+def _seed_heuristic(ms, tvm, tasks, target, d: Path) -> int:
+    """Measure each task's zero-trial schedule (:func:`edgekit.exporters.tvm_schedule.heuristic_schedule`) and
+    commit it to the database as a tuning record: the search then has to beat it, and a kernel whose few trials
+    all came out slower keeps it (at small budgets MetaSchedule's best-of-few sample was up to 20x slower than
+    the heuristic one on data-movement kernels). Returns the records committed."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from edgekit.exporters.tvm_schedule import heuristic_schedule
+
+    db = _database(ms, d)
+    config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    builder, runner = _in_process(ms, tvm, config, None, {"measured": 0})
+    done = 0
+    for task in tasks:
+        mod = task.dispatched[0]
+        sch = heuristic_schedule(tvm, mod["main"])
+        if sch is None:
+            continue
+        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            continue
+        args_info = ArgInfo.from_prim_func(mod["main"])
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])  # host llvm only
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            continue
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), result.run_secs,
+                                                         target, args_info))
+        done += 1
+    return done
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, timeout_s: float | None = None,
                   log: Callable[[str], None] | None = None):
     """Tune ``mod`` (a Relax IRModule, static shapes) for ``target`` with ``trials`` MetaSchedule trials, or reuse
@@ -210,6 +251,9 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {"trials": 0, "search_s": 0.0}
     todo = max(0, int(trials) - int(meta["trials"]))
     kind, searched_s, timed_out = cost_model_kind(), 0.0, False
+    if "heuristic_seeded" not in meta:  # once per database, before any search: both sides of a comparison alike
+        meta["heuristic_seeded"] = _seed_heuristic(ms, tvm, tasks, target, d)
+        _write_meta(meta_path, meta)
     if todo:
         if log:
             log(f"tvm tune: {todo} MetaSchedule trials over {len(tasks)} tasks (cost model {kind}) into {d}")
@@ -223,14 +267,13 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
         timed_out = bool(timeout_s) and time.perf_counter() - t0 > timeout_s
         meta = {"trials": int(meta["trials"]) + (measured if timed_out else todo), "measured": int(meta.get("measured", 0)) + measured, "search_s": float(meta["search_s"]) + searched_s,
                 "cost_model": kind, "tasks": len(tasks), "target": str(target), "tvm": tvm.__version__,
-                "timeout_s": timeout_s}
-        tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, meta_path)
+                "timeout_s": timeout_s, "heuristic_seeded": meta["heuristic_seeded"]}
+        _write_meta(meta_path, meta)
     ex = compile_scheduled(mod, target, _database(ms, d))
     info = {"key": key, "cache": str(d), "trials_requested": int(trials), "trials_total": int(meta["trials"]),
             "trials_searched_now": todo, "reused": todo == 0, "search_s_now": round(searched_s, 1),
             "search_s_total": round(float(meta["search_s"]), 1), "measured_total": int(meta.get("measured", 0)),
             "stopped_by_timeout": bool(todo) and timed_out, "cost_model": meta.get("cost_model", kind),
-            "tasks": len(tasks), "task_names": sorted({t.task_name for t in tasks}), "target": str(target)}
+            "tasks": len(tasks), "task_names": sorted({t.task_name for t in tasks}), "target": str(target),
+            "heuristic_seeded": int(meta["heuristic_seeded"])}
     return ex, info
