@@ -10,7 +10,7 @@ total (:func:`edgekit.exporters.tvm_tune.compile_tuned`; the ladder shares one d
 continues the 64-trial search; kernels without a tuned schedule keep the heuristic one). Libraries, the ONNX
 graph and ``build.json`` (trials, search seconds, load) stay in ``--workdir``; a rerun reuses them.
 ``--phase time`` (under ``flock /tmp/edgekit-bench.lock``) only loads and times: every TVM library of a model,
-ONNX Runtime and PyTorch fp32, interleaved rounds, medians (:func:`benchmarks.deployables.interleaved_ms`; the
+ONNX Runtime, OpenVINO and PyTorch fp32, interleaved rounds, medians (:func:`benchmarks.deployables.interleaved_ms`; the
 TVM libraries in a worker process of their own). Every TVM row is compared with the same model's ONNX Runtime
 fp32 and with the fastest fp32 runtime here, and the budget-0 row is the untuned side of each comparison.
 """
@@ -135,21 +135,24 @@ def time_model(name: str, budgets: list[int], workdir: Path, runs: int, threads:
         keys = [k for k in keys if k in vit]
         files = {**{k: files[k] for k in keys}, **{f"fp32-{k}": ("tvm", workdir / "vit" / vit[k]["file"]) for k in keys}}
         ort = ort_runner(workdir / "vit" / "fp32" / "model.onnx", threads)
-    worker = Worker(files, x, threads)
+    fp32_onnx = workdir / ("vit" if name == "ivit" else name) / "fp32" / "model.onnx"
+    worker = Worker({**files, "fp32/openvino": ("openvino", fp32_onnx)}, x, threads)
     try:
-        fns = {"torch": torch_run, "onnxruntime": lambda: ort(x), **{f"tvm-{k}": worker.runner(k) for k in files}}
+        fns = {"torch": torch_run, "onnxruntime": lambda: ort(x), "openvino": worker.runner("fp32/openvino"),
+               **{f"tvm-{k}": worker.runner(k) for k in files}}
         before = uptime()
         ms = interleaved_ms(fns, runs)
         after = uptime()
     finally:
         worker.close()
-    fastest = min(("torch", "onnxruntime"), key=lambda k: ms[k])
+    fastest = min(("torch", "onnxruntime", "openvino"), key=lambda k: ms[k])
     rows = []
     for k in keys:
         lib = record["libs"][k]
         tune = lib.get("tune") or {}
         rows.append({"model": name, "trials": int(k), "search_s": tune.get("search_s_total", 0.0),
                      "tasks": tune.get("tasks"), "cost_model": tune.get("cost_model"), "tvm_ms": ms[f"tvm-{k}"],
+                     "heuristic_seeded": tune.get("heuristic_seeded"),
                      "untuned_tvm_ms": ms[f"tvm-{keys[0]}"] if keys[0] == "0" else None,
                      "ort_ms": ms["onnxruntime"], "torch_ms": ms["torch"], "fastest_fp32": fastest,
                      "fastest_ms": ms[fastest], "tvm_over_ort": ms[f"tvm-{k}"] / ms["onnxruntime"],
@@ -169,7 +172,7 @@ def _missing(models: list[str], budgets: list[int], workdir: Path) -> list[str]:
 
 
 def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list[str] = ()) -> str:
-    table = [[r["model"], r["trials"], f"{r['search_s']:.0f}" if r["trials"] else "0 (heuristic)", r["tasks"] or "",
+    table = [[r["model"], f"{r['trials']}{' (seeded)' if r.get('heuristic_seeded') else ''}", f"{r['search_s']:.0f}" if r["trials"] else "0 (heuristic)", r["tasks"] or "",
               f"{r['tvm_ms']:.1f}",
               f"{r['untuned_tvm_ms'] / r['tvm_ms']:.2f}x" if r["untuned_tvm_ms"] else "n/a",
               f"{r['ort_ms']:.1f}", f"{r['tvm_over_ort']:.2f}", f"{r['fastest_fp32']} {r['fastest_ms']:.1f} ms",
@@ -184,13 +187,15 @@ def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list
         f"process of their own). uptime before / after each model's timing loop: {'; '.join(loads)}. "
         "Timed under the benchmark lock, one timing at a time (any other job on the machine ran at SCHED_IDLE).", "",
         "*trials*: MetaSchedule trials in total (the ladder continues one database per model; 0 = the heuristic "
-        "zero-trial schedules, the untuned side of every comparison). *search s*: wall seconds of the search, run under "
+        "zero-trial schedules, the untuned side of every comparison; *seeded*: the database held every kernel's "
+        "measured zero-trial schedule, so the search had to beat it (every new database is seeded; a row without the "
+        "mark comes from a database searched before the seeding existed)). *search s*: wall seconds of the search, run under "
         "`chrt -i 0` on the shared machine, so its candidate timings are noisy"
         + (f" (load at the start of the builds: {'; '.join(builds)})" if builds else "")
         + ". *vs untuned*: untuned TVM ms / this row's ms. *TVM / ORT*: TVM ms / ONNX Runtime fp32 ms (the issue's "
         "target: within 1.5 at the largest budget). *vs fastest*: fastest fp32 runtime's ms / TVM ms. The `ivit` rows "
         "are the I-ViT integer-only graph of the vit (bit-exact with the PyTorch integer model on ONNX Runtime) compiled "
-        "by TVM; their ORT column is the fp32 vit graph, their last column the fp32 vit's TVM library with the same "
+        "by TVM, its integer matmuls on the uint8 x int8 VNNI kernel (`edgekit.exporters.tvm_int8`); their ORT column is the fp32 vit graph, their last column the fp32 vit's TVM library with the same "
         "budget, timed in the same loop, and the speed-up over it (the issue's target: >= 1.5x).", "",
         *([f"Not built (not run in this ladder, or their search had not finished; no number is claimed for them): {', '.join(missing)}.", ""]
           if missing else []),

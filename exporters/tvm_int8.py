@@ -25,6 +25,10 @@ The same pass puts each integer division by a computed tensor (Shiftmax's ``c / 
 by the integer square root) into a kernel of its own: fused, the per-row quotient is inlined into its broadcast
 consumer and recomputed for every element (an integer division does not vectorize).
 
+Table lookups (``gather_elements`` of a 1-D table at 1-D indices: I-ViT's Shiftmax exponential, ShiftGELU,
+8-bit rescales) become an injective kernel: Relax marks every gather opaque, so each lookup ran alone in
+serial loops, with the importer's normalization of negative indices as one more kernel before it.
+
 TVM 0.27's ``dot_16x4_vnni`` implementation passes the ``vpdpbusd`` operands as ``<16 x i32>`` while LLVM 20
 and later declare them ``<64 x i8>`` (module verification fails on every candidate); :func:`register_intrinsic`
 registers the same description with an implementation in LLVM's current types, under the same name.
@@ -39,9 +43,10 @@ import numpy as np
 from edgekit.backends import require
 
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone (as tvm_schedule.OPAQUE)
+INJECTIVE = 2  # relax OpPatternKind kInjective: fused with its producers and consumers
 
 __all__ = ["KERNEL_ATTR", "has_vnni", "register_intrinsic", "narrow_integer_matmuls", "pack_weight",
-           "matmul_kernel"]
+           "matmul_kernel", "table_kernel"]
 
 KERNEL_ATTR = "edgekit.vnni_matmul"  # marks the packed kernels (auto_schedule tensorizes them)
 LANES, GROUP = 16, 4  # the intrinsic's int32 lanes and the uint8 x int8 products each lane adds
@@ -115,6 +120,18 @@ def matmul_kernel(tvm, lead: tuple[int, ...], k: int, n_padded: int, b_batch: in
 
     c = te.compute(i64(*lead, n_padded), body, name="C")
     return te.create_prim_func([a, bp, c]).with_attr("op_pattern", 4).with_attr(KERNEL_ATTR, True)
+
+
+def table_kernel(tvm, n: int, dtype: str, m: int, index_dtype: str):
+    """TIR ``out[i] = table[idx[i]]`` (``table`` of ``n`` ``dtype`` values, ``m`` indices already in range, as
+    ``gather_elements`` requires after the importer's normalization of negative ones), marked injective."""
+    from tvm import te
+
+    i64 = lambda *dims: tuple(tvm.tirx.IntImm("int64", int(d)) for d in dims)  # noqa: E731
+    table = te.placeholder(i64(n), dtype, name="table")
+    idx = te.placeholder(i64(m), index_dtype, name="idx")
+    out = te.compute(i64(m), lambda i: table[idx[i].astype("int64")], name="lookup")
+    return te.create_prim_func([table, idx, out]).with_attr("op_pattern", INJECTIVE)
 
 
 # ----------------------------------------------------------------------------------------------- the pass
@@ -197,9 +214,9 @@ def _ceil(x: int, m: int) -> int:
 
 
 def narrow_integer_matmuls(mod, target):
-    """``mod`` with its integer matmuls on the packed VNNI kernel and its runtime-divisor integer divisions in
-    kernels of their own (see the module docstring); ``mod`` itself where nothing applies. Returns
-    ``(mod, {"matmuls": n, "divisions": n})``."""
+    """``mod`` with its integer matmuls on the packed VNNI kernel, its runtime-divisor integer divisions in
+    kernels of their own and its 1-D table lookups injective (see the module docstring); ``mod`` itself where
+    nothing applies. Returns ``(mod, {"matmuls": n, "divisions": n, "tables": n})``."""
     tvm = require("tvm", "TVM VNNI kernels")
     from tvm import relax, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -207,7 +224,7 @@ def narrow_integer_matmuls(mod, target):
     vnni = has_vnni(target)
     if vnni:
         register_intrinsic()
-    count = {"matmuls": 0, "divisions": 0}
+    count = {"matmuls": 0, "divisions": 0, "tables": 0}
 
     @mutator
     class _Narrow(PyExprMutator):
@@ -229,6 +246,8 @@ def narrow_integer_matmuls(mod, target):
             name = _call_name(call)
             if name == "relax.divide":
                 return self.division(call)
+            if name == "relax.gather_elements":
+                return self.table(call)
             if vnni and name == "relax.matmul" and str(call.attrs.out_dtype) == "int32":
                 return self.matmul(call)
             return call
@@ -241,6 +260,20 @@ def narrow_integer_matmuls(mod, target):
             count["divisions"] += 1
             return self.builder_.call_te(topi.divide, call.args[0], call.args[1], primfunc_name_hint="int_divide",
                                          primfunc_attrs={"op_pattern": OPAQUE})
+
+        def table(self, call):
+            """A 1-D table read at 1-D indices (``gather_elements``, axis 0) as an injective kernel: Relax marks
+            gathers opaque, so each lookup ran alone in serial loops and its index normalization in a kernel of
+            its own; injective, both fuse with their neighbours and are parallelized and vectorized."""
+            data, idx = call.args
+            if len(data.ty.shape) != 1 or len(idx.ty.shape) != 1 or int(call.attrs.axis) != 0:
+                return call
+            n, m = int(data.ty.shape[0]), int(idx.ty.shape[0])
+            func = table_kernel(tvm, n, str(data.ty.dtype), m, str(idx.ty.dtype))
+            name = f"table_lookup_{n}x{m}"
+            gv = self.builder_.add_func(func.with_attr("global_symbol", name), name)
+            count["tables"] += 1
+            return relax.call_tir(gv, [data, idx], relax.TensorType((m,), str(data.ty.dtype)))
 
         def kernel(self, a, bp, lead, k, n_pad, b_batch):
             func = matmul_kernel(tvm, tuple(lead), k, n_pad, b_batch)
@@ -292,7 +325,7 @@ def narrow_integer_matmuls(mod, target):
             return y
 
     out = _Narrow(mod).run()
-    changed = count["matmuls"] or count["divisions"]
+    changed = any(count.values())
     return (relax.transform.DeadCodeElimination()(out) if changed else mod), count
 
 

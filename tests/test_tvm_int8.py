@@ -88,7 +88,7 @@ def test_other_matmuls_are_left_alone():
             out = bb.emit_output(relax.op.add(relax.op.astype(a, "float32"), c))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1] == {"matmuls": 0, "divisions": 0}
+    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1] == {"matmuls": 0, "divisions": 0, "tables": 0}
 
 
 def test_runtime_integer_division_is_a_kernel_of_its_own():
@@ -106,7 +106,7 @@ def test_runtime_integer_division_is_a_kernel_of_its_own():
         bb.emit_func_output(out)
     mod = bb.get()
     narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
-    assert count == {"matmuls": 0, "divisions": 1}
+    assert count == {"matmuls": 0, "divisions": 1, "tables": 0}
     opaque = [f for f in narrowed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
               and int((f.attrs or {}).get("op_pattern", -1)) == tvm_int8.OPAQUE]
     assert len(opaque) == 1
@@ -123,3 +123,33 @@ def test_pack_weight_layout():
     for k in range(8):
         for n in range(32):
             assert bp[n // 16, k // 4, n % 16, k % 4] == (w[k, n] if n < 20 else 0)
+
+
+def test_table_lookup_is_an_injective_kernel():
+    """``gather_elements`` of a 1-D table (with the importer's negative-index normalization before it) becomes
+    an injective kernel fused with its neighbours: no opaque gather kernel is left; values as the gather."""
+    rng = np.random.default_rng(3)
+    table = (rng.integers(-1000, 1000, 256)).astype(np.int32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 50), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            flat = bb.emit(relax.op.reshape(x, (200,)))
+            idx = bb.emit(relax.op.where(relax.op.less(flat, relax.const(np.int32(0))),
+                                         relax.op.add(flat, relax.const(np.int32(256))), flat))
+            g = bb.emit(relax.op.gather_elements(relax.const(table), idx, axis=0))
+            out = bb.emit_output(relax.op.multiply(relax.op.reshape(g, (4, 50)), relax.const(np.int32(3))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
+    assert count["tables"] == 1
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with host_target():
+        fused = tvm.transform.Sequential(cpu.legalize_passes(host_target()))(narrowed)
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert not any("gather" in n for n in names), names
+    # reshape, index normalization, lookup and multiply in one kernel
+    assert any(n.startswith("fused_") and "where_table_lookup" in n and "multiply" in n for n in names), names
+    xa = rng.integers(-256, 256, (4, 50)).astype(np.int32)
+    np.testing.assert_array_equal(_run(mod, xa), table[np.where(xa < 0, xa + 256, xa)] * 3)
