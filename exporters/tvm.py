@@ -17,7 +17,10 @@ trials on this CPU (:mod:`edgekit.exporters.tvm_tune`): the tuning database is c
 model's kernels (structure, not weights) and the target, so the next export of the same structure searches
 nothing; kernels without a tuned schedule get the heuristic one. ``tune_cache`` (default
 ``$EDGEKIT_TVM_TUNE_CACHE`` or ``~/.cache/edgekit/tvm-tune``) and ``tune_timeout`` (wall-clock seconds for the
-search; 0: none) bound it. The manifest records the key, trials and whether the database was reused.
+search; 0: none) bound it. The manifest records the key, trials and whether the database was reused. Both
+options run integer graphs (the I-ViT integer-only export) through :mod:`edgekit.exporters.tvm_int8` first:
+``MatMulInteger`` on a uint8 x int8 kernel tensorized with the VNNI dot product where the CPU has it, 1-D table
+lookups fused, runtime-divisor integer divisions kept out of fused loops (results unchanged, bit for bit).
 
 Devices (option ``device``):
 * ``host``: ``llvm`` with the CPU features of this machine (``Target.from_device("cpu")``); validated here
