@@ -152,7 +152,7 @@ def time_model(name: str, budgets: list[int], workdir: Path, runs: int, threads:
         tune = lib.get("tune") or {}
         rows.append({"model": name, "trials": int(k), "search_s": tune.get("search_s_total", 0.0),
                      "tasks": tune.get("tasks"), "cost_model": tune.get("cost_model"), "tvm_ms": ms[f"tvm-{k}"],
-                     "heuristic_seeded": tune.get("heuristic_seeded"),
+                     "heuristic_seeded": tune.get("heuristic_seeded"), "searched_tasks": tune.get("searched_tasks"),
                      "untuned_tvm_ms": ms[f"tvm-{keys[0]}"] if keys[0] == "0" else None,
                      "ort_ms": ms["onnxruntime"], "torch_ms": ms["torch"], "fastest_fp32": fastest,
                      "fastest_ms": ms[fastest], "tvm_over_ort": ms[f"tvm-{k}"] / ms["onnxruntime"],
@@ -172,7 +172,8 @@ def _missing(models: list[str], budgets: list[int], workdir: Path) -> list[str]:
 
 
 def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list[str] = ()) -> str:
-    table = [[r["model"], f"{r['trials']}{' (seeded)' if r.get('heuristic_seeded') else ''}", f"{r['search_s']:.0f}" if r["trials"] else "0 (heuristic)", r["tasks"] or "",
+    table = [[r["model"], f"{r['trials']}{' (seeded)' if r.get('heuristic_seeded') else ''}", f"{r['search_s']:.0f}" if r["trials"] else "0 (heuristic)",
+              (f"{r['searched_tasks']} of {r['tasks']}" if r.get("searched_tasks") else r["tasks"]) or "",
               f"{r['tvm_ms']:.1f}",
               f"{r['untuned_tvm_ms'] / r['tvm_ms']:.2f}x" if r["untuned_tvm_ms"] else "n/a",
               f"{r['ort_ms']:.1f}", f"{r['tvm_over_ort']:.2f}", f"{r['fastest_fp32']} {r['fastest_ms']:.1f} ms",
@@ -188,8 +189,9 @@ def _markdown(rows: list[dict[str, Any]], runs: int, threads: int, missing: list
         "Timed under the benchmark lock, one timing at a time (any other job on the machine ran at SCHED_IDLE).", "",
         "*trials*: MetaSchedule trials in total (the ladder continues one database per model; 0 = the heuristic "
         "zero-trial schedules, the untuned side of every comparison; *seeded*: the database held every kernel's "
-        "measured zero-trial schedule, so the search had to beat it (every new database is seeded; a row without the "
-        "mark comes from a database searched before the seeding existed)). *search s*: wall seconds of the search, run under "
+        "measured zero-trial schedule, so the search had to beat it, and the search covered the kernels making up 90% of "
+        "the seeded time (*tasks*: searched of all; every new database is seeded; a row without the mark comes from a "
+        "database searched before the seeding existed, over all its kernels)). *search s*: wall seconds of the search, run under "
         "`chrt -i 0` on the shared machine, so its candidate timings are noisy"
         + (f" (load at the start of the builds: {'; '.join(builds)})" if builds else "")
         + ". *vs untuned*: untuned TVM ms / this row's ms. *TVM / ORT*: TVM ms / ONNX Runtime fp32 ms (the issue's "

@@ -10,8 +10,10 @@ the TVM version. ``CACHE/KEY/`` holds a JSON database (``database_workload.json`
 and ``tuning.json`` (trials spent, seconds, cost model). Before its first search a database is seeded with each
 task's zero-trial schedule (:func:`~edgekit.exporters.tvm_schedule.heuristic_schedule`, measured once, not
 counted as a trial), so a tuned kernel is never one MetaSchedule sampled a few times and kept although the
-heuristic schedule ran faster. A request for at most the trials spent already does no search; a larger one
-searches the difference into the same database. The library is then compiled with
+heuristic schedule ran faster. The seeded times also pick what the search spends the budget on
+(:func:`select_tasks`): the kernels making up 90% of the time (time x how often the kernel runs), or more while
+each still gets 64 trials; the rest keep the heuristic schedule. A request for at most the trials spent already
+does no search; a larger one searches the difference into the same database. The library is then compiled with
 :func:`~edgekit.exporters.tvm_schedule.pipeline`: each kernel takes its best measured schedule from the database,
 the rest (kernels no trial reached, or whose trials all failed) the heuristic zero-trial schedule.
 
@@ -34,10 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from edgekit.backends import require
 from edgekit.errors import EdgekitError
 
-__all__ = ["cache_root", "tuning_target", "structure_key", "compile_tuned", "cost_model_kind"]
+__all__ = ["cache_root", "tuning_target", "structure_key", "compile_tuned", "cost_model_kind", "select_tasks"]
 
 CACHE_ENV = "EDGEKIT_TVM_TUNE_CACHE"
 MAX_PER_ITER = 64  # candidates measured per search round (MetaSchedule's default)
@@ -192,11 +196,18 @@ def _search(ms, tvm, tasks, target, trials: int, d: Path, timeout_s: float | Non
     return counter["measured"]
 
 
-def _seed_heuristic(ms, tvm, tasks, target, d: Path) -> int:
+def task_id(task) -> str:
+    """A task's kernel, as the cache key counts it: the structural hash of its function."""
+    from tvm_ffi import structural_hash
+
+    return str(structural_hash(task.dispatched[0]))
+
+
+def _seed_heuristic(ms, tvm, tasks, target, d: Path) -> dict[str, float]:
     """Measure each task's zero-trial schedule (:func:`edgekit.exporters.tvm_schedule.heuristic_schedule`) and
     commit it to the database as a tuning record: the search then has to beat it, and a kernel whose few trials
     all came out slower keeps it (at small budgets MetaSchedule's best-of-few sample was up to 20x slower than
-    the heuristic one on data-movement kernels). Returns the records committed."""
+    the heuristic one on data-movement kernels). Returns each seeded task's microseconds (:func:`task_id`)."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     from edgekit.exporters.tvm_schedule import heuristic_schedule
@@ -204,7 +215,7 @@ def _seed_heuristic(ms, tvm, tasks, target, d: Path) -> int:
     db = _database(ms, d)
     config = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
     builder, runner = _in_process(ms, tvm, config, None, {"measured": 0})
-    done = 0
+    done: dict[str, float] = {}
     for task in tasks:
         mod = task.dispatched[0]
         sch = heuristic_schedule(tvm, mod["main"])
@@ -220,8 +231,32 @@ def _seed_heuristic(ms, tvm, tasks, target, d: Path) -> int:
             continue
         db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), result.run_secs,
                                                          target, args_info))
-        done += 1
+        done[task_id(task)] = round(1e6 * float(np.mean([float(x) for x in result.run_secs])), 3)
     return done
+
+
+SHARE = 0.9  # the search covers the kernels making up this share of the seeded time ...
+TRIALS_PER_TASK = 64  # ... or more kernels, as long as each gets this many trials of the budget
+
+
+def select_tasks(tasks, seeded_us: dict[str, float], trials: int, key: Callable[[Any], str] = task_id) -> list:
+    """The tasks the search spends ``trials`` on: by seeded time x weight (how often the kernel runs), the
+    fewest covering ``SHARE`` of it, more while the budget gives each ``TRIALS_PER_TASK`` trials; a task
+    without a seeded time is always searched. MetaSchedule's scheduler first gives every task one round, which
+    on a budget of a few trials per task spent it evenly over kernels taking microseconds and those taking
+    milliseconds."""
+    cost = [(float(t.weight) * seeded_us[key(t)] if key(t) in seeded_us else float("inf"), i)
+            for i, t in enumerate(tasks)]
+    order = [i for _, i in sorted(cost, key=lambda c: -c[0])]
+    finite = sum(c for c, _ in cost if c != float("inf"))
+    k, acc = 0, 0.0
+    for i in order:
+        if cost[i][0] != float("inf") and finite and acc >= SHARE * finite:
+            break
+        acc += cost[i][0] if cost[i][0] != float("inf") else 0.0
+        k += 1
+    k = max(k, min(len(tasks), trials // TRIALS_PER_TASK), 1)
+    return [tasks[i] for i in sorted(order[:k])]
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
@@ -252,14 +287,16 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
     todo = max(0, int(trials) - int(meta["trials"]))
     kind, searched_s, timed_out = cost_model_kind(), 0.0, False
     if "heuristic_seeded" not in meta:  # once per database, before any search: both sides of a comparison alike
-        meta["heuristic_seeded"] = _seed_heuristic(ms, tvm, tasks, target, d)
+        meta["heuristic_us"] = _seed_heuristic(ms, tvm, tasks, target, d)
+        meta["heuristic_seeded"] = len(meta["heuristic_us"])
         _write_meta(meta_path, meta)
+    searched = select_tasks(tasks, meta.get("heuristic_us", {}), int(trials))
     if todo:
         if log:
-            log(f"tvm tune: {todo} MetaSchedule trials over {len(tasks)} tasks (cost model {kind}) into {d}")
+            log(f"tvm tune: {todo} MetaSchedule trials over {len(searched)} of {len(tasks)} tasks (cost model {kind}) into {d}")
         t0 = time.perf_counter()
         try:
-            measured = _search(ms, tvm, tasks, target, todo, d, timeout_s, kind)
+            measured = _search(ms, tvm, searched, target, todo, d, timeout_s, kind)
         except Exception as exc:  # noqa: BLE001 - name what failed; the database keeps what was measured
             raise EdgekitError(f"tvm tune: the MetaSchedule search failed after {time.perf_counter() - t0:.0f} s "
                                f"(cache {d}): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
@@ -267,7 +304,8 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
         timed_out = bool(timeout_s) and time.perf_counter() - t0 > timeout_s
         meta = {"trials": int(meta["trials"]) + (measured if timed_out else todo), "measured": int(meta.get("measured", 0)) + measured, "search_s": float(meta["search_s"]) + searched_s,
                 "cost_model": kind, "tasks": len(tasks), "target": str(target), "tvm": tvm.__version__,
-                "timeout_s": timeout_s, "heuristic_seeded": meta["heuristic_seeded"]}
+                "timeout_s": timeout_s, "heuristic_seeded": meta["heuristic_seeded"],
+                "heuristic_us": meta["heuristic_us"], "searched_tasks": len(searched)}
         _write_meta(meta_path, meta)
     ex = compile_scheduled(mod, target, _database(ms, d))
     info = {"key": key, "cache": str(d), "trials_requested": int(trials), "trials_total": int(meta["trials"]),
@@ -275,5 +313,5 @@ def compile_tuned(mod, target, trials: int, cache: str | Path | None = None, tim
             "search_s_total": round(float(meta["search_s"]), 1), "measured_total": int(meta.get("measured", 0)),
             "stopped_by_timeout": bool(todo) and timed_out, "cost_model": meta.get("cost_model", kind),
             "tasks": len(tasks), "task_names": sorted({t.task_name for t in tasks}), "target": str(target),
-            "heuristic_seeded": int(meta["heuristic_seeded"])}
+            "heuristic_seeded": int(meta["heuristic_seeded"]), "searched_tasks": int(meta.get("searched_tasks", len(tasks)))}
     return ex, info

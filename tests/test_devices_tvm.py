@@ -139,3 +139,22 @@ def test_tune_fills_integer_inputs_with_ones():
     floats = tvm.runtime.empty((64,), "float32")
     fill(floats)
     assert np.unique(floats.numpy()).size > 32  # random, not a constant
+
+
+def test_search_covers_the_kernels_that_take_the_time():
+    """The budget goes to the kernels making up 90% of the seeded time x weight, or to more of them while each
+    gets 64 trials; a kernel without a seeded time is always searched."""
+    from types import SimpleNamespace
+
+    from edgekit.exporters.tvm_tune import select_tasks
+
+    tasks = [SimpleNamespace(name=n, weight=w) for n, w in
+             [("mm", 12), ("ln", 24), ("copy", 12), ("tiny", 1), ("odd", 1)]]
+    us = {"mm": 200.0, "ln": 20.0, "copy": 5.0, "tiny": 1.0}  # "odd": no seeded time
+    key = lambda t: t.name  # noqa: E731
+    pick = lambda trials: [t.name for t in select_tasks(tasks, us, trials, key=key)]  # noqa: E731
+    # time x weight: mm 2400, ln 480, copy 60, tiny 1 (of 2941): mm + ln = 98% >= 90%
+    assert pick(64) == ["mm", "ln", "odd"]
+    assert pick(4 * 64) == ["mm", "ln", "copy", "odd"]  # the budget gives 4 kernels 64 trials each
+    assert pick(100 * 64) == ["mm", "ln", "copy", "tiny", "odd"]
+    assert [t.name for t in select_tasks(tasks, {}, 8, key=key)] == ["mm", "ln", "copy", "tiny", "odd"]
