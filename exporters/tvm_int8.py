@@ -21,8 +21,8 @@ zeros; a weight whose inner dimension is not a multiple of 4, or an operand of a
 Applied only where the target has ``avx512vnni``: without it MetaSchedule's fallback for the same block is
 ``pmaddubsw``, whose int16 pair sums saturate (255 * 127 * 2 > 32767), which would change results.
 
-The same pass puts each integer division by a computed tensor (Shiftmax's ``c / rowsum``, I-LayerNorm's division
-by the integer square root) into a kernel of its own: fused, the per-row quotient is inlined into its broadcast
+The same pass puts each integer division by a computed tensor with few results (at most ``SMALL_QUOTIENT``:
+Shiftmax's ``c / rowsum``, I-LayerNorm's Newton steps) into a kernel of its own: fused, the per-row quotient is inlined into its broadcast
 consumer and recomputed for every element (an integer division does not vectorize).
 
 Table lookups (``gather_elements`` of a 1-D table at 1-D indices: I-ViT's Shiftmax exponential, ShiftGELU,
@@ -44,6 +44,7 @@ from edgekit.backends import require
 
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone (as tvm_schedule.OPAQUE)
 INJECTIVE = 2  # relax OpPatternKind kInjective: fused with its producers and consumers
+SMALL_QUOTIENT = 4096  # an integer division with at most this many results gets a kernel of its own
 
 __all__ = ["KERNEL_ATTR", "has_vnni", "register_intrinsic", "narrow_integer_matmuls", "pack_weight",
            "matmul_kernel", "table_kernel"]
@@ -253,9 +254,11 @@ def narrow_integer_matmuls(mod, target):
             return call
 
         def division(self, call):
-            """An integer division by a computed tensor (a row's sum, a square root) as a kernel of its own:
-            fused, it is inlined into its broadcast consumer and recomputed for every element of the row."""
-            if not str(call.ty.dtype).startswith(("int", "uint")) or _const_value(self, call.args[1]) is not None:
+            """An integer division by a computed tensor (a row's sum, a square root) giving a few values as a
+            kernel of its own: fused, it is inlined into its broadcast consumer and recomputed for every element
+            of the row. A large quotient (as many divisions as elements anyway) stays fused."""
+            if (not str(call.ty.dtype).startswith(("int", "uint")) or _const_value(self, call.args[1]) is not None
+                    or int(np.prod([int(d) for d in call.ty.shape])) > SMALL_QUOTIENT):
                 return call
             count["divisions"] += 1
             return self.builder_.call_te(topi.divide, call.args[0], call.args[1], primfunc_name_hint="int_divide",
