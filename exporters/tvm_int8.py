@@ -25,6 +25,11 @@ The same pass puts each integer division by a computed tensor with few results (
 Shiftmax's ``c / rowsum``, I-LayerNorm's Newton steps) into a kernel of its own: fused, the per-row quotient is inlined into its broadcast
 consumer and recomputed for every element (an integer division does not vectorize).
 
+Integer divisions by a constant (the dyadic requantizations' ``/ 2**k``) are written with the constant in the
+code: Relax passes a tensor constant to the fused kernel as a buffer, and a division by a value unknown at
+compile time costs one scalar ``idiv`` per element (x86 has no vector integer division), where a known divisor
+compiles to vector shifts or multiplies.
+
 Table lookups (``gather_elements`` of a 1-D table at 1-D indices: I-ViT's Shiftmax exponential, ShiftGELU,
 8-bit rescales) become an injective kernel: Relax marks every gather opaque, so each lookup ran alone in
 serial loops, with the importer's normalization of negative indices as one more kernel before it.
@@ -217,7 +222,7 @@ def _ceil(x: int, m: int) -> int:
 def narrow_integer_matmuls(mod, target):
     """``mod`` with its integer matmuls on the packed VNNI kernel, its runtime-divisor integer divisions in
     kernels of their own and its 1-D table lookups injective (see the module docstring); ``mod`` itself where
-    nothing applies. Returns ``(mod, {"matmuls": n, "divisions": n, "tables": n})``."""
+    nothing applies. Returns ``(mod, {"matmuls": n, "divisions": n, "constant_divisions": n, "tables": n})``."""
     tvm = require("tvm", "TVM VNNI kernels")
     from tvm import relax, topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -225,7 +230,7 @@ def narrow_integer_matmuls(mod, target):
     vnni = has_vnni(target)
     if vnni:
         register_intrinsic()
-    count = {"matmuls": 0, "divisions": 0, "tables": 0}
+    count = {"matmuls": 0, "divisions": 0, "constant_divisions": 0, "tables": 0}
 
     @mutator
     class _Narrow(PyExprMutator):
@@ -257,12 +262,30 @@ def narrow_integer_matmuls(mod, target):
             """An integer division by a computed tensor (a row's sum, a square root) giving a few values as a
             kernel of its own: fused, it is inlined into its broadcast consumer and recomputed for every element
             of the row. A large quotient (as many divisions as elements anyway) stays fused."""
-            if (not str(call.ty.dtype).startswith(("int", "uint")) or _const_value(self, call.args[1]) is not None
-                    or int(np.prod([int(d) for d in call.ty.shape])) > SMALL_QUOTIENT):
+            if not str(call.ty.dtype).startswith(("int", "uint")):
+                return call
+            c = _const_value(self, call.args[1])
+            if c is not None:
+                return self.constant_division(call, c)
+            if int(np.prod([int(d) for d in call.ty.shape])) > SMALL_QUOTIENT:
                 return call
             count["divisions"] += 1
             return self.builder_.call_te(topi.divide, call.args[0], call.args[1], primfunc_name_hint="int_divide",
                                          primfunc_attrs={"op_pattern": OPAQUE})
+
+        def constant_division(self, call, c: np.ndarray):
+            """An integer division by a constant with one value (the dyadic requantizations' ``/ 2**k``) with
+            that value in the code: as Relax passes it, the constant is a buffer argument of the fused kernel,
+            and a division by a value unknown at compile time is one scalar ``idiv`` per element (x86 has no
+            vector integer division); by a known one, LLVM emits vector shifts or multiplies."""
+            x = call.args[0]
+            if (c.size == 0 or not np.all(c == c.flat[0]) or int(c.flat[0]) == 0
+                    or [int(d) for d in x.ty.shape] != [int(d) for d in call.ty.shape]):
+                return call
+            dtype = str(call.ty.dtype)
+            count["constant_divisions"] += 1
+            return self.builder_.call_te(topi.divide, x, tvm.tirx.const(int(c.flat[0]), dtype),
+                                         primfunc_name_hint="divide_by_const")
 
         def table(self, call):
             """A 1-D table read at 1-D indices (``gather_elements``, axis 0) as an injective kernel: Relax marks

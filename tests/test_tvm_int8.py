@@ -88,7 +88,7 @@ def test_other_matmuls_are_left_alone():
             out = bb.emit_output(relax.op.add(relax.op.astype(a, "float32"), c))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1] == {"matmuls": 0, "divisions": 0, "tables": 0}
+    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1] == {"matmuls": 0, "divisions": 0, "constant_divisions": 0, "tables": 0}
 
 
 def test_runtime_integer_division_is_a_kernel_of_its_own():
@@ -106,7 +106,7 @@ def test_runtime_integer_division_is_a_kernel_of_its_own():
         bb.emit_func_output(out)
     mod = bb.get()
     narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
-    assert count == {"matmuls": 0, "divisions": 1, "tables": 0}
+    assert count == {"matmuls": 0, "divisions": 1, "constant_divisions": 1, "tables": 0}
     opaque = [f for f in narrowed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
               and int((f.attrs or {}).get("op_pattern", -1)) == tvm_int8.OPAQUE]
     assert len(opaque) == 1
@@ -153,3 +153,22 @@ def test_table_lookup_is_an_injective_kernel():
     assert any(n.startswith("fused_") and "where_table_lookup" in n and "multiply" in n for n in names), names
     xa = rng.integers(-256, 256, (4, 50)).astype(np.int32)
     np.testing.assert_array_equal(_run(mod, xa), table[np.where(xa < 0, xa + 256, xa)] * 3)
+
+
+@pytest.mark.parametrize("c", [4, 3, -8])
+def test_constant_division_keeps_the_semantics(c):
+    """A division by a constant written with the constant in the code (vector shifts / multiplies) gives what
+    Relax's own division gives, negative dividends included."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 64), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.divide(relax.op.add(x, relax.const(np.int32(1))),
+                                                 relax.const(np.array([c], "int32"))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1]["constant_divisions"] == 1
+    xa = np.random.default_rng(4).integers(-1000, 1000, (2, 64)).astype(np.int32)
+    plain = relax.VirtualMachine(tvm.compile(mod, target=host_target()), tvm.cpu())["main"](tvm.runtime.tensor(xa)).numpy()
+    np.testing.assert_array_equal(_run(mod, xa), plain)
+    np.testing.assert_array_equal(plain, np.trunc((xa + 1) / c).astype(np.int32))  # truncation, as ONNX Div
