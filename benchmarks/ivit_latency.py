@@ -134,7 +134,7 @@ def main() -> None:
     for rt in ("ort", "tvm"):
         if (rt, "fp32") in ms:
             fp, it = ms[(rt, "fp32")], ms[(rt, "I-ViT int")]
-            rows.append([{"ort": "ONNX Runtime 2 threads", "tvm": "TVM Relax llvm"}[rt], fp, it, fp / it])
+            rows.append([{"ort": "ONNX Runtime 2 threads", "tvm": "TVM, zero-trial schedules (both graphs)"}[rt], fp, it, fp / it])
     total = sum(per_op.values()) or 1.0
     top = sorted(per_op.items(), key=lambda kv: -kv[1])[:10]
     md = [

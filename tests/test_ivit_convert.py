@@ -95,7 +95,9 @@ def test_tvm_bit_exact(converted, digits):
     x = digits.test.x[:2]
     with torch.no_grad():
         ref = q(x).numpy()
-    assert np.array_equal(tvm_build.build(onnx_export.build(q, x))(x), ref)
+    # generic llvm target: this test is the integer graph's exactness on TVM (the VNNI path on this CPU, slower
+    # to compile, is test_ivit_export.py::test_export_tvm_heuristic_integer_matmuls_on_vnni_bit_exact)
+    assert np.array_equal(tvm_build.build(onnx_export.build(q, x), target="llvm")(x), ref)
 
 
 def test_qat_step_gives_weight_gradients_and_exact_forward(digits):

@@ -4,7 +4,9 @@ Transformer Inference", Li & Gu, ICCV 2023), compiled for the host CPU (``llvm``
 The integer ONNX graph of :mod:`.onnx_export` is imported with ``tvm.relax.frontend.onnx.from_onnx`` (it uses
 only ops that importer supports: MatMulInteger, integer elementwise ops, Gather, Where, reductions; no
 ConvInteger, which the importer lacks -- convolutions are lowered to im2col + MatMulInteger), then compiled
-with the default Relax pipeline, or, with ``tune`` > 0, through the exporter's tuned path
+with the zero-trial schedules of :mod:`edgekit.exporters.tvm_schedule` (integer graphs through
+:mod:`edgekit.exporters.tvm_int8`: VNNI matmuls, divisions by constants in the code), or, with ``tune`` > 0,
+through the exporter's tuned path
 (:func:`edgekit.exporters.tvm.compile_module`: MetaSchedule trials, database cached by graph structure and
 target, heuristic schedules where untuned). ``run`` executes the compiled module on the Relax VM.
 """
@@ -34,10 +36,12 @@ class TVMModule:
         return out.numpy()
 
 
-def build(proto: Any, target: Any = "llvm", opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
-          info: dict | None = None) -> TVMModule:
+def build(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
+          info: dict | None = None, schedule: str = "heuristic") -> TVMModule:
     """Compile an (integer or float) ONNX ModelProto with Relax for ``target`` (``tune`` > 0: MetaSchedule-tuned;
-    what the tuning did goes into ``info``)."""
+    what the tuning did goes into ``info``; untuned: the zero-trial schedules of
+    :mod:`edgekit.exporters.tvm_schedule`, integer matmuls on the VNNI kernel where the CPU has it, or with
+    ``schedule="default"`` Relax's default pipeline, serial loops)."""
     tvm = require("tvm", "I-ViT TVM build")
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -46,6 +50,10 @@ def build(proto: Any, target: Any = "llvm", opt_level: int = 3, tune: int = 0, t
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    if target is None:  # this CPU with its features (VNNI among them), as the exporter's host target
+        from edgekit.exporters.tvm import host_target
+
+        target = host_target()
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     if tune:
         from edgekit.exporters.tvm import compile_module
@@ -54,6 +62,10 @@ def build(proto: Any, target: Any = "llvm", opt_level: int = 3, tune: int = 0, t
         ex = compile_module(mod, target, "heuristic", spec)
         if info is not None:
             info.update(spec["info"])
+    elif schedule == "heuristic":
+        from edgekit.exporters.tvm_schedule import compile_scheduled
+
+        ex = compile_scheduled(mod, target)
     else:
         with tvm.transform.PassContext(opt_level=opt_level):
             ex = tvm.compile(mod, target=target)
