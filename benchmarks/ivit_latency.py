@@ -9,6 +9,10 @@ sessions whose idle threads sleep (:func:`benchmarks.deployables.ort_runner`), t
 default) take the cores from each other between calls: measured 1 Dec, quiet machine, the fp32 graph 25 ms
 interleaved with a spinning integer session against 16.5 ms with both sleeping (12.7 ms alone, spinning).
 
+TVM row: both graphs compiled with the zero-trial schedules (:func:`edgekit.exporters.tvm_schedule.compile_scheduled`;
+the integer graph's matmuls on the VNNI kernel where the CPU has it) and timed round robin in a worker process of
+their own (in-process beside the ORT sessions and PyTorch, TVM's thread pool ran both graphs about 2x slower).
+
     flock /tmp/edgekit-bench.lock .venv/bin/python -m benchmarks.ivit_latency [--no-tvm] [--runs 20] [--no-write]
 """
 
@@ -23,12 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekit.metrics import time_callable
 from benchmarks._report import command_line, machine_note, markdown_table, write_section
-
-
-def _median_ms(fn, x, runs: int, warmup: int = 3) -> float:
-    return time_callable(lambda: fn(x), runs, warmup)["median"]
 
 
 def integer_graph(ref, threads: int = 2):
@@ -119,14 +118,25 @@ def main() -> None:
         ort_ms = interleaved_ms({"fp32": lambda: fp_run(ref.x), "I-ViT int": row.run}, args.runs)
         load_after = os.getloadavg()[0]
         ms = {("ort", k): v for k, v in ort_ms.items()}
-        if not args.no_tvm:
-            from edgekit.quant.ivit import tvm_build
+        if not args.no_tvm:  # both graphs with the zero-trial schedules, timed in a worker process of their own
+            from benchmarks.deployables import Worker
+            from edgekit.exporters.tvm import host_target, import_onnx
+            from edgekit.exporters.tvm_schedule import compile_scheduled
+            from tvm import relax
 
-            for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
+            libs = {}
+            for label, path in (("fp32", ref.onnx), ("I-ViT int", int_path)):
                 t = time.perf_counter()
-                mod = tvm_build.build(proto)
+                mod = relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape))
+                libs[label] = ("tvm", ref.workdir / f"tvm-{len(libs)}.so")
+                compile_scheduled(mod, host_target()).export_library(str(libs[label][1]))
                 ms[("tvm-build-s", label)] = time.perf_counter() - t
-                ms[("tvm", label)] = _median_ms(mod, ref.x, args.runs)
+            worker = Worker(libs, ref.x, 2)
+            try:
+                tvm_ms = interleaved_ms({k: worker.runner(k) for k in libs}, args.runs)
+            finally:
+                worker.close()
+            ms.update({("tvm", k): v for k, v in tvm_ms.items()})
         # where the integer graph's time goes (ORT's own profiler, kernel ms per run summed per op type)
         per_op = ort_kernel_profile(int_path, ref.x, runs=5, threads=2)
     fallbacks = {p.key: p.value for p in int_proto.metadata_props}.get("int64_fallbacks", "?")
