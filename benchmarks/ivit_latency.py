@@ -81,7 +81,7 @@ def tvm_deployable_row(ref, threads: int = 2):
 
     _, q, path = integer_graph(ref, threads)
     mod = relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape))
-    counts = tvm_int8.narrow_integer_matmuls(mod, host_target())[1]
+    counts = tvm_int8.rewrite_integer_graph(mod, host_target())[1]
     lib = ref.workdir / "ivit-int8-tvm.so"
     compile_scheduled(mod, host_target()).export_library(str(lib))
     run = load_vm(lib, threads)

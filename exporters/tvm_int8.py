@@ -4,7 +4,7 @@ TVM Relax builds of integer graphs (the I-ViT integer-only graph of :mod:`edgeki
 TVM's ONNX importer writes ``MatMulInteger`` as an int32 x int32 ``matmul`` of both operands widened with
 ``astype`` (zero points subtracted after the widening). Compiled as written, every product is an int32 multiply:
 MetaSchedule's VNNI rule looks for a uint8 x int8 block to tensorize and finds none, so the integer-only ViT's
-matmuls ran at a fraction of the fp32 ones' speed. :func:`narrow_integer_matmuls` rewrites
+matmuls ran at a fraction of the fp32 ones' speed. :func:`rewrite_integer_graph` rewrites
 
 * ``A @ W`` with ``A`` a widened uint8 tensor (zero point ``z``) and ``W`` a widened int8 constant (weights) into
   ``A @ W - z * colsum(W)`` (the correction a constant);
@@ -51,7 +51,7 @@ OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone (as t
 INJECTIVE = 2  # relax OpPatternKind kInjective: fused with its producers and consumers
 SMALL_QUOTIENT = 4096  # an integer division with at most this many results gets a kernel of its own
 
-__all__ = ["KERNEL_ATTR", "has_vnni", "register_intrinsic", "narrow_integer_matmuls", "pack_weight",
+__all__ = ["KERNEL_ATTR", "has_vnni", "register_intrinsic", "rewrite_integer_graph", "pack_weight",
            "matmul_kernel", "table_kernel"]
 
 KERNEL_ATTR = "edgekit.vnni_matmul"  # marks the packed kernels (auto_schedule tensorizes them)
@@ -219,7 +219,7 @@ def _ceil(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def narrow_integer_matmuls(mod, target):
+def rewrite_integer_graph(mod, target):
     """``mod`` with its integer matmuls on the packed VNNI kernel, its runtime-divisor integer divisions in
     kernels of their own and its 1-D table lookups injective (see the module docstring); ``mod`` itself where
     nothing applies. Returns ``(mod, {"matmuls": n, "divisions": n, "constant_divisions": n, "tables": n})``."""
@@ -233,7 +233,7 @@ def narrow_integer_matmuls(mod, target):
     count = {"matmuls": 0, "divisions": 0, "constant_divisions": 0, "tables": 0}
 
     @mutator
-    class _Narrow(PyExprMutator):
+    class _Rewrite(PyExprMutator):
         def __init__(self, m) -> None:
             super().__init__(m)
             self.m = m
@@ -350,7 +350,7 @@ def narrow_integer_matmuls(mod, target):
             count["matmuls"] += 1
             return y
 
-    out = _Narrow(mod).run()
+    out = _Rewrite(mod).run()
     changed = any(count.values())
     return (relax.transform.DeadCodeElimination()(out) if changed else mod), count
 

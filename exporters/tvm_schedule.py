@@ -104,26 +104,27 @@ def _schedule_pass(tvm):
 
 
 def prepare_passes(target) -> list:
-    """The passes before scheduling: integer matmuls onto the VNNI kernel and runtime-divisor integer divisions
-    into kernels of their own (:func:`edgekit.exporters.tvm_int8.narrow_integer_matmuls`; integer graphs only),
-    library dispatch, FastMathTransform, legalization and fusion. MetaSchedule
+    """The passes before scheduling: the integer-graph rewrites of
+    :func:`edgekit.exporters.tvm_int8.rewrite_integer_graph` (matmuls onto the VNNI kernel, divisions by constants
+    with the constant in the code, row-level divisions in kernels of their own, table lookups injective; a graph
+    without them is left as it was), library dispatch, FastMathTransform, legalization and fusion. MetaSchedule
     extracts its tasks after exactly these (:mod:`edgekit.exporters.tvm_tune`), so the database keys match the
     functions :func:`pipeline` later looks up."""
     tvm = require("tvm", "the scheduled TVM pipeline")
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return ([_narrow_pass(tvm, target)] + cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()]
+    return ([_integer_graph_pass(tvm, target)] + cpu.library_dispatch_passes(target) + [relax.transform.FastMathTransform()]
             + cpu.legalize_passes(target) + [relax.transform.DeadCodeElimination()])
 
 
-def _narrow_pass(tvm, target):
-    """:func:`edgekit.exporters.tvm_int8.narrow_integer_matmuls` as a module pass (a no-op without VNNI)."""
-    from edgekit.exporters.tvm_int8 import narrow_integer_matmuls
+def _integer_graph_pass(tvm, target):
+    """:func:`edgekit.exporters.tvm_int8.rewrite_integer_graph` as a module pass."""
+    from edgekit.exporters.tvm_int8 import rewrite_integer_graph
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgekitNarrowIntegerMatmuls")
+    @tvm.transform.module_pass(opt_level=0, name="EdgekitIntegerGraph")
     def _pass(mod, _ctx):
-        return narrow_integer_matmuls(mod, target)[0]
+        return rewrite_integer_graph(mod, target)[0]
 
     return _pass
 

@@ -79,9 +79,8 @@ def cost_model_kind() -> str:
 def structure_key(tasks, target) -> str:
     """sha256 over the tasks' structural hashes and weights, the target and the TVM version."""
     tvm = require("tvm", "TVM tuning")
-    from tvm_ffi import structural_hash
 
-    parts = sorted(f"{structural_hash(t.dispatched[0])}:{int(t.weight)}" for t in tasks)
+    parts = sorted(f"{task_id(t)}:{int(t.weight)}" for t in tasks)
     text = json.dumps({"tasks": parts, "target": str(target), "tvm": tvm.__version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -109,8 +108,6 @@ def _measure_fill(tvm) -> Callable[[Any], None]:
     integers with ones. Random integers crash the measuring process in integer-only graphs (I-ViT): a zero
     divisor raises SIGFPE, an out-of-range index reads outside a table; an integer kernel's time does not
     depend on its values."""
-    import numpy as np
-
     random_fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
 
     def fill(arg) -> None:

@@ -46,11 +46,11 @@ def test_weight_matmul_on_vnni_kernel_is_exact(shape, n, z):
     w = rng.integers(-128, 128, (shape[-1], n)).astype(np.int8)
     x = rng.integers(0, 256, shape).astype(np.uint8)
     mod = _weight_module(shape, w, z)
-    narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
+    rewritten, count = tvm_int8.rewrite_integer_graph(mod, host_target())
     assert count["matmuls"] == 1
-    assert any(str(gv.name_hint).startswith("vnni_matmul") for gv in narrowed.get_global_vars())
+    assert any(str(gv.name_hint).startswith("vnni_matmul") for gv in rewritten.get_global_vars())
     ref = ((x.astype(np.int64) - z) @ w.astype(np.int64) + 5).astype(np.int32)
-    np.testing.assert_array_equal(_run(mod, x), ref)  # compile_scheduled narrows and tensorizes
+    np.testing.assert_array_equal(_run(mod, x), ref)  # compile_scheduled rewrites and tensorizes
 
 
 @needs_vnni
@@ -68,7 +68,7 @@ def test_activation_matmul_on_vnni_kernel_is_exact(b, h, m, k, n, za):
                                                  _widened(y, 128), out_dtype="int32"))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1]["matmuls"] == 1
+    assert tvm_int8.rewrite_integer_graph(mod, host_target())[1]["matmuls"] == 1
     xa = rng.integers(0, 256, (b, h, m, k)).astype(np.uint8)
     ya = rng.integers(0, 256, (b, h, k, n)).astype(np.uint8)
     ref = ((xa.astype(np.int64) - za) @ (ya.astype(np.int64) - 128)).astype(np.int32)
@@ -88,7 +88,7 @@ def test_other_matmuls_are_left_alone():
             out = bb.emit_output(relax.op.add(relax.op.astype(a, "float32"), c))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1] == {"matmuls": 0, "divisions": 0, "constant_divisions": 0, "tables": 0}
+    assert tvm_int8.rewrite_integer_graph(mod, host_target())[1] == {"matmuls": 0, "divisions": 0, "constant_divisions": 0, "tables": 0}
 
 
 def test_runtime_integer_division_is_a_kernel_of_its_own():
@@ -105,9 +105,9 @@ def test_runtime_integer_division_is_a_kernel_of_its_own():
             out = bb.emit_output(relax.op.add(relax.op.multiply(x, q), r))
         bb.emit_func_output(out)
     mod = bb.get()
-    narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
+    rewritten, count = tvm_int8.rewrite_integer_graph(mod, host_target())
     assert count == {"matmuls": 0, "divisions": 1, "constant_divisions": 1, "tables": 0}
-    opaque = [f for f in narrowed.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+    opaque = [f for f in rewritten.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
               and int((f.attrs or {}).get("op_pattern", -1)) == tvm_int8.OPAQUE]
     assert len(opaque) == 1
     xa = rng.integers(1, 100, (3, 5, 7)).astype(np.int32)
@@ -141,12 +141,12 @@ def test_table_lookup_is_an_injective_kernel():
             out = bb.emit_output(relax.op.multiply(relax.op.reshape(g, (4, 50)), relax.const(np.int32(3))))
         bb.emit_func_output(out)
     mod = bb.get()
-    narrowed, count = tvm_int8.narrow_integer_matmuls(mod, host_target())
+    rewritten, count = tvm_int8.rewrite_integer_graph(mod, host_target())
     assert count["tables"] == 1
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     with host_target():
-        fused = tvm.transform.Sequential(cpu.legalize_passes(host_target()))(narrowed)
+        fused = tvm.transform.Sequential(cpu.legalize_passes(host_target()))(rewritten)
     names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert not any("gather" in n for n in names), names
     # reshape, index normalization, lookup and multiply in one kernel
@@ -167,7 +167,7 @@ def test_constant_division_keeps_the_semantics(c):
                                                  relax.const(np.array([c], "int32"))))
         bb.emit_func_output(out)
     mod = bb.get()
-    assert tvm_int8.narrow_integer_matmuls(mod, host_target())[1]["constant_divisions"] == 1
+    assert tvm_int8.rewrite_integer_graph(mod, host_target())[1]["constant_divisions"] == 1
     xa = np.random.default_rng(4).integers(-1000, 1000, (2, 64)).astype(np.int32)
     plain = relax.VirtualMachine(tvm.compile(mod, target=host_target()), tvm.cpu())["main"](tvm.runtime.tensor(xa)).numpy()
     np.testing.assert_array_equal(_run(mod, xa), plain)
