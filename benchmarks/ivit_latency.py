@@ -9,7 +9,7 @@ sessions whose idle threads sleep (:func:`benchmarks.deployables.ort_runner`), t
 default) take the cores from each other between calls: measured 1 Dec, quiet machine, the fp32 graph 25 ms
 interleaved with a spinning integer session against 16.5 ms with both sleeping (12.7 ms alone, spinning).
 
-TVM row: both graphs compiled with the zero-trial schedules (:func:`edgekit.exporters.tvm_schedule.compile_scheduled`;
+TVM row: both graphs compiled with the zero-trial schedules (:func:`edgekit.quant.ivit.tvm_build.compile_graph`;
 the integer graph's matmuls on the VNNI kernel where the CPU has it) and timed round robin in a worker process of
 their own (in-process beside the ORT sessions and PyTorch, TVM's thread pool ran both graphs about 2x slower).
 
@@ -76,14 +76,14 @@ def tvm_deployable_row(ref, threads: int = 2):
     from benchmarks.deployables import Deployable, onnx_top1
     from edgekit.exporters import tvm_int8
     from edgekit.exporters.tvm import host_target, import_onnx, load_vm
-    from edgekit.exporters.tvm_schedule import compile_scheduled
+    from edgekit.quant.ivit import tvm_build
     from tvm import relax
 
-    _, q, path = integer_graph(ref, threads)
-    mod = relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape))
-    counts = tvm_int8.rewrite_integer_graph(mod, host_target())[1]
+    proto, q, path = integer_graph(ref, threads)
+    counts = tvm_int8.rewrite_integer_graph(  # what the build below rewrites, for the note
+        relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape)), host_target())[1]
     lib = ref.workdir / "ivit-int8-tvm.so"
-    compile_scheduled(mod, host_target()).export_library(str(lib))
+    tvm_build.compile_graph(proto).export_library(str(lib))
     run = load_vm(lib, threads)
     with torch.no_grad():
         if not np.array_equal(run(ref.x), q(torch.from_numpy(ref.x)).numpy()):
@@ -120,16 +120,13 @@ def main() -> None:
         ms = {("ort", k): v for k, v in ort_ms.items()}
         if not args.no_tvm:  # both graphs with the zero-trial schedules, timed in a worker process of their own
             from benchmarks.deployables import Worker
-            from edgekit.exporters.tvm import host_target, import_onnx
-            from edgekit.exporters.tvm_schedule import compile_scheduled
-            from tvm import relax
+            from edgekit.quant.ivit import tvm_build
 
             libs = {}
-            for label, path in (("fp32", ref.onnx), ("I-ViT int", int_path)):
+            for label, proto in (("fp32", fp_proto), ("I-ViT int", int_proto)):
                 t = time.perf_counter()
-                mod = relax.transform.DecomposeOpsForInference()(import_onnx(path, ref.x.shape))
                 libs[label] = ("tvm", ref.workdir / f"tvm-{len(libs)}.so")
-                compile_scheduled(mod, host_target()).export_library(str(libs[label][1]))
+                tvm_build.compile_graph(proto).export_library(str(libs[label][1]))
                 ms[("tvm-build-s", label)] = time.perf_counter() - t
             worker = Worker(libs, ref.x, 2)
             try:

@@ -51,10 +51,9 @@ OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps leaves the kernel alone (as t
 INJECTIVE = 2  # relax OpPatternKind kInjective: fused with its producers and consumers
 SMALL_QUOTIENT = 4096  # an integer division with at most this many results gets a kernel of its own
 
-__all__ = ["KERNEL_ATTR", "has_vnni", "register_intrinsic", "rewrite_integer_graph", "pack_weight",
+__all__ = ["has_vnni", "register_intrinsic", "rewrite_integer_graph", "pack_weight",
            "matmul_kernel", "table_kernel"]
 
-KERNEL_ATTR = "edgekit.vnni_matmul"  # marks the packed kernels (auto_schedule tensorizes them)
 LANES, GROUP = 16, 4  # the intrinsic's int32 lanes and the uint8 x int8 products each lane adds
 _registered = False
 
@@ -125,7 +124,7 @@ def matmul_kernel(tvm, lead: tuple[int, ...], k: int, n_padded: int, b_batch: in
         return te.sum(a[(*rows, r)].astype("int32") * w.astype("int32"), axis=r)
 
     c = te.compute(i64(*lead, n_padded), body, name="C")
-    return te.create_prim_func([a, bp, c]).with_attr("op_pattern", 4).with_attr(KERNEL_ATTR, True)
+    return te.create_prim_func([a, bp, c]).with_attr("op_pattern", 4)  # out-ewise fusable: the epilogue fuses
 
 
 def table_kernel(tvm, n: int, dtype: str, m: int, index_dtype: str):

@@ -36,12 +36,13 @@ class TVMModule:
         return out.numpy()
 
 
-def build(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
-          info: dict | None = None, schedule: str = "heuristic") -> TVMModule:
-    """Compile an (integer or float) ONNX ModelProto with Relax for ``target`` (``tune`` > 0: MetaSchedule-tuned;
-    what the tuning did goes into ``info``; untuned: the zero-trial schedules of
+def compile_graph(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
+                  info: dict | None = None, schedule: str = "heuristic"):
+    """Compile an (integer or float) ONNX ModelProto with Relax for ``target`` (default: this CPU with its
+    features, VNNI among them) into a Relax executable (``export_library`` writes it). ``tune`` > 0:
+    MetaSchedule-tuned, what the tuning did goes into ``info``; untuned: the zero-trial schedules of
     :mod:`edgekit.exporters.tvm_schedule`, integer matmuls on the VNNI kernel where the CPU has it, or with
-    ``schedule="default"`` Relax's default pipeline, serial loops)."""
+    ``schedule="default"`` Relax's default pipeline, serial loops."""
     tvm = require("tvm", "I-ViT TVM build")
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -50,7 +51,7 @@ def build(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tun
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    if target is None:  # this CPU with its features (VNNI among them), as the exporter's host target
+    if target is None:
         from edgekit.exporters.tvm import host_target
 
         target = host_target()
@@ -62,12 +63,21 @@ def build(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tun
         ex = compile_module(mod, target, "heuristic", spec)
         if info is not None:
             info.update(spec["info"])
-    elif schedule == "heuristic":
+        return ex
+    if schedule == "heuristic":
         from edgekit.exporters.tvm_schedule import compile_scheduled
 
-        ex = compile_scheduled(mod, target)
-    else:
-        with tvm.transform.PassContext(opt_level=opt_level):
-            ex = tvm.compile(mod, target=target)
+        return compile_scheduled(mod, target)
+    with tvm.transform.PassContext(opt_level=opt_level):
+        return tvm.compile(mod, target=target)
+
+
+def build(proto: Any, target: Any = None, opt_level: int = 3, tune: int = 0, tune_cache: Any = None,
+          info: dict | None = None, schedule: str = "heuristic") -> TVMModule:
+    """:func:`compile_graph`, loaded into a Relax VM on the CPU."""
+    tvm = require("tvm", "I-ViT TVM build")
+    from tvm import relax
+
+    ex = compile_graph(proto, target, opt_level, tune, tune_cache, info, schedule)
     dev = tvm.cpu()
-    return TVMModule(relax.VirtualMachine(ex, dev), dev, name)
+    return TVMModule(relax.VirtualMachine(ex, dev), dev, proto.graph.input[0].name)
