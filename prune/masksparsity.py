@@ -51,6 +51,7 @@ def masksparsity(
     seed: int = 0,
     ratios: dict[str, float] | None = None,
     scope: str = "all",
+    head_ratio: float | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Choose channels, shrink only their BN scales with L1 during a short fine-tune, then remove them."""
     from edgekit.training import train
@@ -66,7 +67,7 @@ def masksparsity(
         for h in handles:
             h.remove()
     plan = make_plan(base, example_inputs, ratio, importance, global_pruning, round_to, ignore, data, ratios=ratios,
-                     scope=scope)
+                     scope=scope, head_ratio=head_ratio)
     graph = plan.graph
     masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for u in plan.remove:

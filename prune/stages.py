@@ -36,6 +36,7 @@ class PruneConfig(StageConfig):
     max_group_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="global mode: most a single group may lose")
     round_to: int = Field(8, ge=1, description="keep channel counts at multiples of this where possible (8/16/32 suit runtimes)")
     ignore: list[str] = Field(default_factory=list, description="wildcard patterns of layer names whose output channels and heads are never pruned, e.g. ['head*'] (their inputs still follow their producers)")
+    head_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="fraction of attention heads removed in every heads group (default: ratio). floor(ratio * heads) is often 0 with few heads (0.34 of 2), leaving attention whole while the channels shrink; its cost grows with the square of the tokens, so at larger inputs the saving then lags the MACs'")
     ratios: dict[str, float] = Field(default_factory=dict, description="per-layer ratio overrides: {layer pattern: ratio}")
     scope: Literal["all", "depthwise"] = Field("all", description="which groups are pruned: 'all', or 'depthwise': only the groups holding a depthwise conv (the expanded channels of inverted-residual blocks), so that no dense conv loses channels on both sides and latency falls with the MACs")
     masksparsity: MaskSparsityConfig = Field(default_factory=MaskSparsityConfig, description="MaskSparsity before removal")
@@ -92,10 +93,12 @@ def apply_prune(model, cfg: PruneConfig, ctx) -> tuple[Any, dict[str, Any]]:
         ms = cfg.masksparsity
         new, report = masksparsity(model, ctx.example_inputs, ctx.data, cfg.ratio, ms.strength, ms.epochs,
                                    cfg.finetune.lr, cfg.importance, cfg.global_pruning, ms.select_epochs,
-                                   cfg.round_to, cfg.ignore, ctx.seed, cfg.ratios, cfg.scope)
+                                   cfg.round_to, cfg.ignore, ctx.seed, cfg.ratios, cfg.scope,
+                                   cfg.head_ratio)
     else:
         new, report = prune(model, ctx.example_inputs, cfg.ratio, cfg.importance, cfg.global_pruning, cfg.round_to,
-                            cfg.ignore, ctx.data, cfg.max_group_ratio, cfg.ratios, scope=cfg.scope)
+                            cfg.ignore, ctx.data, cfg.max_group_ratio, cfg.ratios, scope=cfg.scope,
+                            head_ratio=cfg.head_ratio)
     new = rewrap(new, output_path)
     report["accuracy"] = {"before": acc0, "pruned": _accuracy(new, ctx.data)}
     if cfg.finetune.epochs > 0:

@@ -5,7 +5,10 @@
 ``ratio`` is the fraction of units (channels / heads) removed in every group (per-layer mode) or across all
 groups after normalising each group's scores by its mean (``global_pruning``; no group loses more than
 ``max_group_ratio``). ``round_to`` keeps every channel group's count at a multiple of it where possible (heads
-are counted as units and not rounded). ``scope="depthwise"`` prunes only the groups that hold a depthwise conv
+are counted as units and not rounded). ``head_ratio`` sets the heads groups' own ratio (default: ``ratio``):
+heads are few, so ``floor(ratio * heads)`` is often 0 (0.34 of 2 heads) and attention, whose cost grows with the
+square of the token count, would stay whole while every channel group shrinks; at larger inputs the pruned
+model's saving then falls behind its MAC saving. ``scope="depthwise"`` prunes only the groups that hold a depthwise conv
 (the expanded channels of inverted-residual / MBConv blocks) and leaves the others whole: every dense conv then
 loses channels on one side only, so its MACs and its time fall together (both pruned, a 1x1 conv between two
 groups loses MACs with the product of the two ratios and time far more slowly; measured per group and per
@@ -118,6 +121,7 @@ def make_plan(
     criterion=None,
     method: CaptureMethod | None = None,
     scope: str = "all",
+    head_ratio: float | None = None,
 ) -> PrunePlan:
     """Build the dependency graph and choose the units to remove (nothing is removed yet). A group out of
     ``scope`` keeps all its units unless a ``ratios`` pattern names one of its layers."""
@@ -125,6 +129,8 @@ def make_plan(
         raise UserInputError(f"prune: ratio {ratio} must be in [0, 1)")
     if round_to < 1:
         raise UserInputError(f"prune: round_to {round_to} must be >= 1")
+    if head_ratio is not None and not 0.0 <= head_ratio < 1.0:
+        raise UserInputError(f"prune: head_ratio {head_ratio} must be in [0, 1)")
     if scope not in SCOPES:
         raise UserInputError(f"prune: scope {scope!r} is not one of {', '.join(SCOPES)}")
     fn = criterion or IMPORTANCE.get(importance)
@@ -141,14 +147,17 @@ def make_plan(
     remove: list[Unit] = []
     scores: dict[int, float] = {}
     per_group: list[dict[str, Any]] = []
+    own = [head_ratio is not None and g.is_heads for g, _ in scored]  # heads at their own ratio, per group
     if global_pruning:
         pool = []
         for gi, (g, s) in enumerate(scored):
+            if own[gi]:
+                continue
             norm = s / (s.mean() if s.mean() > 0 else 1.0)
             for ui, v in enumerate(norm):
                 pool.append((v, gi, ui))
         pool.sort()
-        target = int(ratio * sum(len(g.units) for gi, (g, _) in enumerate(scored) if in_scope[gi]))
+        target = int(ratio * sum(len(g.units) for gi, (g, _) in enumerate(scored) if in_scope[gi] and not own[gi]))
         chosen: dict[int, list[int]] = {gi: [] for gi in range(len(scored))}
         caps = {gi: int(max_group_ratio * len(g.units)) if in_scope[gi] else 0 for gi, (g, _) in enumerate(scored)}
         count = 0
@@ -159,6 +168,10 @@ def make_plan(
                 chosen[gi].append(ui)
                 count += 1
         for gi, (g, s) in enumerate(scored):
+            if own[gi]:
+                _emit_at_ratio(g, s, _group_ratio(g, head_ratio if in_scope[gi] else 0.0, ratios), round_to,
+                               remove, scores, per_group)
+                continue
             n = len(g.units)
             rounding = round_to if not g.is_heads else 1
             keep = _round_keep(n, n - len(chosen[gi]), rounding)
@@ -167,13 +180,17 @@ def make_plan(
             _emit(g, s, drop, remove, scores, per_group)
     else:
         for gi, (g, s) in enumerate(scored):
-            n = len(g.units)
-            r = min(_group_ratio(g, ratio if in_scope[gi] else 0.0, ratios), max_group_ratio)
-            rounding = round_to if not g.is_heads else 1
-            keep = _round_keep(n, n - int(math.floor(r * n)), rounding)
-            drop = list(np.argsort(s, kind="stable")[: n - keep])
-            _emit(g, s, drop, remove, scores, per_group)
+            base = head_ratio if own[gi] else ratio
+            r = min(_group_ratio(g, base if in_scope[gi] else 0.0, ratios), max_group_ratio)
+            _emit_at_ratio(g, s, r, round_to, remove, scores, per_group)
     return PrunePlan(graph, remove, scores, per_group)
+
+
+def _emit_at_ratio(g: Group, s: np.ndarray, r: float, round_to: int, remove, scores, per_group) -> None:
+    """Drop the ``floor(r * units)`` least important units of ``g`` (channel counts rounded up to ``round_to``)."""
+    n = len(g.units)
+    keep = _round_keep(n, n - int(math.floor(r * n)), round_to if not g.is_heads else 1)
+    _emit(g, s, list(np.argsort(s, kind="stable")[: n - keep]), remove, scores, per_group)
 
 
 def _emit(g: Group, s: np.ndarray, drop, remove, scores, per_group) -> None:
@@ -199,6 +216,7 @@ def prune(
     plan: PrunePlan | None = None,
     method: CaptureMethod | None = None,
     scope: str = "all",
+    head_ratio: float | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove the least important ``ratio`` of channels / heads; returns ``(smaller dense model, report)``.
 
@@ -208,7 +226,7 @@ def prune(
     model = model.eval()
     if plan is None:
         plan = make_plan(model, example_inputs, ratio, importance, global_pruning, round_to, ignore, data,
-                         max_group_ratio, ratios, method=method, scope=scope)
+                         max_group_ratio, ratios, method=method, scope=scope, head_ratio=head_ratio)
     params0, macs0 = count_params(model), count_macs(model, example_inputs[0])
     lat0 = torch_latency_ms(model, example_inputs) if measure_latency else None
     new, info = plan.graph.prune(plan.remove)
@@ -221,6 +239,7 @@ def prune(
         "global_pruning": global_pruning,
         "round_to": round_to,
         "scope": scope,
+        "head_ratio": ratio if head_ratio is None else head_ratio,
         "params": {"before": params0, "after": params1, "ratio": params1 / max(1, params0)},
         "macs": {"before": macs0, "after": macs1, "ratio": macs1 / max(1, macs0)},
         "latency_ms_torch": None if lat0 is None else {"before": lat0, "after": lat1, "ratio": lat1 / lat0},

@@ -99,6 +99,9 @@ def test_cnn_recipes_compress_and_export(recipe, target, compressed, det, tmp_pa
         assert m["after"] >= m["before"] - INT8_MAX_DROP, m
     if recipe == "prune-30-detect":
         assert result.report.macs.after < 0.85 * result.report.macs.before
+        groups = result.report.stage("prune").report["groups"]
+        heads = [g for g in groups if g["kind"] == "heads"]  # head_ratio 0.5: stage 4's two heads -> one
+        assert heads and all(g["removed"] == g["units"] // 2 for g in heads), heads
     _export_validates(out, det, target, RECIPES[recipe][1], tmp_path)
     if target == "openvino" and recipe.startswith("int8"):
         _openvino_runs_int8(tmp_path / target / "model.xml")

@@ -105,6 +105,35 @@ def test_tiny_transformer_separate_qkv_heads():
     assert new.get_submodule("blocks.0.k").out_features == q.out_features
 
 
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_head_ratio_prunes_heads_that_the_channel_ratio_rounds_away(global_pruning):
+    """0.34 of 2 heads floors to 0: without head_ratio attention stays whole; head_ratio=0.5 removes one head of
+    every heads group (global mode too: heads leave the pool), exactly as zeroing it, and at 4x the tokens the
+    MACs fall further than the channel pruning alone takes them."""
+    torch.manual_seed(0)
+    model = TinyTransformer(n_heads=2).eval()
+    kw = dict(ratio=0.34, round_to=8, ignore=["blocks.*.pre", "blocks.*.post", "out"], global_pruning=global_pruning)
+    _, base = prune(model, (X,), **kw)
+    assert all(g["removed"] == 0 for g in base["groups"] if g["kind"] == "heads")
+    plan = make_plan(model, (X,), head_ratio=0.5, **kw)
+    heads = [g for g in plan.per_group if g["kind"] == "heads"]
+    assert len(heads) == 2 and all(g["removed"] == 1 for g in heads)
+    zeroed = zero_units(model, plan.remove)
+    new, _ = prune(model, (X,), plan=plan)
+    with torch.no_grad():
+        torch.testing.assert_close(new(X), zeroed(X), atol=ATOL, rtol=1e-4)
+    assert new.get_submodule("blocks.0.q").out_features == 16  # one head of width 16 left
+    big = torch.randn(1, 3, 64, 64)
+    from edgekit.metrics import count_macs
+
+    pruned_channels_only, _ = prune(model, (X,), **kw)
+    assert count_macs(new, big) < count_macs(pruned_channels_only, big)
+    _, report = prune(model, (X,), head_ratio=0.5, **kw)
+    assert report["head_ratio"] == 0.5 and report["macs"]["after"] == count_macs(new, X)
+    with pytest.raises(UserInputError, match="head_ratio"):
+        make_plan(model, (X,), ratio=0.3, head_ratio=1.0)
+
+
 def test_vit_embedding_width_prunes_and_exports(tmp_path):
     torch.manual_seed(0)
     model = zoo.create("vit", pretrained=False)
