@@ -24,6 +24,7 @@ then ``deploy`` so that the pruned RepConv blocks are reparameterized like the f
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,7 +196,6 @@ def fingerprint(model: str, finetune_epochs: int | None) -> dict[str, str]:
 def fresh_cache(tmp: Path, key: dict[str, str]) -> None:
     """Empty ``tmp`` (a ``--cache`` folder) when it was built from other recipes / code than ``key``; record ``key``."""
     import json
-    import shutil
 
     stamp = tmp / "fingerprint.json"
     old = json.loads(stamp.read_text()) if stamp.exists() else None
@@ -260,7 +260,21 @@ def build(data, tmp: Path, finetune_epochs: int | None, need_320: bool = True,
         results[name] = (None, json.loads(meta.read_text())["seconds"], None)
     files["ORT quantize_static"] = {"onnxruntime": tmp / "ort-q.onnx", "openvino": tmp / "ort-q.onnx"}
     files["NNCF"] = {"openvino": tmp / "nncf.xml"}
+    # A/A control: a byte copy of each runtime's peer file, timed as one more variant. Two identical files differ
+    # only in where their sessions land in memory, so the ratio between them is the noise floor of a ratio here.
+    for peer, runtime, src in (("ORT quantize_static", "onnxruntime", tmp / "ort-q.onnx"),
+                               ("NNCF", "openvino", tmp / "nncf.xml")):
+        dst = src.with_name(f"{src.stem}-aa{src.suffix}")
+        for a, b in ((src, dst), (src.with_suffix(".bin"), dst.with_suffix(".bin"))):
+            if a.exists():
+                shutil.copyfile(a, b)
+        files[aa_name(peer)] = {runtime: dst}
+        results[aa_name(peer)] = results[peer]
     return files, results
+
+
+def aa_name(peer: str) -> str:
+    return f"{peer} (A/A copy)"
 
 
 def at_320(results, data, tmp: Path, threads: int, runs: int, block: int = 1,
@@ -375,6 +389,10 @@ def verdict(rt: str, summary, timings: dict[str, tuple[dict, float]]) -> str:
         peer = min(peers, key=lambda k: np.median(calls[k]))
         ours = calls[(INT8_OF[rt], rt)]
         v8, r8, c8 = judge(calls[peer], ours, lambda r: r <= 1.0)
+        aa = (aa_name(peer[0]), rt)
+        if aa in calls:  # the same file twice: how far apart two identical files time in this run
+            _, ra, ca = judge(calls[peer], calls[aa], lambda r: r <= 1.0)
+            v8 += f" (A/A, {peer[0]}'s file vs its byte copy: {ra:.3f}, 95% CI {ca[0]:.3f}-{ca[1]:.3f})"
         need = 0.8 * (1 - mac_ratio)
         vp, rp, cp = judge(calls[("fp32", rt)], calls[("prune-30", rt)], lambda r: 1 - r >= need)
         out.append(f"  - {label}: int8 {np.median(ours):.3f} ms vs best peer ({peer[0]}) {np.median(calls[peer]):.3f} ms, "
@@ -463,7 +481,9 @@ def run_model(model: str, args, tmp: Path) -> str | None:
         "computed from the artifact's outputs on its runtime, decoding + NMS outside the graph (its median time per "
         "image: `post ms`). The peers quantize the same exported fp32 ONNX (ORT: quant_pre_process + QDQ per-channel "
         "u8/s8; NNCF: default preset) with the same 256 calibration canvases. `s` = compress / quantize seconds. "
-        f"The `int8` row is the recipe `{INT8_RECIPE[model]}`, the `int8-openvino` row `{OV_INT8_RECIPE[model]}`.\n",
+        f"The `int8` row is the recipe `{INT8_RECIPE[model]}`, the `int8-openvino` row `{OV_INT8_RECIPE[model]}`. "
+        "`(A/A copy)` rows: a byte copy of the peer's file timed as one more variant, identical work: its ratio "
+        "to the peer (in the int8 verdicts below) is how far apart two identical files time in this run.\n",
         markdown_table(["variant", "runtime", "mAP", "mAP@.5", "drop vs fp32 (pts)", "ms", "vs fp32", "cold ms",
                         "post ms", "s"],
                        rows),
