@@ -40,3 +40,40 @@ def test_cache_is_emptied_when_built_from_other_code(tmp_path):
     bench.fresh_cache(tmp_path, {**key, "quant/ptq.py": "changed"})
     assert not (tmp_path / "fp32.json").exists()
     assert json.loads((tmp_path / "fingerprint.json").read_text())["quant/ptq.py"] == "changed"
+
+
+def _verdict_calls(rng, ours_scale: float):
+    base = lambda s: list(s * (1.0 + 0.01 * rng.standard_normal(300)))  # noqa: E731
+    calls = {("fp32", "openvino"): base(1.0), ("prune-30", "openvino"): base(0.7), ("NNCF", "openvino"): base(0.5),
+             ("int8-openvino", "openvino"): base(0.5 * ours_scale)}
+    summary = {(v, "openvino"): {"map": 0.5} for v in ("fp32", "int8-openvino", "prune-30")}
+    return summary, {"64x64 warm": (calls, 0.7)}
+
+
+def test_a_tie_on_the_same_openvino_program_is_reported_equal_and_only_then():
+    rng = np.random.default_rng(1)
+    summary, timings = _verdict_calls(rng, 1.0)
+    plain = bench.verdict("openvino", summary, timings)
+    assert "int8" in plain and "tie" in plain and "same compiled program" not in plain
+    same = bench.verdict("openvino", summary, timings, {("64x64 warm", "NNCF"): 111})
+    assert "met: equal, the same compiled program as NNCF's (111 executed nodes" in same and "measured: tie" in same
+    # a program that is not the peer's keeps the measured label, however close the ratio
+    other = bench.verdict("openvino", summary, timings, {("64x64 cold", "NNCF"): 111})
+    assert "met: equal" not in other
+
+
+def test_openvino_program_tells_a_copy_from_another_model(tmp_path):
+    import shutil
+
+    import torch
+
+    from edgekit.exporters.torch2onnx import to_onnx
+    from edgekit.quant.placement_report import openvino_program
+
+    x = torch.randn(1, 3, 16, 16)
+    a = to_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval(), x, tmp_path / "a.onnx")
+    b = to_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU()).eval(), x, tmp_path / "b.onnx")
+    shutil.copyfile(a, tmp_path / "c.onnx")
+    prog = openvino_program(a)
+    assert prog and any(p[0] == "Convolution" for p in prog)
+    assert openvino_program(tmp_path / "c.onnx") == prog and openvino_program(b) != prog
