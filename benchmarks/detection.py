@@ -395,10 +395,9 @@ def verdict(rt: str, summary, timings: dict[str, tuple[dict, float]],
         v8, r8, c8 = judge(calls[peer], ours, lambda r: r <= 1.0)
         nodes = (same_program or {}).get((label, peer[0]))
         if nodes:
-            v8 = (f"{v8}; the same compiled program as {peer[0]}'s ({nodes} executed nodes: kernels, precisions, "
-                  "fused ops, shapes)" if v8 == "met" else
-                  f"met: equal, the same compiled program as {peer[0]}'s ({nodes} executed nodes: kernels, "
-                  f"precisions, fused ops, shapes), so the same work; measured: {v8}")
+            what = (f"the same compiled program as {peer[0]}'s ({nodes} executed nodes: the same kernels and "
+                    "implementations, precisions, layouts, fused ops and shapes)")
+            v8 = f"{v8}; {what}" if v8 == "met" else f"met: equal, {what}, so the same work; measured: {v8}"
         aa = (aa_name(peer[0]), rt)
         if aa in calls:  # the same file twice: how far apart two identical files time in this run
             _, ra, ca = judge(calls[peer], calls[aa], lambda r: r <= 1.0)
@@ -408,8 +407,24 @@ def verdict(rt: str, summary, timings: dict[str, tuple[dict, float]],
         out.append(f"  - {label}: int8 {np.median(ours):.3f} ms vs best peer ({peer[0]}) {np.median(calls[peer]):.3f} ms, "
                    f"ratio {r8:.3f} (95% CI {c8[0]:.3f}-{c8[1]:.3f}): {v8}; prune-30 latency reduction {1 - rp:.3f} "
                    f"(95% CI {1 - cp[1]:.3f}-{1 - cp[0]:.3f}) vs 0.8 x MAC reduction {need:.3f} (MACs "
-                   f"{mac_ratio:.3f}x): {vp}")
+                   f"{mac_ratio:.3f}x): {vp}{cold_bound(label, rt, timings, mac_ratio)}")
     return "\n".join(out)
+
+
+def cold_bound(label: str, rt: str, timings: dict[str, tuple[dict, float]], mac_ratio: float) -> str:
+    """For a cold timing: what a call after another model's adds (cold - warm medians) to fp32 and to prune-30,
+    and the most lat/MAC that a cold call could show if that cost stays fixed: with the pruned model's warm time
+    falling exactly with its MACs (warm lat/MAC 1.0), cold lat/MAC = warm fp32 ms / cold fp32 ms."""
+    warm = timings.get(label.replace("cold", "warm"), ({}, 0))[0]
+    cold = timings[label][0]
+    keys = [("fp32", rt), ("prune-30", rt)]
+    if not label.endswith("cold") or not all(k in warm and k in cold for k in keys):
+        return ""
+    (wd, wp), (cd, cp) = ([float(np.median(c[k])) for k in keys] for c in (warm, cold))
+    return (f". A cold call adds {cd - wd:.3f} ms to fp32 and {cp - wp:.3f} ms to prune-30 (cold - warm medians): "
+            f"a cost that does not shrink with the channels; with it, a pruned model whose warm time fell exactly "
+            f"with its MACs would show a cold lat/MAC of {wd / cd:.2f} (this one: warm {(1 - wp / wd) / (1 - mac_ratio):.2f}, "
+            f"cold {(1 - cp / cd) / (1 - mac_ratio):.2f}; target 0.80)")
 
 
 def ov_same_program(files, tmp: Path, at_320: bool) -> dict[tuple[str, str], int]:

@@ -105,9 +105,10 @@ def ort_precisions(path: str | Path, threads: int = 2) -> dict[str, dict[str, in
     return out
 
 
-def openvino_program(path: str | Path, threads: int = 1) -> list[tuple[str, str, str, int, str]]:
-    """What the OpenVINO CPU plugin executes for ``path`` (ONNX or IR), in order: per executed node its kernel
-    (``layerType``), ``runtimePrecision``, ``outputPrecisions``, how many original ops it fused and its output
+def openvino_program(path: str | Path, threads: int = 1) -> list[tuple[str, str, str, str, str, int, str]]:
+    """What the OpenVINO CPU plugin executes for ``path`` (ONNX or IR), in order: per executed node its
+    ``layerType``, the implementation chosen (``primitiveType``, e.g. ``brgconv_avx512_amx_u8``), its
+    ``runtimePrecision``, ``outputPrecisions`` and ``outputLayouts``, how many original ops it fused and its output
     shape. Two files with the same program run the same kernels on the same shapes and precisions with the same
     fused post-ops; only the weight values (and where the runtime puts them in memory) differ."""
     from edgekit.exporters.runtimes import openvino_compiled
@@ -117,7 +118,8 @@ def openvino_program(path: str | Path, threads: int = 1) -> list[tuple[str, str,
         info = node.get_rt_info()
         get = lambda k: info[k].astype(str) if k in info else ""  # noqa: E731
         fused = [n for n in get("originalLayersNames").split(",") if n.strip()]
-        program.append((get("layerType"), get("runtimePrecision"), get("outputPrecisions"), len(fused),
+        program.append((get("layerType"), get("primitiveType"), get("runtimePrecision"), get("outputPrecisions"),
+                        get("outputLayouts"), len(fused),
                         str(node.get_output_partial_shape(0)) if node.get_output_size() else ""))
     return program
 

@@ -77,3 +77,15 @@ def test_openvino_program_tells_a_copy_from_another_model(tmp_path):
     prog = openvino_program(a)
     assert prog and any(p[0] == "Convolution" for p in prog)
     assert openvino_program(tmp_path / "c.onnx") == prog and openvino_program(b) != prog
+
+
+def test_cold_bound_reads_the_fixed_cost_of_a_cold_call():
+    rng = np.random.default_rng(2)
+    sample = lambda m: list(m * (1.0 + 0.001 * rng.standard_normal(300)))  # noqa: E731
+    warm = {("fp32", "onnxruntime"): sample(0.15), ("prune-30", "onnxruntime"): sample(0.105)}
+    cold = {("fp32", "onnxruntime"): sample(0.21), ("prune-30", "onnxruntime"): sample(0.165)}
+    timings = {"64x64 warm": (warm, 0.7), "64x64 cold": (cold, 0.7)}
+    text = bench.cold_bound("64x64 cold", "onnxruntime", timings, 0.7)
+    assert "adds 0.060 ms to fp32 and 0.060 ms to prune-30" in text
+    assert "cold lat/MAC of 0.71" in text and "warm 1.00" in text and "cold 0.71" in text
+    assert bench.cold_bound("64x64 warm", "onnxruntime", timings, 0.7) == ""
