@@ -2,6 +2,7 @@
 
     python -m benchmarks.prune_allocation --phase build [--workdir DIR]      # under chrt -i 0: prune + export
     python -m benchmarks.prune_allocation --phase time [--workdir DIR] [--runs 150]   # under the bench lock
+    python -m benchmarks.prune_allocation --phase classes [--workdir DIR]   # under the lock: by layer class
     python -m benchmarks.prune_allocation --phase report [--workdir DIR] [--note TEXT]  # the section from time.json
 
 The `prune-50` target of issue 12 (latency reduction >= 0.8x the MAC reduction) is met on ResNet-50 and ViT-S
@@ -18,6 +19,8 @@ latency only) the build phase writes:
 The time phase times every file on ONNX Runtime and OpenVINO (2 threads, ORT spinning off), all variants of a
 runtime interleaved in a random order each round, medians; and the dense model's kernel time (the runtime's own
 per-node profile) beside its wall time: what a call spends outside kernels does not shrink with channels.
+The classes phase profiles dense and prune-50 by layer class (1x1 expand, 3x3 depthwise, 1x1 reduce, ...) beside
+each class's MACs and activation bytes: whether the kernels' time follows the MACs or the bytes they move.
 """
 
 from __future__ import annotations
@@ -100,6 +103,85 @@ def time_phase(workdir: Path, runs: int) -> dict[str, Any]:
     return out
 
 
+# MobileNetV2 layer classes, by the module path the exported node names keep (``/mobilenet_v2/layer.3/expand_1x1/``)
+LAYER_CLASSES = (("first_conv", "stem 3x3 conv"), ("expand_1x1", "1x1 expand"), ("conv_3x3", "3x3 depthwise"),
+                 ("reduce_1x1", "1x1 reduce"), ("conv_1x1", "last 1x1 conv"), ("classifier", "classifier"))
+
+
+def layer_class(node_name: str, op: str = "") -> str:
+    for token, cls in LAYER_CLASSES:
+        if f"/{token}/" in node_name or node_name.endswith(f"/{token}") or f"{token}_" in node_name.split("/")[-1]:
+            return cls
+    return "layout reorders" if "Reorder" in op or "Reorder" in node_name else "other"
+
+
+def class_work(path: Path) -> dict[str, dict[str, float]]:
+    """``{layer class: {"macs": n, "bytes": n}}`` of the convs / GEMMs of an ONNX file: MACs and the bytes of
+    their input and output activations (fp32), from ONNX shape inference."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*g.value_info, *g.input, *g.output)}
+    inits = {t.name: list(t.dims) for t in g.initializer}
+    out: dict[str, dict[str, float]] = {}
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w, y, x = inits.get(n.input[1]), shapes.get(n.output[0]), shapes.get(n.input[0])
+        if not (w and y and x):
+            continue
+        macs = float(np.prod(y)) * float(np.prod(w[1:])) if n.op_type == "Conv" else float(np.prod(y)) * w[-1]
+        c = out.setdefault(layer_class(n.name), {"macs": 0.0, "bytes": 0.0})
+        c["macs"] += macs
+        c["bytes"] += 4.0 * (float(np.prod(x)) + float(np.prod(y)))
+    return out
+
+
+def class_times(path: Path, x: np.ndarray, runtime: str, runs: int) -> dict[str, float]:
+    """``{layer class: ms}``: the runtime's own per-node profile (sum of each node's median), by layer class."""
+    from edgekit.exporters.runtimes import openvino_node_times, ort_kernel_times
+
+    times = (ort_kernel_times(path, x, runs, threads=2, spinning=False) if runtime == "onnxruntime"
+             else openvino_node_times(path, np.ascontiguousarray(x, dtype=np.float32), runs, threads=2))
+    out: dict[str, float] = {}
+    for node, (op, t) in times.items():
+        if t:
+            cls = layer_class(node, op)
+            out[cls] = out.get(cls, 0.0) + float(np.median(t))
+    return out
+
+
+def classes_phase(workdir: Path, runs: int, t: dict[str, Any]) -> dict[str, Any]:
+    """Per layer class, dense vs prune-50: MACs, activation bytes and each runtime's kernel time; stored in
+    ``t["classes"]`` (time.json)."""
+    x = _example().numpy()
+    files = {k: workdir / f"{k}.onnx" for k in ("dense", "prune-50")}
+    t["classes"] = {"work": {k: class_work(f) for k, f in files.items()},
+                    "ms": {rt: {k: class_times(f, x, rt, runs) for k, f in files.items()} for rt in RUNTIMES},
+                    "runs": runs, "uptime": uptime()}
+    (workdir / "time.json").write_text(json.dumps(t, indent=2) + "\n")
+    return t
+
+
+def class_rows(c: dict[str, Any]) -> list[list[str]]:
+    work, ms = c["work"], c["ms"]
+    classes = [cls for _, cls in LAYER_CLASSES] + ["layout reorders", "other"]
+    total = {rt: sum(ms[rt]["dense"].values()) for rt in RUNTIMES}
+    rows = []
+    for cls in classes:
+        w0, w1 = work["dense"].get(cls), work["prune-50"].get(cls)
+        cells = [cls, f"{w1['macs'] / w0['macs']:.3f}" if w0 and w1 else "-",
+                 f"{w1['bytes'] / w0['bytes']:.3f}" if w0 and w1 else "-"]
+        for rt in RUNTIMES:
+            a, b = ms[rt]["dense"].get(cls, 0.0), ms[rt]["prune-50"].get(cls, 0.0)
+            cells += [f"{a:.2f} -> {b:.2f}", f"{b / a:.2f}" if a > 0 else "-", f"{a / total[rt]:.0%}"]
+        if any(v not in ("-", "0.00 -> 0.00") for v in cells[1:]):
+            rows.append(cells)
+    return rows
+
+
 def _ratio(dl: float, dm: float) -> str:
     return f"{dl / dm:.2f}" if dm > 0 else "-"
 
@@ -149,12 +231,27 @@ def report(rec: dict[str, Any], t: dict[str, Any]) -> str:
         markdown_table(["runtime", "dense wall ms", "dense kernels ms", "outside kernels ms", "prune-50 wall ms",
                         "prune-50 kernels ms"], krows),
     ]
+    if "classes" in t:
+        c = t["classes"]
+        lines += [
+            "",
+            "### prune-50 by layer class: MACs, activation bytes and kernel time, pruned / dense",
+            "",
+            f"`python -m benchmarks.prune_allocation --phase classes` (each runtime's own per-node profile, medians of "
+            f"{c['runs']} runs, 2 threads; `uptime` `{c['uptime']}`). `bytes x`: the fp32 input + output activations "
+            "of the class's convs / GEMM, which a memory-bound kernel has to move: they fall with the width (x0.5), "
+            "the MACs of a conv losing channels on both sides with its square (x0.25). `share`: of the dense "
+            "model's kernel time.",
+            "",
+            markdown_table(["layer class", "MACs x", "bytes x", "ORT kernel ms", "ORT time x", "ORT share",
+                            "OV kernel ms", "OV time x", "OV share"], class_rows(c)),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--phase", choices=("build", "time", "report", "all"), default="all",
+    p.add_argument("--phase", choices=("build", "time", "classes", "report", "all"), default="all",
                    help="report: write the section again from the workdir's time.json (e.g. with another --note)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/edgekit-prune-allocation"))
     p.add_argument("--runs", type=int, default=150)
@@ -163,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.phase in ("build", "all"):
         build_phase(args.workdir)
-    if args.phase in ("time", "report", "all"):
+    if args.phase in ("time", "classes", "report", "all"):
         rec = json.loads((args.workdir / "build.json").read_text())
-        t = time_phase(args.workdir, args.runs) if args.phase != "report" else \
+        t = time_phase(args.workdir, args.runs) if args.phase in ("time", "all") else \
             json.loads((args.workdir / "time.json").read_text())
+        if args.phase in ("classes", "all"):
+            t = classes_phase(args.workdir, min(args.runs, 100), t)
         md = report(rec, t)
         md += "".join(f"\n{n}\n" for n in args.note)
         print(md)

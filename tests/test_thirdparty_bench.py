@@ -96,3 +96,32 @@ def test_openvino_node_times_are_the_executed_nodes(tmp_path):
     assert all(1 <= len(t) <= 3 and min(t) >= 0 for _, t in times.values())
     assert all(len(t) == 3 for kind, t in times.values() if kind == "Convolution")
     assert bench.ov_kernel_ms(path, x, 2) > 0
+
+
+def test_prune_allocation_counts_macs_and_bytes_per_layer_class(tmp_path):
+    """benchmarks/prune_allocation's layer classes (by the module path the exported names keep): a 1x1 expand and
+    a depthwise 3x3; halving the width halves the bytes and quarters the MACs of the conv pruned on both sides."""
+    import torch
+    from torch import nn
+
+    from benchmarks.prune_allocation import class_work, layer_class
+    from edgekit.exporters.torch2onnx import to_onnx
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.expand_1x1 = nn.Conv2d(c, 4 * c, 1)
+            self.conv_3x3 = nn.Conv2d(4 * c, 4 * c, 3, padding=1, groups=4 * c)
+
+        def forward(self, x):
+            return self.conv_3x3(self.expand_1x1(x))
+
+    x = torch.randn(1, 8, 8, 8)
+    dense = class_work(to_onnx(Block(8).eval(), x, tmp_path / "d.onnx"))
+    assert dense["1x1 expand"]["macs"] == 8 * 32 * 64 and dense["3x3 depthwise"]["macs"] == 32 * 9 * 64
+    assert dense["1x1 expand"]["bytes"] == 4 * (8 + 32) * 64
+    half = class_work(to_onnx(Block(4).eval(), x[:, :4], tmp_path / "h.onnx"))
+    assert half["1x1 expand"]["macs"] * 4 == dense["1x1 expand"]["macs"]
+    assert half["1x1 expand"]["bytes"] * 2 == dense["1x1 expand"]["bytes"]
+    assert layer_class("ReorderOutput_kernel_time", "ReorderOutput") == "layout reorders"
+    assert layer_class("/mobilenet_v2/layer.3/reduce_1x1/convolution/Conv_output_0_nchwc_kernel_time") == "1x1 reduce"
