@@ -115,24 +115,30 @@ def layer_class(node_name: str, op: str = "") -> str:
     return "layout reorders" if "Reorder" in op or "Reorder" in node_name else "other"
 
 
-def class_work(path: Path) -> dict[str, dict[str, float]]:
+def class_work(path: Path, x: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """``{layer class: {"macs": n, "bytes": n}}`` of the convs / GEMMs of an ONNX file: MACs and the bytes of
-    their input and output activations (fp32), from ONNX shape inference."""
+    their input and output activations (fp32). Shapes are read from one ONNX Runtime run on ``x`` (default: the
+    benchmark's 224x224 example) with every conv / GEMM input and output made a graph output (the transformers
+    MobileNetV2 pads at run time, so ONNX shape inference leaves the spatial sizes unknown)."""
     import onnx
+    import onnxruntime as ort
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    model = onnx.load(str(path))
     g = model.graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*g.value_info, *g.input, *g.output)}
     inits = {t.name: list(t.dims) for t in g.initializer}
+    nodes = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits]
+    wanted = sorted({n.input[0] for n in nodes} | {n.output[0] for n in nodes})
+    known = {o.name for o in g.output}
+    g.output.extend(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None) for v in wanted if v not in known)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's own output
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    shapes = dict(zip(names, (a.shape for a in sess.run(names, {sess.get_inputs()[0].name: _example().numpy() if x is None else x}))))
     out: dict[str, dict[str, float]] = {}
-    for n in g.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        w, y, x = inits.get(n.input[1]), shapes.get(n.output[0]), shapes.get(n.input[0])
-        if not (w and y and x):
-            continue
-        macs = float(np.prod(y)) * float(np.prod(w[1:])) if n.op_type == "Conv" else float(np.prod(y)) * w[-1]
+    for n in nodes:
+        w, x, y = inits[n.input[1]], shapes[n.input[0]], shapes[n.output[0]]
+        macs = float(np.prod(y)) * float(np.prod(w[1:])) if n.op_type == "Conv" else float(np.prod(x)) * y[-1]
         c = out.setdefault(layer_class(n.name), {"macs": 0.0, "bytes": 0.0})
         c["macs"] += macs
         c["bytes"] += 4.0 * (float(np.prod(x)) + float(np.prod(y)))
@@ -172,8 +178,9 @@ def class_rows(c: dict[str, Any]) -> list[list[str]]:
     rows = []
     for cls in classes:
         w0, w1 = work["dense"].get(cls), work["prune-50"].get(cls)
-        cells = [cls, f"{w1['macs'] / w0['macs']:.3f}" if w0 and w1 else "-",
-                 f"{w1['bytes'] / w0['bytes']:.3f}" if w0 and w1 else "-"]
+        known = bool(w0 and w1 and w0["macs"] > 0 and w0["bytes"] > 0)
+        cells = [cls, f"{w1['macs'] / w0['macs']:.3f}" if known else "-",
+                 f"{w1['bytes'] / w0['bytes']:.3f}" if known else "-"]
         for rt in RUNTIMES:
             a, b = ms[rt]["dense"].get(cls, 0.0), ms[rt]["prune-50"].get(cls, 0.0)
             cells += [f"{a:.2f} -> {b:.2f}", f"{b / a:.2f}" if a > 0 else "-", f"{a / total[rt]:.0%}"]

@@ -117,10 +117,10 @@ def test_prune_allocation_counts_macs_and_bytes_per_layer_class(tmp_path):
             return self.conv_3x3(self.expand_1x1(x))
 
     x = torch.randn(1, 8, 8, 8)
-    dense = class_work(to_onnx(Block(8).eval(), x, tmp_path / "d.onnx"))
+    dense = class_work(to_onnx(Block(8).eval(), x, tmp_path / "d.onnx"), x.numpy())
     assert dense["1x1 expand"]["macs"] == 8 * 32 * 64 and dense["3x3 depthwise"]["macs"] == 32 * 9 * 64
     assert dense["1x1 expand"]["bytes"] == 4 * (8 + 32) * 64
-    half = class_work(to_onnx(Block(4).eval(), x[:, :4], tmp_path / "h.onnx"))
+    half = class_work(to_onnx(Block(4).eval(), x[:, :4], tmp_path / "h.onnx"), x[:, :4].numpy())
     assert half["1x1 expand"]["macs"] * 4 == dense["1x1 expand"]["macs"]
     assert half["1x1 expand"]["bytes"] * 2 == dense["1x1 expand"]["bytes"]
     assert layer_class("ReorderOutput_kernel_time", "ReorderOutput") == "layout reorders"
