@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import Any, Collection
 
 import torch
 import torch.nn.functional as F
@@ -223,13 +223,14 @@ def layer_input_quantizers(gm: fx.GraphModule) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
-                 reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                 reference: dict[str, torch.Tensor] | None = None, skip: Collection[str] = ()) -> dict[str, float]:
     """Empirical bias correction: ``b += E[W x] - E[Q(W) x]`` per output channel, on the layer's real inputs.
 
     The layer is linear in its weight, so ``W x - Q(W) x = (W - Q(W)) x``: each batch adds its per-channel sum
     of that difference as it passes, and no layer input is kept (memory bounded by the batch). ``reference``
-    gives the float ``W`` of layers whose module weight was already rounded (AdaRound)."""
-    layers = weight_layers(gm)
+    gives the float ``W`` of layers whose module weight was already rounded (AdaRound). Layers named in ``skip``
+    keep their bias."""
+    layers = {n: m for n, m in weight_layers(gm).items() if n not in set(skip)}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {n: 0 for n in layers}
 
@@ -347,8 +348,14 @@ def quantize_ptq(model: nn.Module, calib: torch.Tensor, example: torch.Tensor, o
                                                             AdaRoundOptions(iters=opts.adaround_iters), batch_size=batch)
     set_weight_mode(gm, WeightMode.FAKE)
     if opts.bias_correction:
-        shifts = bias_correct(gm, calib, batch, reference=float_weights)
+        # a layer whose float bias is zero (none, or folded from an untrained BatchNorm) keeps it unless asked:
+        # a correction would add a bias op that runtimes drop for a zero bias (OpenVINO: a bias add per conv,
+        # +5% on ResNet-50, docs/benchmarks.md thirdparty_vs_peers)
+        zero = [] if opts.bias_correction_adds_bias else [
+            n for n, m in weight_layers(gm).items() if not m.bias.detach().any()]
+        shifts = bias_correct(gm, calib, batch, reference=float_weights, skip=zero)
         report["bias_correction_max_shift"] = max(shifts.values(), default=0.0)
+        report["bias_correction_skipped"] = zero
     if do_freeze:
         freeze(gm, int32_gemm_bias=opts.target != "tensorrt")
     report.update({

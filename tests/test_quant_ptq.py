@@ -187,6 +187,34 @@ def test_bias_correction_equals_the_mean_output_error_of_each_layer(setup):
         torch.testing.assert_close(m.bias.detach() - before[n], expected[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_bias_correction_keeps_zero_biases_unless_asked(setup):
+    """A layer whose float bias is zero (a random-init model: BatchNorm folds to a zero bias) keeps it: a correction
+    would add a bias op that runtimes drop for zero. bias_correction_adds_bias=True corrects it too. Trained zoo
+    layers (folded BatchNorm, non-zero biases) are all corrected either way."""
+    from torch import nn
+
+    from edgekit.quant.ptq import graph_of, weight_layers
+
+    data, _, example, _, rep = setup
+    assert rep["bias_correction_skipped"] == []  # the trained zoo convnet: every layer corrected
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.Flatten(), nn.LazyLinear(10)).eval()
+    model(example)
+    with torch.no_grad():
+        model[3].bias.copy_(torch.linspace(-0.5, 0.5, 8))  # one layer with a real bias
+        model[5].bias.zero_()
+    cfg = dict(calibration={"method": "minmax", "samples": 64})
+    q, rep0 = quantize_ptq(model, data.calib.x, example, PTQConfig(**cfg))
+    biases = {n: m.bias.detach() for n, m in weight_layers(graph_of(q)).items()}
+    assert len(rep0["bias_correction_skipped"]) == 2 and len(biases) == 3
+    for n, b in biases.items():
+        assert (not b.any()) == (n in rep0["bias_correction_skipped"]), n
+    q1, rep1 = quantize_ptq(model, data.calib.x, example, PTQConfig(**cfg, bias_correction_adds_bias=True))
+    assert rep1["bias_correction_skipped"] == []
+    assert all(m.bias.detach().any() for m in weight_layers(graph_of(q1)).values())
+
+
 def test_tf_style_zero_pad_before_conv_is_folded_by_ort(tmp_path):
     """A model that pads explicitly before each conv (TF 'same' padding, as transformers' MobileNetV2 does):
     the Q/DQ goes before the pad, so ONNX Runtime runs the pads inside its integer convs (none left in float)
