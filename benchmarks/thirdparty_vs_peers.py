@@ -358,7 +358,8 @@ def report(results: list[dict[str, Any]], args) -> str:
         + (f"; missed: {', '.join(k for k, ok in verdicts if not ok)}." if met < len(verdicts) else "."),
         "",
         *([f"**Not measured** (no timing run for them in this file): {', '.join(missing)}.", ""] if missing else []),
-        f"Seconds to compress (wall; the build phase ran at idle priority beside other jobs): {secs}.",
+        f"Seconds to compress (wall, each from its file's build; builds ran at different times and loads, as the "
+        f"first note says): {secs}.",
         "",
         "Notes:",
         *[f"- {n}" for r in results for n in r["notes"]],
