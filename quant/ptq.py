@@ -230,7 +230,8 @@ def bias_correct(gm: fx.GraphModule, x: torch.Tensor, batch_size: int = 32,
     of that difference as it passes, and no layer input is kept (memory bounded by the batch). ``reference``
     gives the float ``W`` of layers whose module weight was already rounded (AdaRound). Layers named in ``skip``
     keep their bias."""
-    layers = {n: m for n, m in weight_layers(gm).items() if n not in set(skip)}
+    skip = set(skip)
+    layers = {n: m for n, m in weight_layers(gm).items() if n not in skip}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {n: 0 for n in layers}
 

@@ -286,3 +286,24 @@ def test_depthwise_scope_finds_a_depthwise_conv_inside_a_conv_norm_wrapper():
     chosen = {u.root for u in plan.remove}
     hit = [g for g in plan.graph.groups if any(u.root in chosen for u in g.units)]
     assert len(hit) == 1 and holds_depthwise(model, hit[0]) and "dw" in hit[0].layers
+
+
+@pytest.mark.parametrize("name", ["hf_vit", "sdpa_deit"])
+def test_head_ratio_on_third_party_vits(name):
+    """prune.head_ratio on library / hand-written ViTs with 2 heads: at ratio 0.3 no head goes (floor(0.6) = 0);
+    head_ratio 0.5 takes one per block, through the exported graph, exactly as zeroing that head (the residual
+    width and LayerNorms kept whole, as in the zero-equivalence test above)."""
+    model = _randomize_norms(MODELS[name].build())
+    x = example(2)
+    ignore = _layernorm_names(model) + ["head*", "classifier*", "fc"]
+    base = make_plan(model, (x,), ratio=0.3, ignore=ignore)
+    assert not any(g["removed"] for g in base.per_group if g["kind"] == "heads")
+    plan = make_plan(model, (x,), ratio=0.3, ignore=ignore, head_ratio=0.5)
+    heads = [g for g in plan.per_group if g["kind"] == "heads"]
+    assert heads and all(g["removed"] == g["units"] // 2 for g in heads), (heads, plan.graph.frozen_reasons)
+    zeroed = zero_units(model, plan.remove)
+    new, _ = prune(model, (x,), plan=plan)
+    with torch.no_grad():
+        p, z = (output_tensors(f(x))[0] for f in (new, zeroed))
+    torch.testing.assert_close(p, z, atol=ATOL * max(1.0, float(z.abs().max())), rtol=1e-4)
+    assert count_macs(new, x) < count_macs(prune(model, (x,), plan=base)[0], x)
