@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._report import command_line, machine_note, markdown_table, write_section  # noqa: E402
-from benchmarks.thirdparty_vs_peers import build, interleaved, ort_kernel_ms, ov_kernel_ms, uptime, variant_runner  # noqa: E402
+from benchmarks.thirdparty_vs_peers import build, interleaved, node_ms, ort_kernel_ms, ov_kernel_ms, uptime, variant_runner  # noqa: E402
 
 SECTION = "prune_allocation"
 RUNTIMES = ("onnxruntime", "openvino")
@@ -134,28 +134,24 @@ def class_work(path: Path, x: np.ndarray | None = None) -> dict[str, dict[str, f
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's own output
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    shapes = dict(zip(names, (a.shape for a in sess.run(names, {sess.get_inputs()[0].name: _example().numpy() if x is None else x}))))
+    feed = {sess.get_inputs()[0].name: _example().numpy() if x is None else x}
+    shapes = dict(zip(names, (a.shape for a in sess.run(names, feed))))
     out: dict[str, dict[str, float]] = {}
     for n in nodes:
-        w, x, y = inits[n.input[1]], shapes[n.input[0]], shapes[n.output[0]]
-        macs = float(np.prod(y)) * float(np.prod(w[1:])) if n.op_type == "Conv" else float(np.prod(x)) * y[-1]
+        w, xs, ys = inits[n.input[1]], shapes[n.input[0]], shapes[n.output[0]]
+        macs = float(np.prod(ys)) * float(np.prod(w[1:])) if n.op_type == "Conv" else float(np.prod(xs)) * ys[-1]
         c = out.setdefault(layer_class(n.name), {"macs": 0.0, "bytes": 0.0})
         c["macs"] += macs
-        c["bytes"] += 4.0 * (float(np.prod(x)) + float(np.prod(y)))
+        c["bytes"] += 4.0 * (float(np.prod(xs)) + float(np.prod(ys)))
     return out
 
 
 def class_times(path: Path, x: np.ndarray, runtime: str, runs: int) -> dict[str, float]:
-    """``{layer class: ms}``: the runtime's own per-node profile (sum of each node's median), by layer class."""
-    from edgekit.exporters.runtimes import openvino_node_times, ort_kernel_times
-
-    times = (ort_kernel_times(path, x, runs, threads=2, spinning=False) if runtime == "onnxruntime"
-             else openvino_node_times(path, np.ascontiguousarray(x, dtype=np.float32), runs, threads=2))
+    """``{layer class: ms}``: the runtime's own per-node profile (:func:`node_ms`), summed by layer class."""
     out: dict[str, float] = {}
-    for node, (op, t) in times.items():
-        if t:
-            cls = layer_class(node, op)
-            out[cls] = out.get(cls, 0.0) + float(np.median(t))
+    for node, (op, ms) in node_ms(path, x, runtime, runs).items():
+        cls = layer_class(node, op)
+        out[cls] = out.get(cls, 0.0) + ms
     return out
 
 

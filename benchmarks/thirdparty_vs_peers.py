@@ -246,23 +246,26 @@ def variant_runner(path: Path, x: np.ndarray, runtime: str) -> Callable[[], obje
     return file_runner(path, x, runtime, threads=2, ort_spinning=False)
 
 
-def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
-    """ONNX Runtime's own profile of ``path`` (2 threads, sequential, as timed): the sum over nodes of each node's
-    median kernel time (ms). Unlike a call's wall time it leaves out what happens between kernels and a
-    preempted call, so it shows whether the kernels themselves follow the MACs."""
-    from edgekit.exporters.runtimes import ort_kernel_times
+def node_ms(path: Path, x: np.ndarray, runtime: str, runs: int) -> dict[str, tuple[str, float]]:
+    """``{node: (op type, median ms)}`` of the runtime's own per-node profile of ``path`` (2 threads, sequential,
+    as timed): ONNX Runtime's profiler (spinning off) or OpenVINO's ``PERF_COUNT`` counters. Unlike a call's wall
+    time it leaves out what happens between kernels and a preempted call, so it shows whether the kernels
+    themselves follow the MACs."""
+    from edgekit.exporters.runtimes import openvino_node_times, ort_kernel_times
 
-    times = ort_kernel_times(path, x, runs, threads=2, spinning=False)
-    return float(sum(np.median(t) for _, t in times.values() if t))
+    times = (ort_kernel_times(path, x, runs, threads=2, spinning=False) if runtime == "onnxruntime"
+             else openvino_node_times(path, np.ascontiguousarray(x, dtype=np.float32), runs, threads=2))
+    return {node: (op, float(np.median(t))) for node, (op, t) in times.items() if t}
+
+
+def ort_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
+    """ONNX Runtime's kernel time of ``path``: the sum over nodes of each node's median (:func:`node_ms`)."""
+    return sum(ms for _, ms in node_ms(path, x, "onnxruntime", runs).values())
 
 
 def ov_kernel_ms(path: Path, x: np.ndarray, runs: int) -> float:
-    """OpenVINO's counterpart of :func:`ort_kernel_ms`: the sum over executed nodes of each node's median time
-    (the CPU plugin's ``PERF_COUNT`` counters, 2 threads)."""
-    from edgekit.exporters.runtimes import openvino_node_times
-
-    times = openvino_node_times(path, np.ascontiguousarray(x, dtype=np.float32), runs, threads=2)
-    return float(sum(np.median(t) for _, t in times.values() if t))
+    """OpenVINO's counterpart of :func:`ort_kernel_ms` (executed nodes, ``PERF_COUNT`` counters)."""
+    return sum(ms for _, ms in node_ms(path, x, "openvino", runs).values())
 
 
 def report(results: list[dict[str, Any]], args) -> str:
